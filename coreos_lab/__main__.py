@@ -1,0 +1,3 @@
+from coreos_lab.cli import main
+
+main()

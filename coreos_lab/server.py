@@ -1,0 +1,120 @@
+"""The one server process: box mirror + etcd discovery, on aiohttp.
+
+`build_app` assembles the routes; `serve_forever` runs them in the foreground (`lab mirror serve`);
+`EmbeddedServer` runs them on a background thread for the duration of a command that needs them
+(`lab up`, `lab discovery new` with no server running) and for tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from coreos_lab.paths import DEFAULT_HOST, DEFAULT_PORT, discovery_dir
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+
+def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool = False) -> web.Application:
+    """The aiohttp application serving the mirror at `mirror_root` and discovery state beside it.
+
+    `base_url` fixes the absolute URLs written into box metadata; without it they follow the request's Host.
+    """
+    from aiohttp import web
+
+    from coreos_lab import discovery_api, mirror_http
+
+    app = web.Application()
+    discovery_api.setup(app, discovery_dir(mirror_root))
+    mirror_http.setup(app, mirror_root, base_url=base_url, live_view=live_view)
+    return app
+
+
+def serve_forever(
+    mirror_root: Path,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    base_url: str | None = None,
+    live_view: bool = False,
+) -> None:
+    from aiohttp import web
+
+    app = build_app(mirror_root, base_url=base_url, live_view=live_view)
+    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+
+
+class EmbeddedServer:
+    """Runs the server on a background thread: `with EmbeddedServer(root, port=0) as srv: srv.url`.
+
+    Port 0 picks a free port; `url` is the address it actually listens on.
+    """
+
+    def __init__(
+        self,
+        mirror_root: Path,
+        *,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        base_url: str | None = None,
+    ):
+        self.mirror_root = Path(mirror_root)
+        self.host = host
+        self.port = port
+        self.base_url = base_url
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> EmbeddedServer:
+        self._thread = threading.Thread(target=self._run, name="lab-server", daemon=True)
+        self._thread.start()
+        self._ready.wait(timeout=30)
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        try:
+            app = build_app(self.mirror_root, base_url=self.base_url)
+            runner = web.AppRunner(app, access_log=None)
+            loop.run_until_complete(runner.setup())
+            site = web.TCPSite(runner, self.host, self.port)
+            loop.run_until_complete(site.start())
+            if self.port == 0:
+                self.port = runner.addresses[0][1]
+            self._runner = runner
+        except BaseException as exc:  # reported to the starting thread
+            self._error = exc
+            self._ready.set()
+            loop.close()
+            return
+        self._ready.set()
+        loop.run_forever()
+        loop.run_until_complete(runner.cleanup())
+        loop.close()
+
+    def stop(self) -> None:
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=30)
+
+    def __enter__(self) -> EmbeddedServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,270 @@
+"""The box mirror store: a multi-version catalog of verified boxes on disk.
+
+Layout under the mirror root (documented in boxes/README.md):
+
+    <root>/<name>/<version>/<provider>-<arch>.box          the verified box, served as is
+    <root>/<name>/<version>/<provider>-<arch>.record.json  its record: size, sha256, source, added_at
+    <root>/<name>/<version>/<provider>-<arch>.box.part     an interrupted download (resumable, never listed)
+    <root>/<name>/<version>/upstream/                      upstream side files (JSON, DIGESTS, signatures)
+    <root>/.discovery/                                     discovery service state
+
+A box is part of the catalog only once its record exists, and the record is written (atomically) only after
+the box file is complete, verified and renamed into place. A crash at any point leaves either nothing new,
+or a `.part` file that the next fetch resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from coreos_lab.errors import BadInput, LabError
+from coreos_lab.fsutil import atomic_write_text
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# RubyGems version syntax, which Vagrant uses for box versions.
+VERSION_RE = re.compile(r"^[0-9]+(\.[0-9A-Za-z]+)*(-[0-9A-Za-z.]+)?$")
+PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+DEFAULT_ARCH = "amd64"
+RECORD_SUFFIX = ".record.json"
+
+
+def check_name(name: str, field: str = "name") -> str:
+    if not NAME_RE.match(name or ""):
+        raise BadInput(f"invalid box {field} {name!r}: use letters, digits, '.', '_' and '-' (e.g. flatcar-stable)")
+    return name
+
+
+def check_version(version: str, field: str = "version") -> str:
+    if not VERSION_RE.match(version or ""):
+        raise BadInput(f"invalid box {field} {version!r}: Vagrant needs a RubyGems version such as 3815.2.0")
+    return version
+
+
+def check_provider(provider: str, field: str = "provider") -> str:
+    if not PROVIDER_RE.match(provider or ""):
+        raise BadInput(f"invalid {field} {provider!r}: e.g. virtualbox, libvirt")
+    return provider
+
+
+def version_key(version: str) -> tuple[tuple[int, str, int], ...]:
+    """Sort key in RubyGems order: numeric segments numerically, a letter segment marks a pre-release
+    (sorts before the release it precedes): 1.0.rc1 < 1.0 < 1.0.1."""
+    key = [(2, "", int(p)) if p.isdigit() else (0, p, 0) for p in re.split(r"[.-]", version)]
+    key.append((1, "", 0))  # the end sorts after a pre-release segment, before a further number
+    return tuple(key)
+
+
+@dataclass(frozen=True)
+class BoxKey:
+    name: str
+    version: str
+    provider: str
+    architecture: str = DEFAULT_ARCH
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        check_version(self.version)
+        check_provider(self.provider)
+        check_provider(self.architecture, "architecture")
+
+    @property
+    def stem(self) -> str:
+        return f"{self.provider}-{self.architecture}"
+
+    @property
+    def relpath(self) -> str:
+        """Path of the box below the root, with '/' separators; also its URL path below the base URL."""
+        return f"{self.name}/{self.version}/{self.stem}.box"
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version} ({self.provider}, {self.architecture})"
+
+
+@dataclass(frozen=True)
+class BoxEntry:
+    """A verified box in the catalog."""
+
+    key: BoxKey
+    size: int
+    sha256: str
+    added_at: str
+    source: str | None = None
+    description: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.key.name
+
+    @property
+    def version(self) -> str:
+        return self.key.version
+
+    @property
+    def provider(self) -> str:
+        return self.key.provider
+
+    @property
+    def architecture(self) -> str:
+        return self.key.architecture
+
+    def box_url(self, base_url: str) -> str:
+        return f"{base_url.rstrip('/')}/{self.key.relpath}"
+
+    def metadata_url(self, base_url: str) -> str:
+        return metadata_url(self.name, base_url)
+
+    def as_dict(self, base_url: str | None = None) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "name": self.name,
+            "version": self.version,
+            "provider": self.provider,
+            "architecture": self.architecture,
+            "size": self.size,
+            "sha256": self.sha256,
+            "added_at": self.added_at,
+            "source": self.source,
+        }
+        if base_url is not None:
+            doc["metadata_url"] = self.metadata_url(base_url)
+            doc["box_url"] = self.box_url(base_url)
+        return doc
+
+
+def metadata_url(name: str, base_url: str) -> str:
+    """Where the server answers Vagrant box metadata for `name` (also at `<name>.json`)."""
+    return f"{base_url.rstrip('/')}/{name}"
+
+
+class MirrorStore:
+    def __init__(self, root: Path | str):
+        self.root = Path(root)
+
+    # -- paths -----------------------------------------------------------------------------------------
+    def version_dir(self, name: str, version: str) -> Path:
+        return self.root / check_name(name) / check_version(version)
+
+    def upstream_dir(self, name: str, version: str) -> Path:
+        return self.version_dir(name, version) / "upstream"
+
+    def box_path(self, key: BoxKey) -> Path:
+        return self.version_dir(key.name, key.version) / f"{key.stem}.box"
+
+    def part_path(self, key: BoxKey) -> Path:
+        return self.version_dir(key.name, key.version) / f"{key.stem}.box.part"
+
+    def record_path(self, key: BoxKey) -> Path:
+        return self.version_dir(key.name, key.version) / f"{key.stem}{RECORD_SUFFIX}"
+
+    # -- reading ---------------------------------------------------------------------------------------
+    def entries(self, name: str | None = None) -> list[BoxEntry]:
+        """Every verified box, sorted by name, version (RubyGems order), provider, architecture."""
+        found: list[BoxEntry] = []
+        if not self.root.is_dir():
+            return found
+        pattern = f"{name}/*/*{RECORD_SUFFIX}" if name else f"*/*/*{RECORD_SUFFIX}"
+        for record in self.root.glob(pattern):
+            if record.parts[-3].startswith("."):
+                continue
+            entry = self._read_record(record)
+            if entry is not None and self.box_path(entry.key).is_file():
+                found.append(entry)
+        found.sort(key=lambda e: (e.name, version_key(e.version), e.provider, e.architecture))
+        return found
+
+    def names(self) -> list[str]:
+        return sorted({e.name for e in self.entries()})
+
+    def get(self, key: BoxKey) -> BoxEntry | None:
+        record = self.record_path(key)
+        if not record.is_file() or not self.box_path(key).is_file():
+            return None
+        return self._read_record(record)
+
+    def latest(self, name: str, provider: str | None = None) -> BoxEntry | None:
+        candidates = [e for e in self.entries(name) if provider is None or e.provider == provider]
+        return candidates[-1] if candidates else None
+
+    def _read_record(self, record: Path) -> BoxEntry | None:
+        try:
+            doc = json.loads(record.read_text())
+            key = BoxKey(doc["name"], doc["version"], doc["provider"], doc.get("architecture", DEFAULT_ARCH))
+            return BoxEntry(
+                key=key,
+                size=int(doc["size"]),
+                sha256=str(doc["sha256"]),
+                added_at=str(doc.get("added_at", "")),
+                source=doc.get("source"),
+                description=doc.get("description"),
+            )
+        except (OSError, ValueError, KeyError, TypeError, LabError):
+            # A damaged record hides its box rather than breaking the whole catalog; `verify` reports it.
+            return None
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def commit(
+        self,
+        key: BoxKey,
+        staged: Path,
+        *,
+        sha256: str,
+        source: str | None = None,
+        description: str | None = None,
+    ) -> BoxEntry:
+        """Move a complete, verified file into the catalog and write its record (in that order).
+
+        `staged` must be on the same filesystem (e.g. `part_path(key)`): the rename is atomic. The caller
+        has already verified `sha256` and decided whether replacing an existing different box is allowed.
+        """
+        final = self.box_path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        size = staged.stat().st_size
+        entry = BoxEntry(
+            key=key,
+            size=size,
+            sha256=sha256.lower(),
+            added_at=datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            source=source,
+            description=description,
+        )
+        # Hide the old record first so a crash between the two steps never pairs a record with the wrong box.
+        self.record_path(key).unlink(missing_ok=True)
+        os.replace(staged, final)
+        doc = asdict(key) | {k: v for k, v in asdict(entry).items() if k != "key"}
+        atomic_write_text(self.record_path(key), json.dumps(doc, indent=2) + "\n")
+        return entry
+
+    def remove(self, key: BoxKey) -> None:
+        self.record_path(key).unlink(missing_ok=True)
+        self.box_path(key).unlink(missing_ok=True)
+
+    # -- Vagrant metadata ------------------------------------------------------------------------------
+    def vagrant_metadata(self, name: str, base_url: str) -> dict[str, Any] | None:
+        """Vagrant box metadata (DESIGN §3) for every stored version of `name`, urls absolute under
+        `base_url`; None when the store has no such box."""
+        entries = self.entries(check_name(name))
+        if not entries:
+            return None
+        versions: dict[str, list[dict[str, Any]]] = {}
+        for entry in entries:
+            versions.setdefault(entry.version, []).append(
+                {
+                    "name": entry.provider,
+                    "url": entry.box_url(base_url),
+                    "checksum_type": "sha256",
+                    "checksum": entry.sha256,
+                    "architecture": entry.architecture,
+                    "default_architecture": entry.architecture == DEFAULT_ARCH,
+                }
+            )
+        description = next((e.description for e in reversed(entries) if e.description), None)
+        return {
+            "name": name,
+            "description": description or f"{name}, served by coreos-lab",
+            "versions": [{"version": v, "providers": p} for v, p in versions.items()],
+        }

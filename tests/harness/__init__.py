@@ -1,0 +1,1 @@
+"""Shared test helpers: real peers (servers, processes, namespaces) started and cleaned up by PID."""
