@@ -1,0 +1,232 @@
+"""A tiny CoreOS-like libvirt box, built offline from this machine's Debian packages (DESIGN §9).
+
+The guest runs the host's Debian kernel with an initramfs root: busybox-static, dropbear, bash, scp and
+Debian's etcd 3.4. It honours the CoreOS Vagrant box contract `lab` relies on (user `core`, the Vagrant
+insecure key, user-data at /var/lib/coreos-vagrant/ or /var/lib/flatcar-vagrant/ applied at boot and on
+provision; see tinybox/apply-user-data). The disk is an MBR with one ext4 partition (extlinux, kernel,
+initramfs and the persistent /var/lib). Builds are cached by a hash of their inputs, so reruns are instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+GUEST_FILES = Path(__file__).with_name("tinybox")
+KERNEL_GLOB = "vmlinuz-*-amd64"
+DISK_MIB = 256
+# Module names in load order (dependencies first), as `modprobe --show-depends` lists them.
+MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_rng", "ext4"]
+BINARIES = {
+    "/bin/bash": "bin/bash",
+    "/usr/sbin/dropbear": "bin/dropbear",
+    "/usr/bin/scp": "bin/scp",
+    "/usr/bin/etcd": "bin/etcd",
+    "/usr/bin/etcdctl": "bin/etcdctl",
+}
+SCRIPTS = {
+    "init": "init",
+    "inittab": "etc/inittab",
+    "rc.shutdown": "etc/rc.shutdown",
+    "udhcpc.script": "etc/udhcpc.script",
+    "apply-networks": "bin/apply-networks",
+    "apply-user-data": "bin/apply-user-data",
+    "sudo": "bin/sudo",
+    "shutdown": "bin/shutdown",
+}
+REQUIRED_PACKAGES = ["linux-image-amd64", "busybox-static", "dropbear-bin", "etcd-server", "etcd-client",
+                     "extlinux", "syslinux-common", "qemu-utils", "openssh-client", "cpio", "e2fsprogs", "fdisk"]
+
+
+def vagrant_insecure_public_key() -> str:
+    """The well-known key Vagrant ships (insert_key = false boxes authorise it)."""
+    out = subprocess.run(["gem", "contents", "vagrant"], capture_output=True, text=True, check=False).stdout
+    for line in out.splitlines():
+        if line.endswith("/keys/vagrant.pub"):
+            return Path(line).read_text()
+    found = sorted(Path("/usr/share/rubygems-integration").glob("all/gems/vagrant-*/keys/vagrant.pub"))
+    if not found:
+        raise RuntimeError("Vagrant's insecure public key (keys/vagrant.pub) not found; is vagrant installed?")
+    return found[-1].read_text()
+
+
+def _kernel() -> tuple[Path, str]:
+    kernels = sorted(Path("/boot").glob(KERNEL_GLOB))
+    if not kernels:
+        raise RuntimeError("no guest kernel in /boot (install linux-image-amd64)")
+    kernel = kernels[-1]
+    return kernel, kernel.name.removeprefix("vmlinuz-")
+
+
+def _module_files(release: str) -> list[Path]:
+    files: list[Path] = []
+    for name in MODULES:
+        out = subprocess.run(
+            ["modprobe", "-S", release, "--show-depends", name], capture_output=True, text=True, check=True
+        ).stdout
+        for line in out.splitlines():
+            if line.startswith("insmod "):
+                path = Path(line.split()[1])
+                if path not in files:
+                    files.append(path)
+    return files
+
+
+def _libraries(binary: str) -> list[Path]:
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True, check=True).stdout
+    return [Path(p) for p in re.findall(r"(/\S+\.so[.\d]*)", out)]
+
+
+def _inputs_digest(kernel: Path, release: str) -> str:
+    """Everything the image depends on: our guest files, host binaries and kernel/modules."""
+    h = hashlib.sha256()
+    for path in sorted(GUEST_FILES.iterdir()):
+        h.update(path.name.encode() + path.read_bytes())
+    h.update(Path(__file__).read_bytes())
+    for path in [kernel, Path("/usr/bin/busybox"), *map(Path, BINARIES)]:
+        st = path.stat()
+        h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(release.encode())
+    return h.hexdigest()[:16]
+
+
+def _populate_root(root: Path, release: str) -> None:
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run", "mnt", "var/lib", "var/log", "home/core/.ssh",
+              "lib/modules", "root"]:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for link, target in [("sbin", "bin"), ("usr/bin", "../bin"), ("usr/sbin", "../bin")]:
+        (root / link).parent.mkdir(parents=True, exist_ok=True)
+        (root / link).symlink_to(target)
+    shutil.copy2("/usr/bin/busybox", root / "bin/busybox")
+    applets = subprocess.run(["/usr/bin/busybox", "--list"], capture_output=True, text=True, check=True).stdout
+    for applet in applets.split():
+        if applet not in {"busybox", "sh", "sudo", "shutdown"} and not (root / "bin" / applet).exists():
+            (root / "bin" / applet).symlink_to("busybox")
+    (root / "bin/sh").symlink_to("busybox")
+    for src, dst in BINARIES.items():
+        shutil.copy2(src, root / dst)
+        for lib in _libraries(src):
+            target = root / lib.relative_to("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(lib.resolve(), target)
+    for src, dst in SCRIPTS.items():
+        shutil.copy2(GUEST_FILES / src, root / dst)
+        (root / dst).chmod(0o755)
+    order = []
+    for module in _module_files(release):
+        shutil.copy2(module, root / "lib/modules" / module.name)
+        order.append(module.name)
+    (root / "lib/modules/order").write_text("\n".join(order) + "\n")
+    etc = root / "etc"
+    # Login names must resolve without NSS modules: glibc's files backend is built in.
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\ncore:x:0:0:CoreOS Admin:/home/core:/bin/bash\n")
+    (etc / "shadow").write_text("root:*:1::::::\ncore:*:1::::::\n")
+    (etc / "group").write_text("root:x:0:\ncore:x:0:\n")
+    (etc / "shells").write_text("/bin/sh\n/bin/bash\n")
+    (etc / "os-release").write_text('NAME="coreos-lab tiny box"\nID=linux\nPRETTY_NAME="coreos-lab tiny box"\n')
+    (etc / "hosts").write_text("127.0.0.1\tlocalhost\n")
+    (etc / "hostname").symlink_to("/var/lib/hostname")  # Vagrant's change_host_name writes it; keep it on disk
+    (etc / "profile").write_text("export PATH=/bin\nexport HOME=${HOME:-/home/core}\n")
+    (etc / "resolv.conf").write_text("")
+    key = root / "home/core/.ssh/authorized_keys"
+    key.write_text(vagrant_insecure_public_key())
+    key.chmod(0o600)
+    (root / "home/core/.ssh").chmod(0o700)
+    (etc / "dropbear").symlink_to("/var/lib/dropbear")  # host keys persist across boots
+
+
+def _initramfs(root: Path, out: Path) -> None:
+    files = subprocess.run(["find", "."], cwd=root, capture_output=True, check=True).stdout
+    cpio = subprocess.run(
+        ["cpio", "-o", "-H", "newc", "--owner=0:0", "--quiet"], cwd=root, input=files, capture_output=True, check=True
+    ).stdout
+    gz = subprocess.run(["gzip", "-1"], input=cpio, capture_output=True, check=True).stdout
+    out.write_bytes(gz)
+
+
+def _disk(kernel: Path, initrd: Path, raw: Path, work: Path) -> None:
+    """MBR + one bootable ext4 partition at 1 MiB holding extlinux, the kernel and the initramfs."""
+    with raw.open("wb") as f:
+        f.truncate(DISK_MIB << 20)
+    subprocess.run(["sfdisk", "-q", str(raw)], input=b"label: dos\nstart=2048, type=83, bootable\n", check=True)
+    loop = subprocess.run(
+        ["losetup", "--find", "--show", "--offset", str(1 << 20), str(raw)], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    mnt = work / "mnt"
+    mnt.mkdir()
+    mounted = False
+    try:
+        # extlinux cannot boot from 64bit/metadata_csum ext4.
+        subprocess.run(["mkfs.ext4", "-q", "-F", "-O", "^64bit,^metadata_csum", "-L", "tinybox", loop], check=True)
+        subprocess.run(["mount", loop, str(mnt)], check=True)
+        mounted = True
+        boot = mnt / "boot"
+        boot.mkdir()
+        shutil.copy2(kernel, boot / "vmlinuz")
+        shutil.copy2(initrd, boot / "initrd.img")
+        (boot / "extlinux.conf").write_text(
+            "DEFAULT tinybox\nTIMEOUT 1\nLABEL tinybox\n  LINUX /boot/vmlinuz\n  INITRD /boot/initrd.img\n"
+            "  APPEND console=ttyS0 quiet panic=5\n"
+        )
+        (mnt / "state").mkdir()
+        subprocess.run(["extlinux", "--install", str(boot)], check=True, capture_output=True)
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(mnt)], check=True)
+        subprocess.run(["losetup", "-d", loop], check=True)
+    mbr = Path("/usr/lib/syslinux/mbr/mbr.bin").read_bytes()
+    with raw.open("r+b") as f:
+        f.write(mbr[:440])
+
+
+def _box_tar(image: Path, out: Path) -> None:
+    meta = json.dumps({"provider": "libvirt", "format": "qcow2", "virtual_size": 1}).encode()
+    tmp = out.with_suffix(".part")
+    with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+        for name, data in [("metadata.json", meta), ("Vagrantfile", (GUEST_FILES / "Vagrantfile").read_bytes())]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        tar.add(image, arcname="box.img")
+    tmp.replace(out)
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("LAB_TEST_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "coreos-lab-tests"
+    )
+    return Path(base)
+
+
+def build_box(cache: Path | None = None) -> Path:
+    """Path to the tiny libvirt box (.box, a tar.gz); built on first use, then reused while inputs are unchanged."""
+    kernel, release = _kernel()
+    cache = cache or cache_dir()
+    out = cache / f"tinybox-libvirt-{_inputs_digest(kernel, release)}.box"
+    if out.exists():
+        return out
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix="build-") as tmp:
+        work = Path(tmp)
+        root = work / "root"
+        _populate_root(root, release)
+        initrd = work / "initrd.img"
+        _initramfs(root, initrd)
+        raw = work / "disk.raw"
+        _disk(kernel, initrd, raw, work)
+        image = work / "box.img"
+        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)], check=True)
+        _box_tar(image, out)
+    return out
+
+
+if __name__ == "__main__":
+    print(build_box())
