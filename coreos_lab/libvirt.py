@@ -1,0 +1,173 @@
+"""What `provider: libvirt` needs to know about this host: whether KVM really runs guests, where guests reach
+the host, and whether libvirtd and the vagrant-libvirt plugin are there.
+
+KVM is judged by running a guest, not by the presence of /dev/kvm: under some nested hypervisors /dev/kvm
+opens fine, firmware even runs, and then a Linux kernel hangs. So the check boots an installed kernel under
+`-accel kvm` with no root file system and waits (a few seconds) for its panic message on the serial port.
+The answer is cached per host (kernel, QEMU build, /dev/kvm) because a failing check costs its timeout.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# vagrant-libvirt's defaults (management_network_name / management_network_address).
+MANAGEMENT_NETWORK_NAME = "vagrant-libvirt"
+MANAGEMENT_NETWORK = "192.168.121.0/24"
+DRIVERS = ("auto", "kvm", "qemu")
+LIBVIRT_SOCKETS = ("/run/libvirt/libvirt-sock", "/run/libvirt/virtqemud-sock", "/var/run/libvirt/libvirt-sock")
+QEMU = "qemu-system-x86_64"
+KVM_CHECK_SECONDS = 10.0
+# What a booting kernel prints that proves guest code runs at speed (it panics: no root file system).
+_KERNEL_PROGRESS = (b"Kernel panic", b"VFS: Cannot open root device", b"Run /init", b"Freeing unused kernel")
+
+
+def management_gateway(network: str = MANAGEMENT_NETWORK) -> str:
+    """The host's address on the management network, which is how guests reach it (libvirt NAT)."""
+    try:
+        net = ipaddress.ip_network(network, strict=False)
+    except ValueError as exc:
+        raise ValueError(f"{network!r} is not a network address (like {MANAGEMENT_NETWORK})") from exc
+    return str(next(net.hosts()))
+
+
+@dataclass(frozen=True)
+class KvmCheck:
+    usable: bool
+    reason: str
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def _guest_kernel() -> Path | None:
+    """An installed kernel image QEMU can boot directly (the running one first)."""
+    boot = Path("/boot")
+    preferred = boot / f"vmlinuz-{platform.release()}"
+    if preferred.is_file() and os.access(preferred, os.R_OK):
+        return preferred
+    for candidate in sorted(boot.glob("vmlinuz-*"), reverse=True):
+        if os.access(candidate, os.R_OK):
+            return candidate
+    return None
+
+
+def _cache_file() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "coreos-lab" / "kvm-check.json"
+
+
+def _cache_key(qemu: str, kernel: Path) -> str:
+    parts = [platform.release(), kernel.name]
+    for path in (Path(qemu), Path("/dev/kvm")):
+        try:
+            st = path.stat()
+            parts.append(f"{path}:{st.st_ino}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{path}:absent")
+    return "|".join(parts)
+
+
+def kvm_check(*, use_cache: bool = True, timeout: float = KVM_CHECK_SECONDS) -> KvmCheck:
+    """Can KVM run a Linux guest here? Boots a kernel under KVM and watches its serial console."""
+    dev = Path("/dev/kvm")
+    if not dev.exists():
+        return KvmCheck(False, "/dev/kvm does not exist (no KVM module, or KVM not exposed to this machine)")
+    if not os.access(dev, os.R_OK | os.W_OK):
+        return KvmCheck(False, "/dev/kvm is not readable and writable by this user (join the kvm group)")
+    qemu = shutil.which(QEMU)
+    if qemu is None:
+        return KvmCheck(False, f"{QEMU} not found (install qemu-system-x86)")
+    kernel = _guest_kernel()
+    if kernel is None:
+        return KvmCheck(False, "no readable kernel in /boot to test-boot under KVM")
+    key = _cache_key(qemu, kernel)
+    cache = _cache_file()
+    if use_cache:
+        try:
+            cached = json.loads(cache.read_text())
+            if cached.get("key") == key:
+                return KvmCheck(bool(cached["usable"]), str(cached["reason"]), float(cached.get("seconds", 0)))
+        except (OSError, ValueError, KeyError):
+            pass
+    result = _boot_under_kvm(qemu, kernel, timeout)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({"key": key, **result.as_dict()}))
+    except OSError:
+        pass  # a cache we cannot write only costs time
+    return result
+
+
+def _boot_under_kvm(qemu: str, kernel: Path, timeout: float, accel: str = "kvm") -> KvmCheck:
+    from coreos_lab.errors import Timeout
+    from coreos_lab.proc import run
+
+    with tempfile.TemporaryDirectory(prefix="lab-kvm-") as tmp:
+        serial = Path(tmp) / "serial.txt"
+        # panic=-1 reboots at once on the expected panic and -no-reboot turns that into QEMU exiting.
+        argv = [
+            qemu, "-accel", accel, "-machine", "pc", "-m", "128", "-display", "none", "-nodefaults",
+            "-no-reboot", "-serial", f"file:{serial}", "-kernel", str(kernel),
+            "-append", "console=ttyS0 panic=-1 root=/dev/nonexistent",
+        ]  # fmt: skip
+        started = time.monotonic()
+        try:
+            result = run(argv, check=False, timeout=timeout)
+        except Timeout:
+            return KvmCheck(
+                False,
+                f"a Linux kernel made no progress under KVM within {timeout:g} s "
+                "(nested virtualization that hangs guests); use the qemu driver",
+                round(time.monotonic() - started, 1),
+            )
+        seconds = round(time.monotonic() - started, 1)
+        text = serial.read_bytes() if serial.exists() else b""
+        if any(marker in text for marker in _KERNEL_PROGRESS):
+            return KvmCheck(True, "a Linux kernel boots under KVM", seconds)
+        err = result.stderr.strip().splitlines()
+        return KvmCheck(
+            False, f"QEMU could not run a KVM guest: {err[-1] if err else f'exit {result.returncode}'}", seconds
+        )
+
+
+def resolve_driver(driver: str) -> str:
+    """`auto` → `kvm` where KVM runs guests, else `qemu` (software emulation: slow but works everywhere)."""
+    if driver != "auto":
+        return driver
+    return "kvm" if kvm_check().usable else "qemu"
+
+
+def libvirt_socket() -> str | None:
+    """The libvirt daemon's socket on this host, if one is listening there."""
+    for path in LIBVIRT_SOCKETS:
+        if Path(path).is_socket():
+            return path
+    return None
+
+
+def vagrant_libvirt_plugin(env: dict[str, str] | None = None) -> str | None:
+    """The installed vagrant-libvirt plugin version, or None (also when Vagrant itself is missing)."""
+    vagrant = shutil.which("vagrant")
+    if vagrant is None:
+        return None
+    from coreos_lab.errors import LabError
+    from coreos_lab.proc import run
+
+    try:
+        out = run([vagrant, "plugin", "list"], env=env, check=False, timeout=60).stdout
+    except LabError:
+        return None
+    for line in out.splitlines():
+        if line.startswith("vagrant-libvirt"):
+            return line.split("(", 1)[-1].split(",")[0].strip(") ") if "(" in line else "installed"
+    return None
