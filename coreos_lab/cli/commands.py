@@ -6,6 +6,9 @@ import click
 
 
 def register(root: click.Group) -> None:
-    from coreos_lab.cli import mirror
+    from coreos_lab.cli import lab, mirror
 
     root.add_command(mirror.mirror)
+    root.add_command(lab.init)
+    root.add_command(lab.render)
+    root.add_command(lab.config_)
