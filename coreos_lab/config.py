@@ -375,6 +375,7 @@ def build_config(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
+    before_types = len(problems.items)
     for setting in SETTINGS:
         value, source = setting.default, "default"
         if setting.path in file_values:
@@ -389,7 +390,8 @@ def build_config(
     for path in STRUCTURED:
         if path in file_values:
             sources[path] = CONFIG_FILE
-    problems.raise_if_any()  # wrong types make the checks below meaningless
+    if len(problems.items) > before_types:
+        problems.raise_if_any()  # wrong types make the checks below meaningless
 
     def where(path: str) -> str:
         source = sources[path]
@@ -550,7 +552,7 @@ def _fill_dependent_defaults(lab_dir: Path, values: dict[str, Any], sources: dic
     if values["etcd.members"] is None:
         values["etcd.members"] = min(3, values["nodes"])
     if values["mirror.guest_host"] is None:
-        values["mirror.guest_host"] = PROVIDER_GUEST_HOSTS[values["provider"]]
+        values["mirror.guest_host"] = PROVIDER_GUEST_HOSTS.get(values["provider"], "")  # bad provider: reported
     if values["mirror.root"] is None:
         from coreos_lab.paths import default_mirror_root
 
@@ -582,6 +584,8 @@ def _build_nodes(
         problems.add(where("subnet"), f"{values['subnet']!r} is not an IPv4 network such as 172.17.8.0/24")
         return ()
     count, prefix, members = values["nodes"], values["name_prefix"], values["etcd.members"]
+    if not 1 <= count <= MAX_NODES:
+        return ()  # reported with the scalars
     if subnet.num_addresses < 100 + count + 2:
         problems.add(where("subnet"), f"{subnet} is too small for {count} nodes at host addresses 101…{100 + count}")
         return ()
