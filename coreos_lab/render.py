@@ -188,10 +188,23 @@ def render_files(config: LabConfig, discovery: Discovery) -> dict[str, str]:
                 units=node_units(config, node),
             )
     except jinja2.TemplateError as exc:
-        where = getattr(exc, "filename", None) or getattr(exc, "name", None) or "a template"
-        line = getattr(exc, "lineno", None)
-        raise BadInput(f"{where}{f':{line}' if line else ''}: template error: {exc}") from exc
+        raise BadInput(f"{_template_location(exc)}: template error: {exc}") from exc
     return outputs
+
+
+def _template_location(exc: BaseException) -> str:
+    """`file:line` of a template error: syntax errors carry it; for runtime errors (an undefined name) Jinja2
+    puts the template's frames into the traceback."""
+    import traceback
+
+    filename, line = getattr(exc, "filename", None), getattr(exc, "lineno", None)
+    if filename is None:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename.endswith(".j2")]
+        if frames:
+            filename, line = frames[-1].filename, frames[-1].lineno
+    if filename is None:
+        return "a template"
+    return f"{filename}:{line}" if line else str(filename)
 
 
 # --------------------------------------------------------------------------------------------------------------
