@@ -101,7 +101,9 @@ SETTINGS: tuple[Setting, ...] = (
         maximum=MAX_NODES,
         optional=True,
     ),
-    Setting("discovery.mode", str, "local", "local token service, a public one, or a static member list", DISCOVERY_MODES),
+    Setting(
+        "discovery.mode", str, "local", "local token service, a public one, or a static member list", DISCOVERY_MODES
+    ),
     Setting("discovery.url", str, "https://discovery.etcd.io", "public discovery service (public mode only)"),
     Setting("mirror.url", str, "http://127.0.0.1:8080", "the box mirror and discovery server, as the host reaches it"),
     Setting(
@@ -382,8 +384,8 @@ def build_config(
             value, source = file_values[setting.path], CONFIG_FILE
             value = _check_type(setting, value, f"{CONFIG_FILE}: {setting.path}", problems)
         if setting.env in environ:
-            where = f"environment {setting.env}"
-            value, source = _parse_env(setting, environ[setting.env], where, problems), f"env {setting.env}"
+            env_where = f"environment {setting.env}"
+            value, source = _parse_env(setting, environ[setting.env], env_where, problems), f"env {setting.env}"
         if flags and flags.get(setting.path) is not None:
             value, source = flags[setting.path], f"flag {setting.flag}"
         values[setting.path], sources[setting.path] = value, source
@@ -441,7 +443,9 @@ def _flatten(doc: Mapping[str, Any], problems: _Problems) -> dict[str, Any]:
                 if path in SETTINGS_BY_PATH or path in STRUCTURED:
                     flat[path] = subvalue
                 else:
-                    allowed = sorted(p.split(".", 1)[1] for p in [*SETTINGS_BY_PATH, *STRUCTURED] if p.startswith(key + "."))
+                    allowed = sorted(
+                        p.split(".", 1)[1] for p in [*SETTINGS_BY_PATH, *STRUCTURED] if p.startswith(key + ".")
+                    )
                     problems.add(f"{CONFIG_FILE}: {path}", _unknown(str(sub), allowed))
         elif key in SETTINGS_BY_PATH or key in STRUCTURED:
             flat[key] = value
@@ -471,7 +475,7 @@ def _check_type(setting: Setting, value: Any, where: str, problems: _Problems) -
     ok = isinstance(value, setting.kind) and not (setting.kind is int and isinstance(value, bool))
     if setting.kind is str and isinstance(value, int | float) and not isinstance(value, bool):
         # `version: 3815.2` or `channel: 1` read as numbers; a version must be quoted to keep its digits.
-        problems.add(where, f"{value!r} is a number; write it as a quoted string (\"{value}\")")
+        problems.add(where, f'{value!r} is a number; write it as a quoted string ("{value}")')
         return value
     if not ok:
         problems.add(where, f"{_show(value)} is not {_kind_name(setting.kind)}")
@@ -521,10 +525,14 @@ def _check_scalars(
             (setting.minimum is not None and value < setting.minimum)
             or (setting.maximum is not None and value > setting.maximum)
         ):
-            problems.add(where(setting.path), f"{value} is out of range; allowed: {setting.minimum} to {setting.maximum}")
+            problems.add(
+                where(setting.path), f"{value} is out of range; allowed: {setting.minimum} to {setting.maximum}"
+            )
     distro, channel = values["distro"], values["channel"]
     if distro in CHANNELS and channel not in CHANNELS[distro]:
-        problems.add(where("channel"), f"{channel!r} is not a {distro} channel; choose one of {', '.join(CHANNELS[distro])}")
+        problems.add(
+            where("channel"), f"{channel!r} is not a {distro} channel; choose one of {', '.join(CHANNELS[distro])}"
+        )
     if values["version"] is not None:
         from coreos_lab.store import VERSION_RE
 
@@ -592,7 +600,9 @@ def _build_nodes(
     names = [f"{prefix}-{i:02d}" for i in range(1, count + 1)]
     per_machine = file_values.get("machines") or {}
     if not isinstance(per_machine, dict):
-        problems.add(f"{CONFIG_FILE}: machines", f"expected a mapping of machine name → settings, found {_show(per_machine)}")
+        problems.add(
+            f"{CONFIG_FILE}: machines", f"expected a mapping of machine name → settings, found {_show(per_machine)}"
+        )
         per_machine = {}
     for name in per_machine:
         if name not in names:
@@ -704,13 +714,20 @@ def _build_ports(raw: Any, nodes: tuple[Node, ...], problems: _Problems) -> tupl
         node = item.get("node")
         if node is not None and node not in names:
             problems.add(f"{where}.node", f"{node!r} is not a machine of this lab ({', '.join(sorted(names))})")
-        port = ForwardedPort(_port(item["guest"], f"{where}.guest", problems), _port(item["host"], f"{where}.host", problems), str(protocol), node)
+        port = ForwardedPort(
+            _port(item["guest"], f"{where}.guest", problems),
+            _port(item["host"], f"{where}.host", problems),
+            str(protocol),
+            node,
+        )
         ports.append(port)
     seen: dict[tuple[int, str, str | None], int] = {}
     for i, port in enumerate(ports):
         key = (port.host, port.protocol, port.node)
         if key in seen:
-            problems.add(f"{base}[{i}].host", f"host port {port.host}/{port.protocol} is already forwarded by [{seen[key]}]")
+            problems.add(
+                f"{base}[{i}].host", f"host port {port.host}/{port.protocol} is already forwarded by [{seen[key]}]"
+            )
         seen[key] = i
     return tuple(ports)
 
@@ -725,13 +742,19 @@ def _build_folders(raw: Any, lab_dir: Path, problems: _Problems) -> tuple[Shared
     folders: list[SharedFolder] = []
     for i, item in enumerate(raw):
         where = f"{base}[{i}]"
-        if not isinstance(item, dict) or not isinstance(item.get("host"), str) or not isinstance(item.get("guest"), str):
+        if (
+            not isinstance(item, dict)
+            or not isinstance(item.get("host"), str)
+            or not isinstance(item.get("guest"), str)
+        ):
             problems.add(where, f"expected {{host: PATH, guest: /ABSOLUTE/PATH}}, found {_show(item)}")
             continue
         _check_keys(item, ("host", "guest"), where, problems)
         host = Path(item["host"]).expanduser()
         if not (lab_dir / host).is_dir():
-            problems.add(f"{where}.host", f"{item['host']!r} is not a directory (relative paths are relative to the lab)")
+            problems.add(
+                f"{where}.host", f"{item['host']!r} is not a directory (relative paths are relative to the lab)"
+            )
         if not item["guest"].startswith("/"):
             problems.add(f"{where}.guest", f"{item['guest']!r} is not an absolute path")
         folders.append(SharedFolder(item["host"], item["guest"]))
@@ -780,7 +803,9 @@ def _build_units(raw: Any, nodes: tuple[Node, ...], problems: _Problems) -> tupl
             drop_ins.append(DropIn(str(drop["name"]), _text(drop["content"], f"{dwhere}.content", problems) or ""))
         machines = item.get("machines") or []
         if not isinstance(machines, list) or any(m not in names for m in machines):
-            problems.add(f"{where}.machines", f"{_show(machines)} is not a list of this lab's machines ({', '.join(names)})")
+            problems.add(
+                f"{where}.machines", f"{_show(machines)} is not a list of this lab's machines ({', '.join(names)})"
+            )
             machines = []
         units.append(
             Unit(
@@ -865,7 +890,9 @@ def init_lab(
     lab_dir = Path(lab_dir)
     path = lab_dir / CONFIG_FILE
     if path.exists() and not force:
-        raise BadInput(f"{path} exists; not overwriting it", hint="edit it, or `lab init --force` (keeps your copy beside it)")
+        raise BadInput(
+            f"{path} exists; not overwriting it", hint="edit it, or `lab init --force` (keeps your copy beside it)"
+        )
     if lab_dir.exists() and not lab_dir.is_dir():
         raise BadInput(f"{lab_dir} is not a directory")
     flags = dict(flags or {})
@@ -883,7 +910,9 @@ def init_lab(
 
     from coreos_lab.render import environment
 
-    text = environment(lab_dir).get_template("lab.yaml.j2").render(v=dict(config.values), v_sources=dict(config.sources))
+    text = (
+        environment(lab_dir).get_template("lab.yaml.j2").render(v=dict(config.values), v_sources=dict(config.sources))
+    )
     # What is written must read back as what was asked for.
     import yaml
 

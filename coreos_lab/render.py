@@ -268,7 +268,9 @@ def mint_token(config: LabConfig, size: int, server: str) -> Token:
     from coreos_lab.discovery.client import new_token
 
     url = new_token(server, size, PUBLIC_TOKEN_TIMEOUT).strip()
-    return Token(token=url.rstrip("/").rsplit("/", 1)[-1], url=url, guest_url=url, size=size, mode="public", server=server)
+    return Token(
+        token=url.rstrip("/").rsplit("/", 1)[-1], url=url, guest_url=url, size=size, mode="public", server=server
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------

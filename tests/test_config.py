@@ -100,35 +100,115 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
     ("section not a mapping", {"etcd": 3}, {}, "lab.yaml: etcd: expected a mapping, found 3"),
     ("members > nodes", {"nodes": 2, "etcd": {"members": 3}}, {}, "etcd.members: 3 etcd members but only 2 nodes"),
     ("members 0", {"etcd": {"members": 0}}, {}, "lab.yaml: etcd.members: 0 is out of range"),
-    ("ip outside subnet", {"machines": {"core-02": {"ip": "10.0.0.5"}}}, {}, "machines.core-02.ip: 10.0.0.5 is outside the subnet 172.17.8.0/24"),
-    ("ip clash", {"machines": {"core-02": {"ip": "172.17.8.101"}}}, {}, "machines.core-02.ip: 172.17.8.101 is already core-01's address"),
-    ("ip clash later", {"machines": {"core-01": {"ip": "172.17.8.102"}}}, {}, "172.17.8.102 is already core-01's address"),
+    (
+        "ip outside subnet",
+        {"machines": {"core-02": {"ip": "10.0.0.5"}}},
+        {},
+        "machines.core-02.ip: 10.0.0.5 is outside the subnet 172.17.8.0/24",
+    ),
+    (
+        "ip clash",
+        {"machines": {"core-02": {"ip": "172.17.8.101"}}},
+        {},
+        "machines.core-02.ip: 172.17.8.101 is already core-01's address",
+    ),
+    (
+        "ip clash later",
+        {"machines": {"core-01": {"ip": "172.17.8.102"}}},
+        {},
+        "172.17.8.102 is already core-01's address",
+    ),
     ("host address", {"machines": {"core-01": {"ip": "172.17.8.1"}}}, {}, "172.17.8.1 is reserved"),
-    ("ip not an ip", {"machines": {"core-01": {"ip": "core"}}}, {}, "machines.core-01.ip: 'core' is not an IPv4 address"),
-    ("unknown machine", {"machines": {"core-09": {"ip": "172.17.8.150"}}}, {}, "machines.core-09: no such machine; machines are core-01 … core-03"),
+    (
+        "ip not an ip",
+        {"machines": {"core-01": {"ip": "core"}}},
+        {},
+        "machines.core-01.ip: 'core' is not an IPv4 address",
+    ),
+    (
+        "unknown machine",
+        {"machines": {"core-09": {"ip": "172.17.8.150"}}},
+        {},
+        "machines.core-09: no such machine; machines are core-01 … core-03",
+    ),
     ("bad subnet", {"subnet": "172.17.8.1/24"}, {}, "subnet: '172.17.8.1/24' is not an IPv4 network"),
     ("small subnet", {"subnet": "172.17.8.0/26"}, {}, "subnet: 172.17.8.0/26 is too small for 3 nodes"),
     ("bad distro", {"distro": "fedora"}, {}, "distro: 'fedora' is not allowed; choose one of coreos, flatcar"),
-    ("bad channel", {"channel": "lts"}, {}, "channel: 'lts' is not a coreos channel; choose one of alpha, beta, stable"),
+    (
+        "bad channel",
+        {"channel": "lts"},
+        {},
+        "channel: 'lts' is not a coreos channel; choose one of alpha, beta, stable",
+    ),
     ("bad provider", {"provider": "vmware"}, {}, "provider: 'vmware' is not allowed; choose one of virtualbox"),
     ("version a number", {"version": 1068.8}, {}, "version: 1068.8 is a number; write it as a quoted string"),
     ("bad version", {"version": "latest!"}, {}, "version: 'latest!' is not a box version"),
     ("bad prefix", {"name_prefix": "Core_"}, {}, "name_prefix: 'Core_' is not allowed"),
     ("bad discovery mode", {"discovery": {"mode": "dns"}}, {}, "discovery.mode: 'dns' is not allowed"),
     ("bad mirror url", {"mirror": {"url": "ftp://x"}}, {}, "mirror.url: 'ftp://x' is not an http(s) base URL"),
-    ("bad cpu cap", {"virtualbox": {"cpu_execution_cap": 101}}, {}, "virtualbox.cpu_execution_cap: 101 is out of range"),
-    ("bad reboot strategy", {"update": {"reboot_strategy": False}}, {}, "update.reboot_strategy: False is not a string"),
-    ("bad port", {"forwarded_ports": [{"guest": 80, "host": 70000}]}, {}, "forwarded_ports[0].host: 70000 is not a port number"),
+    (
+        "bad cpu cap",
+        {"virtualbox": {"cpu_execution_cap": 101}},
+        {},
+        "virtualbox.cpu_execution_cap: 101 is out of range",
+    ),
+    (
+        "bad reboot strategy",
+        {"update": {"reboot_strategy": False}},
+        {},
+        "update.reboot_strategy: False is not a string",
+    ),
+    (
+        "bad port",
+        {"forwarded_ports": [{"guest": 80, "host": 70000}]},
+        {},
+        "forwarded_ports[0].host: 70000 is not a port number",
+    ),
     ("port shape", {"forwarded_ports": {"80": 8080}}, {}, "forwarded_ports: expected a list of {guest, host}"),
-    ("port clash", {"forwarded_ports": [{"guest": 80, "host": 8080}, {"guest": 81, "host": 8080}]}, {}, "forwarded_ports[1].host: host port 8080/tcp is already forwarded by [0]"),
-    ("port unknown node", {"forwarded_ports": [{"guest": 80, "host": 8080, "node": "core-07"}]}, {}, "forwarded_ports[0].node: 'core-07' is not a machine"),
-    ("missing folder", {"shared_folders": [{"host": "./nope", "guest": "/home/core/nope"}]}, {}, "shared_folders[0].host: './nope' is not a directory"),
-    ("relative guest folder", {"shared_folders": [{"host": ".", "guest": "share"}]}, {}, "shared_folders[0].guest: 'share' is not an absolute path"),
+    (
+        "port clash",
+        {"forwarded_ports": [{"guest": 80, "host": 8080}, {"guest": 81, "host": 8080}]},
+        {},
+        "forwarded_ports[1].host: host port 8080/tcp is already forwarded by [0]",
+    ),
+    (
+        "port unknown node",
+        {"forwarded_ports": [{"guest": 80, "host": 8080, "node": "core-07"}]},
+        {},
+        "forwarded_ports[0].node: 'core-07' is not a machine",
+    ),
+    (
+        "missing folder",
+        {"shared_folders": [{"host": "./nope", "guest": "/home/core/nope"}]},
+        {},
+        "shared_folders[0].host: './nope' is not a directory",
+    ),
+    (
+        "relative guest folder",
+        {"shared_folders": [{"host": ".", "guest": "share"}]},
+        {},
+        "shared_folders[0].guest: 'share' is not an absolute path",
+    ),
     ("bad unit name", {"units": [{"name": "hello"}]}, {}, "units[0].name: 'hello' is not a systemd unit name"),
-    ("bad unit command", {"units": [{"name": "a.service", "command": "go"}]}, {}, "units[0].command: 'go' is not allowed"),
-    ("unit for unknown machine", {"units": [{"name": "a.service", "machines": ["x"]}]}, {}, "units[0].machines: a list is not a list of this lab's machines"),
+    (
+        "bad unit command",
+        {"units": [{"name": "a.service", "command": "go"}]},
+        {},
+        "units[0].command: 'go' is not allowed",
+    ),
+    (
+        "unit for unknown machine",
+        {"units": [{"name": "a.service", "machines": ["x"]}]},
+        {},
+        "units[0].machines: a list is not a list of this lab's machines",
+    ),
     ("bad metadata", {"fleet": {"metadata": {"zone": "a,b"}}}, {}, "fleet.metadata.zone: 'a,b' is not allowed"),
-    ("fleet on flatcar", {"distro": "flatcar", "version": "3815.2.0", "fleet": {"metadata": {"a": "b"}}}, {}, "fleet.metadata: Flatcar has no fleet"),
+    (
+        "fleet on flatcar",
+        {"distro": "flatcar", "version": "3815.2.0", "fleet": {"metadata": {"a": "b"}}},
+        {},
+        "fleet.metadata: Flatcar has no fleet",
+    ),
     ("bool from env", {}, {"LAB_GUI": "maybe"}, "environment LAB_GUI: 'maybe' is not a boolean"),
 ]
 
@@ -159,7 +239,10 @@ def test_version_not_in_mirror_names_what_it_has_and_how_to_fetch(tmp_path: Path
         load_config(lab_dir, environ={})
     assert "lab.yaml: version: '9999.0.0' is not in the mirror" in caught.value.message
     assert "it has 1010.5.0, 1068.8.0" in caught.value.message
-    assert caught.value.hint is not None and "lab mirror fetch coreos --channel stable --version 9999.0.0" in caught.value.hint
+    assert (
+        caught.value.hint is not None
+        and "lab mirror fetch coreos --channel stable --version 9999.0.0" in caught.value.hint
+    )
 
 
 def test_box_for_channel_missing(tmp_path: Path, mirror: Path) -> None:
@@ -187,7 +270,7 @@ def test_init_pins_newest_and_reads_back(tmp_path: Path, mirror: Path) -> None:
 
 
 def test_init_refuses_unknown_version_and_empty_mirror(tmp_path: Path, mirror: Path) -> None:
-    with pytest.raises(BadInput, match="'1.2.3' is not in the mirror"):
+    with pytest.raises(BadInput, match=r"'1\.2\.3' is not in the mirror"):
         init_lab(tmp_path / "a", flags={"mirror.root": str(mirror), "version": "1.2.3"}, environ={})
     empty = tmp_path / "empty-mirror"
     with pytest.raises(BadInput, match="has no flatcar-beta box for virtualbox: nothing to pin") as caught:

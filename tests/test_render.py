@@ -36,11 +36,17 @@ CASES: dict[str, dict[str, Any]] = {
         "expose_docker_tcp": 2375,
         "fleet": {"metadata": {"region": "lab"}},
         "machines": {"core-05": {"ip": "172.17.8.150", "metadata": {"disk": "ssd"}}},
-        "forwarded_ports": [{"guest": 80, "host": 8080}, {"guest": 53, "host": 5353, "protocol": "udp", "node": "core-02"}],
+        "forwarded_ports": [
+            {"guest": 80, "host": 8080},
+            {"guest": 53, "host": 5353, "protocol": "udp", "node": "core-02"},
+        ],
         "shared_folders": [{"host": ".", "guest": "/home/core/share"}],
         "units": [
             {"name": "hello.service", "command": "start", "content": UNIT, "machines": ["core-01"]},
-            {"name": "docker.service", "drop_ins": [{"name": "50-opts.conf", "content": '[Service]\nEnvironment="A=b c"'}]},
+            {
+                "name": "docker.service",
+                "drop_ins": [{"name": "50-opts.conf", "content": '[Service]\nEnvironment="A=b c"'}],
+            },
         ],
     },
     "coreos-3-static": {"discovery": {"mode": "static"}},
@@ -125,7 +131,9 @@ def test_user_data_reads_back(tmp_path: Path, mirror: Path, case: str) -> None:
         first = yaml.safe_load((lab_dir / "user-data/core-01.yaml").read_text())["coreos"]
         units = {u["name"]: u for u in first["units"]}
         assert units["hello.service"]["content"] == UNIT
-        assert units["docker.service"]["drop-ins"] == [{"name": "50-opts.conf", "content": '[Service]\nEnvironment="A=b c"\n'}]
+        assert units["docker.service"]["drop-ins"] == [
+            {"name": "50-opts.conf", "content": '[Service]\nEnvironment="A=b c"\n'}
+        ]
         assert "ListenStream=2375" in units["docker-tcp.socket"]["content"]
         second = yaml.safe_load((lab_dir / "user-data/core-02.yaml").read_text())["coreos"]
         assert "hello.service" not in {u["name"] for u in second["units"]}
@@ -145,7 +153,9 @@ def test_etcd_environments_per_machine(tmp_path: Path, mirror: Path) -> None:
 
 
 def test_box_pins_and_provisioning_in_vagrantfile(tmp_path: Path, mirror: Path) -> None:
-    lab_dir = write_lab(tmp_path / "lab", mirror, distro="flatcar", version="3815.2.0", mirror={"url": "http://127.0.0.1:8181"})
+    lab_dir = write_lab(
+        tmp_path / "lab", mirror, distro="flatcar", version="3815.2.0", mirror={"url": "http://127.0.0.1:8181"}
+    )
     render(lab_dir)
     text = (lab_dir / "Vagrantfile").read_text()
     assert 'BOX_NAME = "flatcar-stable"' in text and 'BOX_VERSION = "3815.2.0"' in text

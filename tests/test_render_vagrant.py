@@ -21,7 +21,9 @@ VERSIONS = {"coreos": "1068.8.0", "flatcar": "3815.2.0"}
 def vagrant(lab_dir: Path, home: Path, *args: str, path_prefix: Path | None = None) -> subprocess.CompletedProcess[str]:
     vagrant_bin = shutil.which("vagrant")
     assert vagrant_bin is not None, "vagrant is not installed (scripts/system-packages.sh installs it)"
-    env = dict(os.environ, VAGRANT_HOME=str(home), VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_DEFAULT_PROVIDER="virtualbox")
+    env = dict(
+        os.environ, VAGRANT_HOME=str(home), VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_DEFAULT_PROVIDER="virtualbox"
+    )
     if path_prefix is not None:
         env["PATH"] = f"{path_prefix}{os.pathsep}{env['PATH']}"
     return subprocess.run(
@@ -54,7 +56,10 @@ def test_vagrant_validates_rendered_lab(tmp_path: Path, mirror: Path, distro: st
             "etcd": {"members": 3},
             "serial_logging": True,
             "expose_docker_tcp": 2375,
-            "forwarded_ports": [{"guest": 80, "host": 8080}, {"guest": 53, "host": 5353, "protocol": "udp", "node": "core-02"}],
+            "forwarded_ports": [
+                {"guest": 80, "host": 8080},
+                {"guest": 53, "host": 5353, "protocol": "udp", "node": "core-02"},
+            ],
         }
         if nodes == 5
         else {}
@@ -93,10 +98,7 @@ def test_vagrant_status_lists_exactly_the_machines(tmp_path: Path, mirror: Path)
     stand_in.mkdir()
     calls = tmp_path / "vboxmanage-calls"
     (stand_in / "VBoxManage").write_text(
-        "#!/bin/sh\n"
-        f'echo "$*" >> "{calls}"\n'
-        'if [ "$1" = "--version" ]; then echo 7.0.14r161095; exit 0; fi\n'
-        "exit 1\n"
+        f'#!/bin/sh\necho "$*" >> "{calls}"\nif [ "$1" = "--version" ]; then echo 7.0.14r161095; exit 0; fi\nexit 1\n'
     )
     (stand_in / "VBoxManage").chmod(0o755)
 

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from harness.boxes import add_box
 
 from coreos_lab.store import MirrorStore
+from harness.boxes import add_box
 
 # The boxes `mirror_with_boxes` stores: name → versions.
 BOXES = {"coreos-stable": ["1010.5.0", "1068.8.0"], "flatcar-stable": ["3815.2.0"], "flatcar-lts": ["3033.3.18"]}
