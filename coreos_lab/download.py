@@ -128,7 +128,8 @@ def _receive(
     part.seek(have)
     with reporter.transfer(url.rsplit("/", 1)[-1], total, have) as advance:
         # Raw bytes as stored: never let a Content-Encoding the server added anyway change what is hashed.
-        for chunk in resp.raw.stream(CHUNK, decode_content=False):
+        # read1 returns what has arrived (up to CHUNK), so the progress moves on slow links too.
+        while chunk := resp.raw.read1(CHUNK, decode_content=False):
             hashers.update(chunk)
             part.write(chunk)
             got += len(chunk)

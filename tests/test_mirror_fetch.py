@@ -173,6 +173,7 @@ def test_a_cut_download_is_never_listed_and_resumes_with_range(mirror_root: Path
     resumed = fetch(mirror_root, upstream)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.json()["resumed_from"] == 200
+    assert "resuming" in resumed.stderr and "━" not in resumed.stderr  # notes, but no bar off a terminal
     first, second = upstream.bincache.seen(".box")
     assert "Range" not in first.headers
     assert second.headers["Range"] == "bytes=200-"

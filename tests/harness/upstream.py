@@ -43,6 +43,7 @@ class FixtureServer:
         self.requests: list[SeenRequest] = []
         self.cut_after: dict[str, int] = {}  # path → body bytes to send before dropping the connection, once
         self.ignore_range = False
+        self.misplace_ranges = False  # answer a Range with 206 but the whole file (Content-Range from byte 0)
         self.throttle: tuple[int, float] | None = None  # (chunk size, seconds between chunks)
         self.proxied: dict[str, FixtureServer] = {}  # netloc → server, when used as a forward proxy
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
@@ -108,6 +109,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 return
             status = 206
+            if server.misplace_ranges:
+                start, end = 0, size - 1
         payload = data[start : end + 1]
         self.send_response(status)
         self.send_header("Content-Type", "application/json" if path.endswith(".json") else "application/octet-stream")
