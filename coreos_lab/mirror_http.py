@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -99,10 +100,12 @@ def check_base_url(base_url: str) -> str:
     return base_url.rstrip("/")
 
 
-def describe(root: Path, base: str) -> str:
+def describe(root: Path, listen_url: str, base_url: str | None) -> str:
     """What the server announces once it listens: where, what, and how to use it."""
     names = MirrorStore(root).names()
-    lines = [f"serving {root} at {base} ({len(names)} box name{'s' if len(names) != 1 else ''}); Ctrl-C stops"]
+    base = base_url or listen_url
+    where = f"serving {root} on {listen_url}" + (f" (metadata URLs under {base_url})" if base_url else "")
+    lines = [f"{where}: {len(names)} box name{'s' if len(names) != 1 else ''}; Ctrl-C stops"]
     lines += [f"  vagrant box add {base}/{name}" for name in names]
     return "\n".join(lines)
 
@@ -227,12 +230,13 @@ def aiohttp_etag(stat: os.stat_result) -> str:
 
 
 def if_range_matches(value: str, *, etag: str, mtime: float) -> bool:
-    """RFC 9110 §13.1.5: a strong ETag equal to ours, or a date equal to our Last-Modified."""
+    """RFC 9110 §13.1.5: a strong ETag equal to ours, or a date equal to our Last-Modified (which aiohttp
+    writes as the mtime rounded up to the second)."""
     value = value.strip()
     if value.startswith(('"', "W/")):
         return value == f'"{etag}"'
     try:
-        return int(parsedate_to_datetime(value).timestamp()) == int(mtime)
+        return int(parsedate_to_datetime(value).timestamp()) == math.ceil(mtime)
     except (TypeError, ValueError, IndexError):
         return False
 

@@ -41,7 +41,7 @@ def serve(root: Path | None, host: str, port: int, base_url: str | None, live: b
     live_view = console.stderr_is_terminal() if live is None else live
 
     def announce(url: str) -> None:
-        console.info(describe(mirror_root, base or url))
+        console.info(describe(mirror_root, url, base))
 
     serve_forever(mirror_root, host=host, port=port, base_url=base, live_view=live_view, on_ready=announce)
     console.info("stopped")
