@@ -6,6 +6,6 @@ import click
 
 
 def register(root: click.Group) -> None:
-    from coreos_lab.cli import mirror
+    from coreos_lab.cli import mirror, mirror_serve  # noqa: F401 - mirror_serve adds `serve` to the mirror group
 
     root.add_command(mirror.mirror)
