@@ -841,7 +841,7 @@ def check_version_in_mirror(config: LabConfig, where: str) -> None:
 
 def fetch_hint(distro: str, channel: str, version: str | None = None) -> str:
     pinned = f" --version {version}" if version else ""
-    return f"put the box in the mirror first: `lab mirror fetch {distro} --channel {channel}{pinned}` (or `lab mirror import`)"
+    return f"put the box in the mirror first: `lab mirror fetch --distro {distro} --channel {channel}{pinned}` (or `lab mirror import BOX`)"
 
 
 def newest_version(mirror_root: Path, distro: str, channel: str, provider: str) -> str | None:

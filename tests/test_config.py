@@ -241,7 +241,7 @@ def test_version_not_in_mirror_names_what_it_has_and_how_to_fetch(tmp_path: Path
     assert "it has 1010.5.0, 1068.8.0" in caught.value.message
     assert (
         caught.value.hint is not None
-        and "lab mirror fetch coreos --channel stable --version 9999.0.0" in caught.value.hint
+        and "lab mirror fetch --distro coreos --channel stable --version 9999.0.0" in caught.value.hint
     )
 
 
@@ -275,7 +275,7 @@ def test_init_refuses_unknown_version_and_empty_mirror(tmp_path: Path, mirror: P
     empty = tmp_path / "empty-mirror"
     with pytest.raises(BadInput, match="has no flatcar-beta box for virtualbox: nothing to pin") as caught:
         init_lab(tmp_path / "b", flags={"mirror.root": str(empty), "distro": "flatcar", "channel": "beta"}, environ={})
-    assert caught.value.hint is not None and "lab mirror fetch flatcar --channel beta" in caught.value.hint
+    assert caught.value.hint is not None and "lab mirror fetch --distro flatcar --channel beta" in caught.value.hint
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
