@@ -6,7 +6,9 @@ Regenerate them after an intended template change with:  UPDATE_GOLDEN=1 pytest 
 
 from __future__ import annotations
 
+import json
 import os
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +295,21 @@ def test_cli_render_json(tmp_path: Path, mirror: Path) -> None:
     assert doc["written"] == ["Vagrantfile", "config.rb", "user-data/core-01.yaml", "user-data/core-02.yaml"]
     assert doc["token"] == "new" and doc["discovery"]["url"].startswith("http://10.0.2.2:8080/")
     assert "etcd-member.service" in (lab_dir / "user-data" / "core-01.yaml").read_text()
+
+
+def test_public_mode_asks_the_discovery_service(tmp_path: Path, mirror: Path) -> None:
+    """A second server on loopback stands in for a public discovery service (`/new?size=N`)."""
+    from coreos_lab.server import EmbeddedServer
+
+    with EmbeddedServer(tmp_path / "public", port=0) as public:
+        lab_dir = write_lab(
+            tmp_path / "lab", mirror, nodes=4, etcd={"members": 3}, discovery={"mode": "public", "url": public.url}
+        )
+        result = render(lab_dir)
+        token = LabState.load(lab_dir).token
+        assert token is not None and token.mode == "public" and token.size == 3
+        assert token.url.startswith(public.url + "/") and token.guest_url == token.url
+        assert etcd_environments(lab_dir)["core-04"]["ETCD_DISCOVERY"] == token.url
+        size = json.loads(urllib.request.urlopen(f"{token.url}/_config/size", timeout=5).read())
+        assert size["node"]["value"] == "3"
+        assert result.token == "new" and render(lab_dir).token == "kept"
