@@ -9,8 +9,9 @@ import pytest
 from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
 
-from coreos_lab.config import SETTINGS, init_lab, load_config
+from coreos_lab.config import SETTINGS, load_config
 from coreos_lab.errors import BadInput, ExitCode
+from coreos_lab.labfile import init_lab
 
 
 @pytest.fixture
@@ -320,3 +321,14 @@ def test_cli_missing_lab_yaml(tmp_path: Path) -> None:
     run = lab("render", tmp_path)
     assert run.returncode == ExitCode.USAGE
     assert f"no lab.yaml in {tmp_path}" in run.stderr and "lab init" in run.stderr
+
+
+def test_cli_init_pins_the_mirror_it_checked(tmp_path: Path, mirror: Path) -> None:
+    """`./boxes` is the default mirror only from where `lab init` runs: lab.yaml keeps the root it pinned from."""
+    assert mirror == tmp_path / "boxes"
+    run = lab("init", "lab", cwd=tmp_path, env={"LAB_MIRROR_ROOT": ""})
+    assert run.returncode == 0, run.stderr
+    shown = lab("config", ".", "--json", cwd=tmp_path / "lab", env={"LAB_MIRROR_ROOT": ""})
+    assert shown.returncode == 0, shown.stderr
+    assert shown.json()["settings"]["mirror.root"] == {"value": str(mirror), "source": "lab.yaml"}
+    assert shown.json()["box"]["version"] == "1068.8.0"

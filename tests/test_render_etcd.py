@@ -85,9 +85,9 @@ def test_rendered_etcd_environment_forms_a_cluster(tmp_path: Path, mirror_root: 
                 assert isinstance(doc, dict)
                 return sorted(m["name"] for m in doc["members"] if m.get("clientURLs"))
 
-            logs = lambda: "\n".join(
-                (tmp_path / f"{n.name}.log").read_text(errors="replace")[-1500:] for n in config.nodes
-            )  # noqa: E731
+            def logs() -> str:
+                return "\n".join((tmp_path / f"{n.name}.log").read_text(errors="replace")[-1500:] for n in config.nodes)
+
             try:
                 wait_for(lambda: members() == ["core-01", "core-02", "core-03"], 30, "three started members")
                 wait_for(lambda: get_json(f"http://{first.ip}:2379/health") == {"health": "true"}, 30, "health")

@@ -61,7 +61,7 @@ def init(lab_dir: Path, force: bool, as_json: bool, **kwargs: Any) -> None:
     empty mirror nothing is written (fetch or import a box first).
     """
     from coreos_lab import console
-    from coreos_lab.config import init_lab
+    from coreos_lab.labfile import init_lab
 
     result = init_lab(lab_dir, flags=collect_flags(kwargs), force=force)
     if as_json:
