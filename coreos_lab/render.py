@@ -316,7 +316,7 @@ def _conflicts(lab_dir: Path, state: LabState, paths: list[str]) -> list[tuple[s
         known = state.known_hashes(rel)
         if not known:
             found.append((rel, "exists and was not written by `lab render`"))
-        elif sha256_text(target.read_text(encoding="utf-8", errors="surrogateescape")) not in known:
+        elif hashlib.sha256(target.read_bytes()).hexdigest() not in known:
             found.append((rel, "was edited since the last render"))
     return found
 
