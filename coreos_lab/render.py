@@ -9,7 +9,8 @@ A generated file the user edited since the last render (its hash no longer match
 user's copy is kept beside it as `<name>.orig-<UTC timestamp>`. All files are checked before any is written.
 
 Why one user-data file per machine: each machine's etcd settings carry its own name and concrete IP addresses
-(DESIGN §5: render concrete IPs rather than relying on `$private_ipv4`), and members differ from proxies.
+(concrete IPs rather than coreos-cloudinit's `$private_ipv4` substitution, which Flatcar's etcd-member drop-in
+does not get), and members differ from proxies.
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def render_files(config: LabConfig, discovery: Discovery) -> dict[str, str]:
         outputs[CONFIG_RB] = env.get_template("config.rb.j2").render(context)
         user_data = env.get_template(f"user-data-{config.distro}.yaml.j2")
         for node in config.nodes:
-            etcd = {key: value for key, value in etcd_settings(config, node, discovery).items()}
+            etcd = etcd_settings(config, node, discovery)
             outputs[node.user_data] = user_data.render(
                 context,
                 node=node,
@@ -211,7 +212,7 @@ def _template_location(exc: BaseException) -> str:
 # Tokens
 
 
-def discovery_for(config: LabConfig, state: LabState, *, mint: bool = True) -> tuple[Discovery, str]:
+def discovery_for(config: LabConfig, state: LabState) -> tuple[Discovery, str]:
     """The discovery settings to render and what happened to the token: kept | new | none.
 
     Raises `BadInput` when lab.yaml asks for a different token than the existing cluster's.
@@ -221,27 +222,27 @@ def discovery_for(config: LabConfig, state: LabState, *, mint: bool = True) -> t
     mode = config.discovery_mode
     server = config.mirror_url if mode == "local" else str(config["discovery.url"]).rstrip("/")
     current = state.token
-    fits = (
+    guest_base = config.guest_mirror_url if mode == "local" else server
+    if (
         current is not None
-        and current.mode == mode
-        and current.size == len(members)
-        and current.server == server
-        and (mode != "local" or current.guest_url.startswith(config.guest_mirror_url + "/"))
-    )
-    if current is not None and fits:
+        and (current.mode, current.size, current.server) == (mode, len(members), server)
+        and current.guest_url.startswith(guest_base + "/")
+    ):
         return Discovery(mode, current.guest_url, initial), "kept"
     if state.cluster_exists and (current is not None or mode != "static"):
-        was = f"a {current.mode} discovery token for {current.size} etcd members" if current else "a static member list"
+        was = "a static member list"
+        if current is not None:
+            was = f"a {current.mode} discovery token for {current.size} etcd members at {current.guest_url}"
+        wanted = "a static member list"
+        if mode != "static":
+            wanted = f"a {mode} discovery token for {len(members)} etcd members at {guest_base}"
         raise BadInput(
-            f"the cluster exists and was created with {was}; lab.yaml now asks for "
-            + (f"{mode} discovery with {len(members)} members" if mode != "static" else "a static member list"),
+            f"the cluster exists and was created with {was}; lab.yaml now asks for {wanted}",
             hint="destroy the cluster first (`lab destroy`), or change lab.yaml back",
         )
     state.retire_token()  # its cluster never existed, but etcd may have registered with it: never reuse
     if mode == "static":
         return Discovery(mode, None, initial), "none"
-    if not mint:
-        return Discovery(mode, "<new token>", initial), "new"
     token = mint_token(config, len(members), server)
     state.set_token(token)
     return Discovery(mode, token.guest_url, initial), "new"
@@ -311,8 +312,7 @@ def _conflicts(lab_dir: Path, state: LabState, paths: list[str]) -> list[tuple[s
         if not target.exists():
             continue
         if not target.is_file():
-            found.append((rel, "is not a regular file"))
-            continue
+            raise BadInput(f"{target} is not a regular file; `lab render` writes a file there")
         known = state.known_hashes(rel)
         if not known:
             found.append((rel, "exists and was not written by `lab render`"))

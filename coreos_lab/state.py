@@ -1,6 +1,6 @@
 """A lab's own state in `DIR/.lab/state.json`: its discovery token, what was rendered, whether the cluster exists.
 
-Token lifecycle (DESIGN §6: one token = one cluster, ever):
+Token lifecycle (one token = one cluster, ever: etcd refuses or misbehaves on a reused token):
 - no cluster yet and no usable token → `lab render` creates a fresh token sized to the etcd member count;
 - re-rendering keeps the token (same mode, size and server); a token whose cluster never existed is retired
   (marked used) when lab.yaml changes what it must be;

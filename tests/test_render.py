@@ -209,7 +209,10 @@ def test_token_lifecycle(tmp_path: Path, mirror: Path) -> None:
     state.mark_created()
     assert render(lab_dir).token == "kept"
     write_lab(lab_dir, mirror, nodes=5, etcd={"members": 3})
-    with pytest.raises(BadInput, match="the cluster exists and was created with a local discovery token for 5"):
+    with pytest.raises(
+        BadInput,
+        match=r"the cluster exists and was created with a local discovery token for 5 etcd members at http://10\.0\.2\.2:8080/",
+    ):
         render(lab_dir)
     assert LabState.load(lab_dir).token == second
 
