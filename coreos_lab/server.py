@@ -25,10 +25,12 @@ def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool
     """
     from aiohttp import web
 
-    from coreos_lab import discovery_api, mirror_http
+    from coreos_lab import mirror_http
+    from coreos_lab.discovery import api as discovery_api
 
     app = web.Application()
-    discovery_api.setup(app, discovery_dir(mirror_root))
+    # Discovery first: its routes match only `/new` and 32-hex tokens, never a box name.
+    discovery_api.setup(app, discovery_dir(mirror_root), base_url=base_url)
     mirror_http.setup(app, mirror_root, base_url=base_url, live_view=live_view)
     return app
 
