@@ -77,6 +77,13 @@ class EmbeddedServer:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def app(self) -> web.Application:
+        """The running application (its services are reachable by their AppKeys)."""
+        if self._runner is None:
+            raise RuntimeError("server not started")
+        return self._runner.app
+
     def start(self) -> EmbeddedServer:
         self._thread = threading.Thread(target=self._run, name="lab-server", daemon=True)
         self._thread.start()
