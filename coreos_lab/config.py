@@ -30,8 +30,10 @@ DISTROS = ("coreos", "flatcar")
 CHANNELS = {"coreos": ("alpha", "beta", "stable"), "flatcar": ("alpha", "beta", "stable", "lts")}
 # Where the box's path unit picks up user-data (coreos-vagrant's layout, kept by Flatcar).
 USER_DATA_DIRS = {"coreos": "/var/lib/coreos-vagrant", "flatcar": "/var/lib/flatcar-vagrant"}
-# The host as seen from a guest, per provider: VirtualBox NAT maps the host's loopback to 10.0.2.2.
-PROVIDER_GUEST_HOSTS = {"virtualbox": "10.0.2.2"}
+# The host as seen from a guest, per provider: VirtualBox NAT maps the host's loopback to 10.0.2.2; libvirt
+# guests reach it at the management network's gateway (vagrant-libvirt's default network shown here).
+PROVIDER_GUEST_HOSTS = {"virtualbox": "10.0.2.2", "libvirt": "192.168.121.1"}
+LIBVIRT_DRIVERS = ("auto", "kvm", "qemu")
 PROVIDERS = tuple(PROVIDER_GUEST_HOSTS)
 DISCOVERY_MODES = ("local", "public", "static")
 REBOOT_STRATEGIES = ("off", "reboot", "etcd-lock", "best-effort")
@@ -92,6 +94,19 @@ SETTINGS: tuple[Setting, ...] = (
         optional=True,
     ),
     Setting("virtualbox.cpu_execution_cap", int, 100, "VirtualBox CPU execution cap in percent", None, 1, 100),
+    Setting(
+        "libvirt.driver",
+        str,
+        "auto",
+        "libvirt domain type: kvm, qemu (software emulation) or auto (kvm where a test guest really runs)",
+        LIBVIRT_DRIVERS,
+    ),
+    Setting(
+        "libvirt.management_network",
+        str,
+        "192.168.121.0/24",
+        "vagrant-libvirt's management network (NAT + DHCP); guests reach the host at its first address",
+    ),
     Setting(
         "etcd.members",
         int,
@@ -550,6 +565,19 @@ def _check_scalars(
     guest = values["mirror.guest_host"]
     if guest is not None and not re.match(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:]+\]$", str(guest)):
         problems.add(where("mirror.guest_host"), f"{guest!r} is not a host name or IP address")
+    management = _parse_subnet(str(values["libvirt.management_network"]))
+    if management is None:
+        problems.add(
+            where("libvirt.management_network"),
+            f"{values['libvirt.management_network']!r} is not an IPv4 network such as 192.168.121.0/24",
+        )
+    elif values["provider"] == "libvirt":
+        private = _parse_subnet(str(values["subnet"]))
+        if private is not None and private.overlaps(management):
+            problems.add(
+                where("libvirt.management_network"),
+                f"{management} overlaps subnet {private}; the management network and the private network must differ",
+            )
     members, nodes = values["etcd.members"], values["nodes"]
     if members is not None and isinstance(nodes, int) and members > nodes:
         problems.add(where("etcd.members"), f"{members} etcd members but only {nodes} nodes; allowed: 1 to {nodes}")
@@ -561,6 +589,9 @@ def _fill_dependent_defaults(lab_dir: Path, values: dict[str, Any], sources: dic
         values["etcd.members"] = min(3, values["nodes"])
     if values["mirror.guest_host"] is None:
         values["mirror.guest_host"] = PROVIDER_GUEST_HOSTS.get(values["provider"], "")  # bad provider: reported
+        management = _parse_subnet(str(values["libvirt.management_network"]))
+        if values["provider"] == "libvirt" and management is not None:
+            values["mirror.guest_host"] = str(next(management.hosts()))
     if values["mirror.root"] is None:
         from coreos_lab.paths import default_mirror_root
 

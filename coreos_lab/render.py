@@ -165,7 +165,17 @@ def _context(config: LabConfig, discovery: Discovery) -> dict[str, Any]:
         "nodes": config.nodes,
         "discovery": discovery,
         "generated_mark": GENERATED_MARK,
+        "libvirt_driver": libvirt_driver(config),
     }
+
+
+def libvirt_driver(config: LabConfig) -> str | None:
+    """The concrete libvirt domain type for the Vagrantfile (`auto` resolved by test-booting under KVM)."""
+    if config.provider != "libvirt":
+        return None
+    from coreos_lab.libvirt import resolve_driver
+
+    return resolve_driver(str(config.values["libvirt.driver"]))
 
 
 def render_files(config: LabConfig, discovery: Discovery) -> dict[str, str]:
