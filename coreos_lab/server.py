@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -93,6 +95,30 @@ async def _serve(
         await runner.cleanup()
 
 
+_LINUX_IP_FREEBIND = 15  # <linux/in.h>; the socket module names it only from Python 3.12
+
+
+def freebind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on `host:port`, even before `host` exists on this machine (IP_FREEBIND).
+
+    libvirt's management bridge, whose gateway guests use to reach the host, only appears once Vagrant
+    creates the network, but the server must listen there before the first guest boots.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if sys.platform == "linux":
+            sock.setsockopt(socket.IPPROTO_IP, getattr(socket, "IP_FREEBIND", _LINUX_IP_FREEBIND), 1)
+        sock.bind((host, port))
+        sock.listen(128)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class EmbeddedServer:
     """Runs the server on a background thread: `with EmbeddedServer(root, port=0) as srv: srv.url`.
 
@@ -106,11 +132,14 @@ class EmbeddedServer:
         host: str = DEFAULT_HOST,
         port: int = DEFAULT_PORT,
         base_url: str | None = None,
+        guest_hosts: Sequence[str] = (),
     ):
         self.mirror_root = Path(mirror_root)
         self.host = host
         self.port = port
         self.base_url = base_url
+        # Further addresses (same port) where guests reach this host, e.g. libvirt's management gateway.
+        self.guest_hosts = tuple(h for h in guest_hosts if h and h != host)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -150,6 +179,8 @@ class EmbeddedServer:
             loop.run_until_complete(site.start())
             if self.port == 0:
                 self.port = runner.addresses[0][1]
+            for guest_host in self.guest_hosts:
+                loop.run_until_complete(web.SockSite(runner, freebind_socket(guest_host, self.port)).start())
             self._runner = runner
         except BaseException as exc:  # reported to the starting thread
             self._error = exc

@@ -134,7 +134,12 @@ def _populate_root(root: Path, release: str) -> None:
     (etc / "os-release").write_text('NAME="coreos-lab tiny box"\nID=linux\nPRETTY_NAME="coreos-lab tiny box"\n')
     (etc / "hosts").write_text("127.0.0.1\tlocalhost\n")
     (etc / "hostname").symlink_to("/var/lib/hostname")  # Vagrant's change_host_name writes it; keep it on disk
-    (etc / "profile").write_text("export PATH=/bin\nexport HOME=${HOME:-/home/core}\n")
+    # Vagrant with forward_agent probes `printf $SSH_AUTH_SOCK`, which fails in bash when the host has no agent
+    # to forward (dropbear then sets no socket); a placeholder keeps that probe, and only it, working.
+    (etc / "profile").write_text(
+        "export PATH=/bin\nexport HOME=${HOME:-/home/core}\n"
+        '[ -n "$SSH_AUTH_SOCK" ] || export SSH_AUTH_SOCK=/run/no-ssh-agent\n'
+    )
     (etc / "resolv.conf").write_text("")
     key = root / "home/core/.ssh/authorized_keys"
     key.write_text(vagrant_insecure_public_key())
