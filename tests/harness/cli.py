@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,14 @@ def lab(
     env: dict[str, str] | None = None,
     timeout: float = 300,
     input: str | None = None,
+    prefix: Sequence[str] = (),
 ) -> LabRun:
+    """`prefix` runs it through another command first, e.g. `ip netns exec NS`."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
     proc = subprocess.run(
-        [sys.executable, "-m", "coreos_lab", *map(os.fspath, args)],
+        [*prefix, sys.executable, "-m", "coreos_lab", *map(os.fspath, args)],
         cwd=cwd,
         env=full_env,
         capture_output=True,
