@@ -4,6 +4,10 @@ Everything runs inside a network namespace the session creates (tests/harness/li
 its bridges and dnsmasq, the VMs and their networks, and `lab` itself with its embedded mirror + discovery
 server. The box is the tiny CoreOS-like box built offline from Debian packages (tests/harness/libvirt_box.py),
 imported into the mirror and added by `lab up` through it, exactly as a real box.
+
+The lab is a Flatcar-style one (etcd v3 as etcd-member, no fleet): the box runs real etcd 3.4 but has no
+fleet, and `lab up` waits for every health check of its distro. The box applies CoreOS `coreos.etcd2`
+user-data the same way (covered by test_libvirt_box.py).
 """
 
 from __future__ import annotations
@@ -84,10 +88,10 @@ class Lab:
 def test_lab_up_health_halt_up_destroy(tmp_path: Path, libvirt_ns: LibvirtNamespace, tiny_box: Path) -> None:
     lab_ = Lab(libvirt_ns, tmp_path)
     port = free_port()
-    lab_.ok("mirror", "import", tiny_box, "--name", "coreos-stable", "--version", "1.0.0", "--provider", "libvirt")
+    lab_.ok("mirror", "import", tiny_box, "--name", "flatcar-stable", "--version", "1.0.0", "--provider", "libvirt")
     try:
         lab_.ok(
-            "init", lab_.dir, "--nodes", "3", "--provider", "libvirt", "--libvirt-driver", "auto",
+            "init", lab_.dir, "--nodes", "3", "--distro", "flatcar", "--provider", "libvirt", "--libvirt-driver", "auto",
             "--mirror-url", f"http://127.0.0.1:{port}", "--memory", "512",
         )  # fmt: skip
         up = lab_.ok("up", lab_.dir, "--json").json()

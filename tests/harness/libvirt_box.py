@@ -41,6 +41,7 @@ SCRIPTS = {
     "apply-user-data": "bin/apply-user-data",
     "sudo": "bin/sudo",
     "shutdown": "bin/shutdown",
+    "systemctl": "bin/systemctl",
 }
 REQUIRED_PACKAGES = ["linux-image-amd64", "busybox-static", "dropbear-bin", "etcd-server", "etcd-client",
                      "extlinux", "syslinux-common", "qemu-utils", "openssh-client", "cpio", "e2fsprogs", "fdisk"]
@@ -108,7 +109,7 @@ def _populate_root(root: Path, release: str) -> None:
     shutil.copy2("/usr/bin/busybox", root / "bin/busybox")
     applets = subprocess.run(["/usr/bin/busybox", "--list"], capture_output=True, text=True, check=True).stdout
     for applet in applets.split():
-        if applet not in {"busybox", "sh", "sudo", "shutdown"} and not (root / "bin" / applet).exists():
+        if applet not in {"busybox", "sh", "sudo", "shutdown", "systemctl"} and not (root / "bin" / applet).exists():
             (root / "bin" / applet).symlink_to("busybox")
     (root / "bin/sh").symlink_to("busybox")
     for src, dst in BINARIES.items():
