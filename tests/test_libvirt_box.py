@@ -1,0 +1,88 @@
+"""The tiny CoreOS-like box: its user-data applier reads rendered user-data exactly as `render` says a guest
+does, and the box image it builds is a valid libvirt box (metadata, qcow2 disk with an MBR partition)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+from harness.boxes import add_box
+from harness.cli import lab
+from harness.libvirt_box import GUEST_FILES, build_box
+
+from coreos_lab.render import etcd_environments
+from coreos_lab.store import MirrorStore
+
+BUSYBOX = shutil.which("busybox")
+
+
+def applier_env(user_data: Path) -> dict[str, str]:
+    """Run the box's applier in its print-only mode with the same busybox the guest has."""
+    if BUSYBOX is None:
+        pytest.fail("busybox (busybox-static) is a test dependency (scripts/system-packages.sh)")
+    out = subprocess.run(
+        [BUSYBOX, "sh", str(GUEST_FILES / "apply-user-data"), "--env", str(user_data)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={"PATH": f"{Path(BUSYBOX).parent}:/usr/bin:/bin"},
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if line)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("distro", ["coreos", "flatcar"])
+def test_applier_reads_rendered_user_data_like_render_says(tmp_path: Path, mirror_root: Path, distro: str) -> None:
+    channel_box = f"{distro}-stable"
+    add_box(MirrorStore(mirror_root), channel_box, "1.0.0", provider="libvirt")
+    lab_dir = tmp_path / "lab"
+    init = lab("init", lab_dir, "--nodes", "3", "--distro", distro, "--provider", "libvirt",
+               "--libvirt-driver", "qemu", "--root", mirror_root)  # fmt: skip
+    assert init.returncode == 0, init.stderr
+    assert lab("render", lab_dir).returncode == 0
+    expected = etcd_environments(lab_dir)
+    for node, env in expected.items():
+        got = applier_env(lab_dir / "user-data" / f"{node}.yaml")
+        assert got == env, node
+        assert got["ETCD_DISCOVERY"].startswith("http://192.168.121.1:8080/")
+
+
+def test_applier_substitutes_nothing_it_does_not_know(tmp_path: Path) -> None:
+    user_data = tmp_path / "user-data"
+    user_data.write_text(
+        "#cloud-config\n\ncoreos:\n  etcd2:\n    # comment\n    name: core-01\n"
+        "    advertise-client-urls: http://$public_ipv4:2379\n    listen-peer-urls: 'http://$private_ipv4:2380'\n"
+        "  fleet:\n    public-ip: $public_ipv4\n  units:\n    - name: etcd2.service\n      command: start\n"
+    )
+    assert applier_env(user_data) == {
+        "ETCD_NAME": "core-01",
+        "ETCD_ADVERTISE_CLIENT_URLS": "http://$public_ipv4:2379",
+        "ETCD_LISTEN_PEER_URLS": "http://$private_ipv4:2380",
+    }
+
+
+@pytest.mark.integration
+@pytest.mark.libvirt
+def test_built_box_is_a_libvirt_box(tmp_path: Path) -> None:
+    box = build_box(tmp_path / "cache")
+    assert build_box(tmp_path / "cache") == box  # cached by its inputs
+    with tarfile.open(box) as tar:
+        names = tar.getnames()
+        meta = json.load(tar.extractfile("metadata.json"))  # type: ignore[arg-type]
+        tar.extract("box.img", tmp_path, filter="data")
+    assert sorted(names) == ["Vagrantfile", "box.img", "metadata.json"]
+    assert meta == {"provider": "libvirt", "format": "qcow2", "virtual_size": 1}
+    info = json.loads(
+        subprocess.run(["qemu-img", "info", "--output=json", str(tmp_path / "box.img")], capture_output=True,
+                       text=True, check=True).stdout
+    )  # fmt: skip
+    assert info["format"] == "qcow2"
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(tmp_path / "box.img"), str(raw)], check=True)
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True, check=True).stdout)
+    (part,) = table["partitiontable"]["partitions"]
+    assert (part["start"], part["type"], part.get("bootable")) == (2048, "83", True)
