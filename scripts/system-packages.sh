@@ -2,6 +2,10 @@
 # Vagrant without recommends: with them it pulls ~1.2 GB (libvirt, a kernel).
 RUNTIME_PACKAGES=(python3 python3-venv python3-pip curl gpg openssh-client)
 NO_RECOMMENDS_PACKAGES=(vagrant)
+# Real VMs for the libvirt tests (marker libvirt): vagrant-libvirt + libvirt + QEMU, and what the tiny
+# CoreOS-like test box is built from (a Debian kernel, busybox, dropbear, extlinux). No recommends: ~1 GB less.
+LIBVIRT_TEST_PACKAGES=(vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base iptables
+  linux-image-amd64 busybox-static dropbear-bin extlinux syslinux-common cpio e2fsprogs fdisk)
 TEST_PACKAGES=(etcd-server etcd-client openssh-server iproute2 nginx procps)
 
 # apt_install PKG…: install what is missing, with --no-install-recommends; apt-get update once if needed.
