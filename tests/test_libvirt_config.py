@@ -43,7 +43,10 @@ def test_guest_host_follows_a_custom_management_network(tmp_path: Path, mirror: 
     ("libvirt", "expected"),
     [
         ({"driver": "xen"}, "lab.yaml: libvirt.driver: 'xen'"),
-        ({"management_network": "192.168.121.7/33"}, "libvirt.management_network: '192.168.121.7/33' is not an IPv4 network"),
+        (
+            {"management_network": "192.168.121.7/33"},
+            "libvirt.management_network: '192.168.121.7/33' is not an IPv4 network",
+        ),
         ({"management_network": "172.17.8.0/23"}, "172.17.8.0/23 overlaps subnet 172.17.8.0/24"),
     ],
 )

@@ -43,8 +43,20 @@ SCRIPTS = {
     "shutdown": "bin/shutdown",
     "systemctl": "bin/systemctl",
 }
-REQUIRED_PACKAGES = ["linux-image-amd64", "busybox-static", "dropbear-bin", "etcd-server", "etcd-client",
-                     "extlinux", "syslinux-common", "qemu-utils", "openssh-client", "cpio", "e2fsprogs", "fdisk"]
+REQUIRED_PACKAGES = [
+    "linux-image-amd64",
+    "busybox-static",
+    "dropbear-bin",
+    "etcd-server",
+    "etcd-client",
+    "extlinux",
+    "syslinux-common",
+    "qemu-utils",
+    "openssh-client",
+    "cpio",
+    "e2fsprogs",
+    "fdisk",
+]
 
 
 def vagrant_insecure_public_key() -> str:
@@ -100,8 +112,21 @@ def _inputs_digest(kernel: Path, release: str) -> str:
 
 
 def _populate_root(root: Path, release: str) -> None:
-    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "run", "mnt", "var/lib", "var/log", "home/core/.ssh",
-              "lib/modules", "root"]:
+    for d in [
+        "bin",
+        "etc",
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "mnt",
+        "var/lib",
+        "var/log",
+        "home/core/.ssh",
+        "lib/modules",
+        "root",
+    ]:
         (root / d).mkdir(parents=True, exist_ok=True)
     for link, target in [("sbin", "bin"), ("usr/bin", "../bin"), ("usr/sbin", "../bin")]:
         (root / link).parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,11 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return not Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's wait is missing
 
 
 def _stop(pid: int | None, timeout: float = 10) -> None:
@@ -72,9 +76,10 @@ class LibvirtNamespace:
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> LibvirtNamespace:
-        if LIBVIRT_SOCKET.exists() and subprocess.run(
-            ["virsh", "-c", URI, "version"], capture_output=True, check=False
-        ).returncode == 0:
+        if (
+            LIBVIRT_SOCKET.exists()
+            and subprocess.run(["virsh", "-c", URI, "version"], capture_output=True, check=False).returncode == 0
+        ):
             raise RuntimeError(f"a libvirtd is already running ({LIBVIRT_SOCKET}); the tests need their own")
         subprocess.run(["ip", "netns", "add", self.name], check=True)
         try:
