@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from harness.libvirt_ns import LibvirtNamespace
 
 
 @pytest.fixture
@@ -12,3 +17,21 @@ def mirror_root(tmp_path: Path) -> Path:
     root = tmp_path / "boxes"
     root.mkdir()
     return root
+
+
+@pytest.fixture(scope="session")
+def libvirt_ns() -> Iterator[LibvirtNamespace]:
+    """One network namespace with virtlogd + libvirtd per session (tests/harness/libvirt_ns.py)."""
+    from harness.libvirt_ns import LibvirtNamespace
+
+    with LibvirtNamespace() as ns:
+        ns.clean()  # leftovers of an earlier run that was killed
+        yield ns
+
+
+@pytest.fixture(scope="session")
+def tiny_box() -> Path:
+    """The tiny CoreOS-like libvirt box, built once and cached by its inputs (tests/harness/libvirt_box.py)."""
+    from harness.libvirt_box import build_box
+
+    return build_box()

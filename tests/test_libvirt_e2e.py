@@ -16,12 +16,10 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness.cli import LabRun, lab
-from harness.libvirt_box import build_box
 from harness.libvirt_ns import LibvirtNamespace
 
 pytestmark = [
@@ -34,18 +32,6 @@ pytestmark = [
 ]
 
 NODES = ("core-01", "core-02", "core-03")
-
-
-@pytest.fixture(scope="session")
-def libvirt_ns() -> Iterator[LibvirtNamespace]:
-    with LibvirtNamespace() as ns:
-        ns.clean()  # leftovers of an earlier run that was killed
-        yield ns
-
-
-@pytest.fixture(scope="session")
-def tiny_box() -> Path:
-    return build_box()
 
 
 def free_port() -> int:
