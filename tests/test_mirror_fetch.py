@@ -89,6 +89,7 @@ def test_fetch_coreos_explicit_version(mirror_root: Path, upstream: ReleaseUpstr
     assert not upstream.release.seen("version.txt")
     (entry,) = MirrorStore(mirror_root).entries()
     assert (entry.version, entry.sha256) == ("717.3.0", old.sha256)
+    assert len(upstream.release.seen(".json")) == 1
     # Every request asked for the bytes as stored.
     assert {r.headers.get("Accept-Encoding") for r in upstream.release.requests} == {"identity"}
 
