@@ -356,6 +356,23 @@ def test_signatures_are_verified_with_the_keyring(
     ]
 
 
+def test_a_detached_armored_digests_signature_and_a_box_signature_alone_are_accepted(
+    mirror_root: Path, upstream: ReleaseUpstream, keys: SigningKeys
+) -> None:
+    flatcar = upstream.publish("flatcar", "stable", "3815.2.0")
+    digests = upstream.release.files[flatcar.path(".box.DIGESTS")]
+    upstream.release.files[flatcar.path(".box.DIGESTS.asc")] = keys.detach_sign(digests, armor=True)
+    run = fetch(mirror_root, upstream, "--keyring", keys.keyring)
+    assert run.returncode == 0, run.stderr
+    assert run.json()["signatures_verified"][0] == "flatcar_production_vagrant.box.DIGESTS.asc"
+
+    coreos = upstream.publish("coreos", "stable", "1235.9.0")
+    del upstream.release.files[coreos.path(".box.DIGESTS.asc")]
+    run = fetch(mirror_root, upstream, "--distro", "coreos", "--keyring", keys.keyring)
+    assert run.returncode == 0, run.stderr
+    assert run.json()["signatures_verified"] == ["coreos_production_vagrant.box.sig"]
+
+
 def test_digests_signed_by_another_key_are_refused_before_the_box_is_downloaded(
     mirror_root: Path, upstream: ReleaseUpstream, keys: SigningKeys
 ) -> None:
