@@ -8,9 +8,13 @@ import click
 def register(root: click.Group) -> None:
     from coreos_lab.cli import (
         discovery,
+        lab,
         mirror,
         mirror_serve,  # noqa: F401 - adds `serve` to the mirror group
     )
 
     root.add_command(mirror.mirror)
     root.add_command(discovery.discovery)
+    root.add_command(lab.init)
+    root.add_command(lab.render)
+    root.add_command(lab.config_)
