@@ -1,7 +1,6 @@
-"""The lab server (mirror + discovery) as a separate process, for tests that restart it.
-
-Started with `python -m coreos_lab.server`-like code on a fixed loopback port (chosen free by the caller, so a
-restart keeps the URL etcd was given), stopped by PID.
+"""`lab mirror serve` (mirror + discovery) as a separate process on a port the caller fixes, for tests and
+benchmarks that restart it: the restarted server keeps the URL etcd was given. Stopped by PID; its stderr
+(announce line and access log) goes to a log file.
 """
 
 from __future__ import annotations
@@ -14,13 +13,6 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-
-_CODE = (
-    "import sys\n"
-    "from pathlib import Path\n"
-    "from coreos_lab.server import serve_forever\n"
-    "serve_forever(Path(sys.argv[1]), host='127.0.0.1', port=int(sys.argv[2]))\n"
-)
 
 
 class ServerProcess:
@@ -39,9 +31,11 @@ class ServerProcess:
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         env = {**os.environ, **self.env}
+        argv = [sys.executable, "-m", "coreos_lab", "mirror", "serve", "--root", str(self.mirror_root)]
+        argv += ["--port", str(self.port), "--no-live"]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-c", _CODE, str(self.mirror_root), str(self.port)],
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
