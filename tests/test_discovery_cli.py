@@ -111,3 +111,10 @@ def test_unknown_token_on_a_running_server_is_bad_input(server: EmbeddedServer, 
     run = lab("discovery", "show", f"{server.url}/{'a' * 32}", "--root", mirror_root)
     assert run.returncode == ExitCode.USAGE
     assert f"no discovery token at {server.url}/{'a' * 32}" in run.stderr
+
+
+def test_a_proxy_in_the_environment_does_not_capture_the_local_server(server: EmbeddedServer, dead_url: str) -> None:
+    proxy = {"http_proxy": dead_url, "HTTP_PROXY": dead_url, "no_proxy": "", "NO_PROXY": ""}
+    run = lab("discovery", "new", "--server", server.url, env=proxy)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith(server.url + "/")
