@@ -104,6 +104,7 @@ def test_lab_up_health_halt_up_destroy(tmp_path: Path, libvirt_ns: LibvirtNamesp
 
         lab_.ok("destroy", lab_.dir, "--force")
         assert libvirt_ns.leftovers() == {"domains": [], "volumes": [], "networks": []}
+        assert libvirt_ns.qemu_processes() == []
         state = lab_.state()
         assert token in state["used_tokens"]  # never rendered again
         rerender = lab_.ok("render", lab_.dir, "--json").json()

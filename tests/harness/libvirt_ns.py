@@ -125,6 +125,21 @@ class LibvirtNamespace:
             "networks": [n for n in self.names("net-list", "--all", "--name") if n != "default"],
         }
 
+    @staticmethod
+    def qemu_processes() -> list[int]:
+        """PIDs of QEMU guests libvirt runs (its command lines start with `-name guest=`)."""
+        pids = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[0].endswith(b"qemu-system-x86_64") and b"-name" in argv:
+                pids.append(int(proc.name))
+        return pids
+
     def clean(self) -> None:
         """Remove every domain, volume and non-package network this daemon knows."""
         for dom in self.names("list", "--all", "--name"):
