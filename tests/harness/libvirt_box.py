@@ -29,9 +29,10 @@ BINARIES = {
     "/bin/bash": "bin/bash",
     "/usr/sbin/dropbear": "bin/dropbear",
     "/usr/bin/scp": "bin/scp",
-    "/usr/bin/etcd": "bin/etcd",
-    "/usr/bin/etcdctl": "bin/etcdctl",
 }
+# Large binaries stay out of the initramfs (which the boot loader reads through the BIOS and the kernel
+# unpacks: slow under emulation) and live on the disk partition; they link only libc.
+DISK_BINARIES = {"/usr/bin/etcd": "opt/bin/etcd", "/usr/bin/etcdctl": "opt/bin/etcdctl"}
 SCRIPTS = {
     "init": "init",
     "inittab": "etc/inittab",
@@ -104,7 +105,7 @@ def _inputs_digest(kernel: Path, release: str) -> str:
     for path in sorted(GUEST_FILES.iterdir()):
         h.update(path.name.encode() + path.read_bytes())
     h.update(Path(__file__).read_bytes())
-    for path in [kernel, Path("/usr/bin/busybox"), *map(Path, BINARIES)]:
+    for path in [kernel, Path("/usr/bin/busybox"), *map(Path, BINARIES), *map(Path, DISK_BINARIES)]:
         st = path.stat()
         h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     h.update(release.encode())
@@ -143,6 +144,8 @@ def _populate_root(root: Path, release: str) -> None:
             target = root / lib.relative_to("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(lib.resolve(), target)
+    for dst in DISK_BINARIES.values():
+        (root / "bin" / Path(dst).name).symlink_to(f"/mnt/disk/{dst}")
     for src, dst in SCRIPTS.items():
         shutil.copy2(GUEST_FILES / src, root / dst)
         (root / dst).chmod(0o755)
@@ -208,6 +211,9 @@ def _disk(kernel: Path, initrd: Path, raw: Path, work: Path) -> None:
             "  APPEND console=ttyS0 quiet panic=5\n"
         )
         (mnt / "state").mkdir()
+        for src, dst in DISK_BINARIES.items():
+            (mnt / dst).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, mnt / dst)
         subprocess.run(["extlinux", "--install", str(boot)], check=True, capture_output=True)
     finally:
         if mounted:
