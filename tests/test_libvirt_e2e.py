@@ -90,7 +90,7 @@ def test_lab_up_health_halt_up_destroy(tmp_path: Path, libvirt_ns: LibvirtNamesp
         health = lab_.ok("health", lab_.dir, "--check", "etcd", "--json").json()
         assert health["healthy"] is True, health
         members = lab_.members()
-        assert [name for _, name in members] == list(NODES)
+        assert sorted(name for _, name in members) == list(NODES)
 
         lab_.ok("halt", lab_.dir)
         domains = libvirt_ns.names("list", "--all", "--name")
