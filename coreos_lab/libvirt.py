@@ -100,9 +100,11 @@ def kvm_check(*, use_cache: bool = True, timeout: float = KVM_CHECK_SECONDS) -> 
         except (OSError, ValueError, KeyError):
             pass
     result = _boot_under_kvm(qemu, kernel, timeout)
+    from coreos_lab.fsutil import atomic_write_text
+
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"key": key, **result.as_dict()}))
+        atomic_write_text(cache, json.dumps({"key": key, **result.as_dict()}))
     except OSError:
         pass  # a cache we cannot write only costs time
     return result
