@@ -288,11 +288,20 @@ class Vagrant:
     # -- actions ----------------------------------------------------------------------------------------------
 
     def box_add(
-        self, metadata_url: str, *, version: str | None, provider: str, on_progress: ProgressCallback | None = None
+        self,
+        url: str,
+        *,
+        version: str | None,
+        provider: str,
+        name: str | None = None,
+        on_progress: ProgressCallback | None = None,
     ) -> None:
-        args = ["box", "add", metadata_url, "--provider", provider]
+        """Add a box from box metadata at `url` (pinned to `version`), or a box file named `name`."""
+        args = ["box", "add", url, "--provider", provider]
         if version:
             args += ["--box-version", version]
+        if name:
+            args += ["--name", name]
         self._run(args, log_name="box", on_progress=on_progress)
 
     def up(self, name: str, *, on_progress: ProgressCallback | None = None) -> None:

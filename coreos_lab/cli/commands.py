@@ -6,6 +6,8 @@ import click
 
 
 def register(root: click.Group) -> None:
-    from coreos_lab.cli import mirror
+    from coreos_lab.cli import lifecycle, mirror
 
     root.add_command(mirror.mirror)
+    for command in (lifecycle.up, lifecycle.halt, lifecycle.destroy, lifecycle.status, lifecycle.ssh, lifecycle.doctor):
+        root.add_command(command)

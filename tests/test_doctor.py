@@ -1,0 +1,112 @@
+"""`lab doctor` checks, against the real machine: Debian's Vagrant, no VirtualBox, real routes in a namespace."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from harness.cli import lab
+
+from coreos_lab.doctor import debian_breaks, known_bad_pair, port_free, supported_virtualbox_series
+from coreos_lab.errors import ExitCode
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_debian_vagrant_declares_it_breaks_virtualbox_7_1() -> None:
+    """The packaged Vagrant's own control field, read through dpkg (Breaks: virtualbox (>= 7.1))."""
+    assert debian_breaks("vagrant", "virtualbox") == (">=", "7.1")
+    message = known_bad_pair("2.3.4", "7.1.4r165100")
+    assert message is not None and "breaks VirtualBox >= 7.1" in message and "7.1.4r165100" in message
+
+
+def test_installed_vagrant_driver_table_is_read() -> None:
+    series = supported_virtualbox_series("2.3.4")
+    assert "7.0" in series and "6.1" in series and "7.1" not in series
+    assert known_bad_pair("2.3.4", "7.0.14r161095") is None
+    message = known_bad_pair("2.3.4", "3.2.28")
+    assert message is not None and "4.0–7.0 only" in message
+
+
+def test_port_free_sees_a_listening_socket() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert not port_free("127.0.0.1", port)
+    assert port_free("127.0.0.1", port)
+
+
+@pytest.mark.integration
+@pytest.mark.vagrant
+def test_doctor_without_a_lab_reports_virtualbox_missing(tmp_path: Path) -> None:
+    run = lab("doctor", tmp_path, "--json", env={"VAGRANT_HOME": str(tmp_path / "vagrant.d")})
+    assert run.returncode == ExitCode.MISSING_TOOL, run.stderr
+    report = run.json()
+    assert report["ok"] is False
+    by_check = {f["check"]: f for f in report["findings"]}
+    assert by_check["vagrant"]["level"] == "ok" and by_check["vagrant"]["detail"].startswith("Vagrant 2.")
+    assert by_check["virtualbox"]["level"] == "fail"
+    assert "VirtualBox not found" in by_check["virtualbox"]["detail"]
+    assert "VirtualBox" in by_check["virtualbox"]["fix"]
+
+
+@pytest.mark.integration
+@pytest.mark.vagrant
+def test_doctor_human_output_goes_to_stderr(tmp_path: Path) -> None:
+    run = lab("doctor", tmp_path, env={"VAGRANT_HOME": str(tmp_path / "vagrant.d")})
+    assert run.returncode == ExitCode.MISSING_TOOL
+    assert run.stdout == ""
+    assert "fail  virtualbox: VirtualBox not found" in run.stderr
+    assert "fix: install VirtualBox" in run.stderr
+
+
+SUBNET_PROBE = """
+import ipaddress, json, sys
+from pathlib import Path
+from coreos_lab.doctor import DoctorContext, check_subnet
+from coreos_lab.plan import LabPlan
+plan = LabPlan(Path('.'), ('core-01',), 'virtualbox', 'coreos', 'coreos-stable', None, 'http://127.0.0.1:8080',
+               subnet=ipaddress.IPv4Network(sys.argv[1]))
+print(json.dumps([f.as_dict() for f in check_subnet(DoctorContext(plan, 'virtualbox', Path('.')))]))
+"""
+
+
+@pytest.mark.integration
+@pytest.mark.netns
+def test_subnet_clash_with_docker0_route_in_a_namespace() -> None:
+    """A namespace with a real bridge named docker0 on 172.17.0.0/16 (Docker's default), read via `ip -j route`."""
+    ns = f"lab-doctor-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        for cmd in (
+            ["link", "add", "docker0", "type", "bridge"],
+            ["addr", "add", "172.17.0.1/16", "dev", "docker0"],
+            ["link", "set", "docker0", "up"],
+        ):
+            subprocess.run(["ip", "-n", ns, *cmd], check=True)
+
+        def probe(subnet: str) -> list[dict[str, str]]:
+            out = subprocess.run(
+                ["ip", "netns", "exec", ns, sys.executable, "-c", SUBNET_PROBE, subnet],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])},
+            ).stdout
+            return json.loads(out)
+
+        clash = probe("172.17.8.0/24")
+        assert [f["level"] for f in clash] == ["fail"]
+        assert "172.17.8.0/24 overlaps 172.17.0.0/16 on docker0" in clash[0]["detail"]
+        assert "bip" in clash[0]["fix"]
+        assert [f["level"] for f in probe("172.28.8.0/24")] == ["ok"]
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
