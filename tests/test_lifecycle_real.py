@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from harness.cli import lab
-from harness.labs import make_lab
+from harness.lifecycle_labs import make_lab
 
 from coreos_lab.errors import ExitCode
 
