@@ -255,14 +255,24 @@ VAGRANT_GEM_GLOBS = (
 
 
 def check_virtualbox(ctx: DoctorContext) -> Iterable[Finding]:
-    found = virtualbox_version()
-    if found is None:
+    probe = probe_virtualbox()
+    if probe is None:
         yield Finding(
             "virtualbox",
             "fail",
             "VirtualBox not found: VBoxManage is not on PATH",
             "install VirtualBox (virtualbox.org; Debian's Vagrant 2.3.4 needs VirtualBox < 7.1), "
             "or use `provider: libvirt` in lab.yaml",
+        )
+        return
+    found, said = probe
+    if "vboxdrv" in said:
+        # VBoxManage answers, but no VM can start until the kernel driver is built and loaded.
+        yield Finding(
+            "virtualbox",
+            "fail",
+            f"VirtualBox {found} is installed but its kernel module (vboxdrv) is not loaded",
+            "run `sudo /sbin/vboxconfig` (install the kernel headers first; on Secure Boot, sign the module)",
         )
         return
     yield Finding("virtualbox", "ok", f"VirtualBox {found}")
@@ -280,12 +290,13 @@ def check_virtualbox(ctx: DoctorContext) -> Iterable[Finding]:
             yield Finding("virtualbox-vagrant", "ok", f"Vagrant {vagrant_version} supports VirtualBox {found}")
 
 
-def virtualbox_version() -> str | None:
+def probe_virtualbox() -> tuple[str, str] | None:
+    """(version, everything VBoxManage said), or None when it is not on PATH or does not answer."""
     if shutil.which("VBoxManage") is None:
         return None
     result = proc.run(["VBoxManage", "--version"], check=False, timeout=30)
-    text = result.stdout.strip().splitlines()
-    return text[-1] if result.succeeded and text else None
+    lines = [line for line in result.stdout.strip().splitlines() if line and not line.startswith("WARNING")]
+    return (lines[-1], result.stdout + result.stderr) if result.succeeded and lines else None
 
 
 def known_bad_pair(vagrant_version: str, virtualbox_version: str) -> str | None:

@@ -110,3 +110,50 @@ def test_subnet_clash_with_docker0_route_in_a_namespace() -> None:
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
 
+
+VBOXDRV_WARNING = """WARNING: The vboxdrv kernel module is not loaded. Either there is no module
+         available for the current kernel (6.1.0-18-amd64) or it failed to
+         load. Please recompile the kernel module and install it by
+
+           sudo /sbin/vboxconfig
+
+         You will not be able to start VMs until this problem is fixed.
+"""
+
+
+def _fake_vboxmanage(bin_dir: Path, output: str) -> dict[str, str]:
+    """A stand-in VBoxManage (VirtualBox cannot be installed here) printing what the real one prints."""
+    bin_dir.mkdir()
+    tool = bin_dir / "VBoxManage"
+    tool.write_text(f"#!/bin/sh\ncat <<'EOF'\n{output}EOF\n")
+    tool.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+@pytest.mark.integration
+@pytest.mark.vagrant
+@pytest.mark.parametrize(
+    ("output", "check", "expected"),
+    [
+        ("7.1.4r165100\n", "virtualbox-vagrant", "declares it breaks VirtualBox >= 7.1; found VirtualBox 7.1.4r165100"),
+        (VBOXDRV_WARNING + "7.0.14r161095\n", "virtualbox", "kernel module (vboxdrv) is not loaded"),
+    ],
+)
+def test_doctor_fails_on_known_virtualbox_traps(tmp_path: Path, output: str, check: str, expected: str) -> None:
+    env = _fake_vboxmanage(tmp_path / "bin", output)
+    env["VAGRANT_HOME"] = str(tmp_path / "vagrant.d")
+    run = lab("doctor", tmp_path, "--json", env=env)
+    assert run.returncode == ExitCode.MISSING_TOOL, run.stderr
+    finding = next(f for f in run.json()["findings"] if f["level"] == "fail")
+    assert finding["check"] == check and expected in finding["detail"]
+
+
+@pytest.mark.integration
+@pytest.mark.vagrant
+def test_doctor_passes_with_a_supported_virtualbox(tmp_path: Path) -> None:
+    env = _fake_vboxmanage(tmp_path / "bin", "7.0.14r161095\n")
+    env["VAGRANT_HOME"] = str(tmp_path / "vagrant.d")
+    run = lab("doctor", tmp_path, "--json", env=env)
+    assert run.returncode == 0, run.stdout
+    levels = {f["check"]: f["level"] for f in run.json()["findings"]}
+    assert levels["virtualbox"] == "ok" and levels["virtualbox-vagrant"] == "ok"

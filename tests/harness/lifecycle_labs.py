@@ -62,4 +62,3 @@ def install_standins(base: Path, machines: list[str]) -> dict[str, str]:
         "STANDIN_MACHINES": ",".join(machines),
         "STANDIN_CALLS": str(base / "calls.jsonl"),
     }
-
