@@ -67,7 +67,8 @@ def up(lab_dir: Path | None, no_wait: bool, timeout: float, as_json: bool) -> No
             f"the mirror + discovery server ran only for this command; etcd may still be bootstrapping: "
             f"run `lab mirror serve` at {plan.mirror_url} until `lab health` is green"
         )
-    _render_nodes(result.nodes)
+    if not progress.live_enabled:  # the live table already shows the final state
+        _render_nodes(result.nodes)
     state = "healthy" if result.health is not None else "up (health not checked: --no-wait)"
     console.success(f"{len(plan.nodes)} machine(s) {state} in {result.seconds:.0f}s")
 
@@ -197,7 +198,7 @@ class NodeProgress:
 
             from coreos_lab import console
 
-            self._live = Live(self._table(), console=console.err(), refresh_per_second=4, transient=True)
+            self._live = Live(self._table(), console=console.err(), refresh_per_second=4)
             self._live.__enter__()
         return self
 
