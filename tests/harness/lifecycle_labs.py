@@ -23,7 +23,13 @@ def free_port() -> int:
 
 
 def make_lab(
-    base: Path, *, nodes: int = 3, distro: str = "coreos", version: str = "1.0.0", with_box: bool = True
+    base: Path,
+    *,
+    nodes: int = 3,
+    distro: str = "coreos",
+    version: str = "1.0.0",
+    with_box: bool = True,
+    subnet: str = "172.17.8.0/24",
 ) -> tuple[Path, dict[str, str]]:
     """A lab dir with lab.yaml, its mirror store (holding the box unless `with_box` is False), a private
     VAGRANT_HOME, and the environment to run `lab` in it. The mirror URL is a free port nothing listens on."""
@@ -40,6 +46,7 @@ def make_lab(
         "version": version,
         "provider": "virtualbox",
         "nodes": nodes,
+        "subnet": subnet,
         "mirror": {"url": f"http://127.0.0.1:{free_port()}", "root": str(root)},
     }
     (lab_dir / "lab.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))

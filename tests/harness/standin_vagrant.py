@@ -7,7 +7,8 @@ machine state the way Vagrant does (`.vagrant/machines/NAME/PROVIDER/id`). It re
 end) as JSON lines in $STANDIN_CALLS so tests can check order and concurrency.
 
 Knobs: STANDIN_MACHINES (comma-separated names), STANDIN_FAIL (a machine whose `up` fails),
-STANDIN_UP_SECONDS (how long an `up` takes).
+STANDIN_UP_SECONDS (how long an `up` takes),
+STANDIN_SSH_CONFIG (a file `vagrant ssh-config` prints).
 """
 
 from __future__ import annotations
@@ -110,6 +111,10 @@ def main(argv: list[str]) -> int:
                 emit(name, "ui", "info", f"==> {name}: Destroying VM and associated drives...")
         return 0
     if command == "ssh-config":
+        # The machines' OpenSSH config: a file the test wrote (e.g. for nodes in network namespaces).
+        config = os.environ.get("STANDIN_SSH_CONFIG")
+        if config:
+            print(Path(config).read_text(), end="")
         return 0
     if command == "ssh":
         # The guest's shell: runs the command here, exit code passed through like `vagrant ssh -c`.
