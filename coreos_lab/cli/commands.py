@@ -6,7 +6,7 @@ import click
 
 
 def register(root: click.Group) -> None:
-    from coreos_lab.cli import lifecycle, mirror
+    from coreos_lab.cli import lifecycle, mirror, mirror_serve  # noqa: F401 - mirror_serve adds `serve` to the mirror group
 
     root.add_command(mirror.mirror)
     for command in (lifecycle.up, lifecycle.halt, lifecycle.destroy, lifecycle.status, lifecycle.ssh, lifecycle.doctor):
