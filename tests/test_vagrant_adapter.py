@@ -58,3 +58,27 @@ def test_box_add_and_list(lab_dir: Path, tmp_path: Path) -> None:
     assert vagrant.has_box("coreos-stable", "0", "virtualbox")
     assert not vagrant.has_box("coreos-stable", "1.0.0", "virtualbox")
     assert "Successfully added box 'coreos-stable'" in (lab_dir / ".lab" / "logs" / "box.log").read_text()
+
+
+def test_box_add_pinned_version_from_the_mirror(lab_dir: Path, tmp_path: Path) -> None:
+    """The box is added the way `lab up` adds it: box metadata from the real mirror server, version pinned."""
+    from harness.boxes import add_box
+
+    from coreos_lab.server import EmbeddedServer
+    from coreos_lab.store import MirrorStore, metadata_url
+
+    store = MirrorStore(tmp_path / "boxes")
+    add_box(store, "coreos-stable", "1.0.0")
+    add_box(store, "coreos-stable", "2.0.0")
+    vagrant = Vagrant(lab_dir, provider="virtualbox")
+    progress: list[str] = []
+    with EmbeddedServer(store.root, port=0) as server:
+        vagrant.box_add(
+            metadata_url("coreos-stable", server.url),
+            version="1.0.0",
+            provider="virtualbox",
+            on_progress=progress.append,
+        )
+    assert vagrant.has_box("coreos-stable", "1.0.0", "virtualbox")
+    assert not vagrant.has_box("coreos-stable", "2.0.0", "virtualbox")
+    assert any("Successfully added box 'coreos-stable' (v1.0.0)" in line for line in progress)
