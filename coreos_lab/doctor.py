@@ -216,7 +216,7 @@ def check_vagrant_box(ctx: DoctorContext) -> Iterable[Finding]:
         return
     plan = ctx.plan
     try:
-        present = Vagrant(plan.lab_dir, log_dir=plan.log_dir).has_box(plan.box_name, plan.box_version, plan.provider)
+        present = Vagrant(plan.lab_dir, keep_logs=False).has_box(plan.box_name, plan.box_version, plan.provider)
     except LabError as exc:
         yield Finding("vagrant-box", "warn", f"could not list Vagrant's boxes: {exc.message}")
         return

@@ -17,6 +17,7 @@ environment with `env=` and cannot pin a box version in `box_add` — each of wh
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -222,7 +223,11 @@ ProgressCallback = Callable[[str], None]
 
 
 class Vagrant:
-    """Vagrant commands run in one lab directory with one provider, logging into `log_dir`."""
+    """Vagrant commands run in one lab directory with one provider, logging into `log_dir`.
+
+    `keep_logs=False` is for checks that must leave nothing behind (preflight): output is still captured for
+    errors, but no log file is written.
+    """
 
     def __init__(
         self,
@@ -232,8 +237,10 @@ class Vagrant:
         log_dir: Path | None = None,
         extra_env: Mapping[str, str] | None = None,
         timeout: float | None = None,
+        keep_logs: bool = True,
     ):
         self.lab_dir = Path(lab_dir)
+        self.keep_logs = keep_logs
         self.provider = provider
         self.log_dir = log_dir if log_dir is not None else self.lab_dir / ".lab" / "logs"
         self.env = dict(OFFLINE_ENV)
@@ -329,8 +336,6 @@ class Vagrant:
         return argv
 
     def exec_env(self) -> dict[str, str]:
-        import os
-
         return {**os.environ, **self.env}
 
     # -- the one place a vagrant command runs ---------------------------------------------------------------
@@ -349,9 +354,11 @@ class Vagrant:
         argv = [self.executable(), *args]
         if machine_readable:
             argv.append("--machine-readable")
-        log_path = self._log(log_name)
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with log_path.open("a", encoding="utf-8") as log:
+        log_path: Path | None = None
+        if self.keep_logs:
+            log_path = self._log(log_name)
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_path or os.devnull, "a", encoding="utf-8") as log:
             log.write(f"== {time.strftime('%Y-%m-%dT%H:%M:%S%z')} {' '.join(argv)}\n")
             log.flush()
 

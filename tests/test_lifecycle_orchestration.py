@@ -142,3 +142,16 @@ def test_up_with_box_missing_from_mirror_names_it(tmp_path: Path) -> None:
     assert run.returncode == ExitCode.MISSING_TOOL, run.stderr
     assert "coreos-stable 1.0.0 (virtualbox) is not in the mirror" in run.stderr
     assert not (lab_dir / ".lab").exists() and calls(tmp_path)[-1]["argv"] == ["--version"]
+
+
+def test_up_with_the_box_only_in_vagrant_needs_no_mirror_copy(tmp_path: Path) -> None:
+    lab_dir, env = make_lab(tmp_path, with_box=False)
+    env.update(install_standins(tmp_path, NODES))
+    (tmp_path / "vagrant.d").mkdir()
+    (tmp_path / "vagrant.d" / "standin-boxes.json").write_text(
+        json.dumps([{"name": "coreos-stable", "provider": "virtualbox", "version": "1.0.0"}])
+    )
+    run = lab("up", lab_dir, "--no-wait", "--json", env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.json()["started"] == NODES
+    assert not any(c["argv"][:2] == ["box", "add"] for c in calls(tmp_path))
