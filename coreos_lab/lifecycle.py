@@ -35,9 +35,12 @@ from coreos_lab.errors import BadInput, ExitCode, LabError, Timeout, ToolMissing
 from coreos_lab.plan import LabPlan
 from coreos_lab.vagrant import MachineStatus, Vagrant
 
-# Providers whose machines may be created by separate `vagrant up NAME` processes at the same time
-# (VirtualBox: safe since Vagrant 1.4 once the box is added, DESIGN §3; libvirt: independent domains).
-PARALLEL_PROVIDERS = {"virtualbox", "libvirt"}
+# How machines are brought up at the same time, per provider. VirtualBox's provider is not parallel inside
+# one Vagrant process, but separate `vagrant up NAME` processes are safe (Vagrant ≥ 1.4) once the box is
+# added (DESIGN §3). vagrant-libvirt is parallel inside one process (`--parallel` is its default) and shares
+# networks between machines, which separate processes would race to create.
+SEPARATE_PROCESSES = {"virtualbox"}
+ONE_PARALLEL_PROCESS = {"libvirt"}
 
 DEFAULT_TIMEOUT = 900.0
 
@@ -49,11 +52,11 @@ def _ignore(node: str, phase: str, detail: str) -> None:
     pass
 
 
-def _to_all(on_event: NodeEvent, nodes: Sequence[str], phase: str) -> Callable[[str], None]:
-    """A progress callback for a command that concerns several machines at once (box add, halt, destroy)."""
+def _progress(on_event: NodeEvent, nodes: Sequence[str], phase: str) -> Callable[[str, str], None]:
+    """A Vagrant progress callback: a message about one of `nodes` goes to it, any other to all of them."""
 
-    def report(line: str) -> None:
-        for node in nodes:
+    def report(target: str, line: str) -> None:
+        for node in [target] if target in nodes else nodes:
             on_event(node, phase, line)
 
     return report
@@ -154,7 +157,11 @@ class UpFailed(LabError):
     def __init__(self, failures: dict[str, LabError], total: int):
         names = ", ".join(failures)
         parts = [f"vagrant up failed for {names} ({len(failures)} of {total} machines)"]
-        parts += [f"--- {name}: {exc.message}" for name, exc in failures.items()]
+        by_error: dict[int, list[str]] = {}  # one process may have failed for several machines
+        for name, exc in failures.items():
+            by_error.setdefault(id(exc), []).append(name)
+        errors = {id(exc): exc for exc in failures.values()}
+        parts += [f"--- {', '.join(group)}: {errors[key].message}" for key, group in by_error.items()]
         codes = {exc.exit_code for exc in failures.values()}
         code = next((c for c in (ExitCode.MISSING_TOOL, ExitCode.TIMEOUT) if c in codes), ExitCode.ERROR)
         super().__init__(
@@ -194,7 +201,7 @@ def up(
                     plan.metadata_url,
                     version=plan.box_version,
                     provider=plan.provider,
-                    on_progress=_to_all(on_event, todo, "box"),
+                    on_progress=_progress(on_event, todo, "box"),
                 )
             # From here on machines exist: the token belongs to this cluster and is never reused.
             mark_created(plan)
@@ -216,28 +223,36 @@ def up(
 
 
 def _up_machines(plan: LabPlan, names: Sequence[str], *, deadline: float, on_event: NodeEvent) -> None:
-    """`vagrant up NAME` for each machine: separate processes, at the same time where the provider allows."""
+    """Bring `names` up: separate concurrent processes, one parallel process, or one at a time, as the
+    provider allows. Every machine that fails is named with its own error."""
+    if plan.provider in ONE_PARALLEL_PROCESS:
+        batches, workers = [list(names)], 1
+    else:
+        batches, workers = [[n] for n in names], len(names) if plan.provider in SEPARATE_PROCESSES else 1
     failures: dict[str, LabError] = {}
 
-    def one(name: str) -> None:
+    def run(batch: list[str]) -> None:
         left = deadline - time.monotonic()
         if left <= 0:
-            failures[name] = Timeout(f"no time left to start {name}")
-            on_event(name, "failed", "deadline passed")
+            for name in batch:
+                failures[name] = Timeout(f"no time left to start {name}")
+                on_event(name, "failed", "deadline passed")
             return
-        on_event(name, "creating", "vagrant up")
+        for name in batch:
+            on_event(name, "creating", "vagrant up")
         vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir, timeout=left)
         try:
-            vagrant.up(name, on_progress=lambda line: on_event(name, "creating", line))
+            vagrant.up(batch, on_progress=_progress(on_event, batch, "creating"))
         except LabError as exc:
-            failures[name] = exc
-            on_event(name, "failed", exc.message.splitlines()[0])
+            for name in batch:
+                failures[name] = exc
+                on_event(name, "failed", exc.message.splitlines()[0])
             return
-        on_event(name, "running", "up")
+        for name in batch:
+            on_event(name, "running", "up")
 
-    workers = len(names) if plan.provider in PARALLEL_PROVIDERS else 1
     with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="vagrant-up") as pool:
-        list(pool.map(one, names))
+        list(pool.map(run, batches))
     if failures:
         raise UpFailed({n: failures[n] for n in names if n in failures}, len(names))
 
@@ -346,7 +361,7 @@ def halt(plan: LabPlan, names: Sequence[str] = (), *, on_event: NodeEvent = _ign
     targets = list(names) or list(plan.nodes)
     if any(created_on_disk(plan, n) for n in targets):
         vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
-        vagrant.halt(list(names), on_progress=_to_all(on_event, targets, "halting"))
+        vagrant.halt(list(names), on_progress=_progress(on_event, targets, "halting"))
     return status(plan)
 
 
@@ -377,7 +392,7 @@ def destroy(plan: LabPlan, *, on_event: NodeEvent = _ignore) -> DestroyResult:
     created = [n for n in plan.nodes if created_on_disk(plan, n)]
     if created:
         vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
-        vagrant.destroy(on_progress=_to_all(on_event, created, "destroying"))
+        vagrant.destroy(on_progress=_progress(on_event, created, "destroying"))
     state = LabState.load(plan.lab_dir)
     state.mark_destroyed()
     return DestroyResult(plan.lab_dir, created, retired)

@@ -219,7 +219,8 @@ def _human_lines(output: str) -> list[str]:
     return lines
 
 
-ProgressCallback = Callable[[str], None]
+# (machine, message): the machine a Vagrant message is about ("" when it concerns none in particular).
+ProgressCallback = Callable[[str, str], None]
 
 
 class Vagrant:
@@ -311,11 +312,13 @@ class Vagrant:
             args += ["--name", name]
         self._run(args, log_name="box", on_progress=on_progress)
 
-    def up(self, name: str, *, on_progress: ProgressCallback | None = None) -> None:
-        args = ["up", name]
+    def up(self, names: Sequence[str], *, on_progress: ProgressCallback | None = None) -> None:
+        """`vagrant up NAME…`: one machine per process, or several that the provider brings up in parallel."""
+        args = ["up", *names]
         if self.provider:
             args.append(f"--provider={self.provider}")
-        self._run(args, log_name=f"up-{name}", on_progress=on_progress)
+        log_name = f"up-{names[0]}" if len(names) == 1 else "up"
+        self._run(args, log_name=log_name, on_progress=on_progress)
 
     def halt(self, names: Sequence[str] = (), *, on_progress: ProgressCallback | None = None) -> None:
         self._run(["halt", *names], log_name="halt", on_progress=on_progress)
@@ -372,7 +375,7 @@ class Vagrant:
                     for text_line in parsed.text.splitlines() or [""]:
                         log.write(prefix + text_line + "\n")
                     if on_progress and parsed.kind == "ui" and parsed.text.strip():
-                        on_progress(parsed.text.strip().splitlines()[0])
+                        on_progress(parsed.target, parsed.text.strip().splitlines()[0])
                 else:
                     log.write(f"{prefix}{parsed.kind}: {', '.join(parsed.data)}\n")
 
