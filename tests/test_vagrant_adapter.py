@@ -77,7 +77,7 @@ def test_box_add_pinned_version_from_the_mirror(lab_dir: Path, tmp_path: Path) -
             metadata_url("coreos-stable", server.url),
             version="1.0.0",
             provider="virtualbox",
-            on_progress=progress.append,
+            on_progress=lambda machine, line: progress.append(line),
         )
     assert vagrant.has_box("coreos-stable", "1.0.0", "virtualbox")
     assert not vagrant.has_box("coreos-stable", "2.0.0", "virtualbox")
