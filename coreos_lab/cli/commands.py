@@ -1,4 +1,4 @@
-"""Adds every command group to the root group. One line per command module."""
+"""Adds every command group to the root group. One import and one line per command module."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import click
 
 
 def register(root: click.Group) -> None:
-    from coreos_lab.cli import lifecycle, mirror, mirror_serve  # noqa: F401 - mirror_serve adds `serve` to the mirror group
+    from coreos_lab.cli import (
+        discovery,
+        lifecycle,
+        mirror,
+        mirror_serve,  # noqa: F401 - adds `serve` to the mirror group
+    )
 
     root.add_command(mirror.mirror)
-    for command in (lifecycle.up, lifecycle.halt, lifecycle.destroy, lifecycle.status, lifecycle.ssh, lifecycle.doctor):
-        root.add_command(command)
+    root.add_command(discovery.discovery)
+    lifecycle.register(root)  # up, halt, destroy, status, ssh, doctor: top-level commands

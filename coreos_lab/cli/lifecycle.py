@@ -226,3 +226,8 @@ class NodeProgress:
         for node, (phase, detail) in self.rows.items():
             table.add_row(node, phase, Text(detail[:100]))
         return table
+
+
+def register(root: click.Group) -> None:
+    for command in (up, status, halt, destroy, ssh, doctor):
+        root.add_command(command)
