@@ -8,6 +8,7 @@ import click
 def register(root: click.Group) -> None:
     from coreos_lab.cli import (
         discovery,
+        lab,
         lifecycle,
         mirror,
         mirror_serve,  # noqa: F401 - adds `serve` to the mirror group
@@ -15,4 +16,7 @@ def register(root: click.Group) -> None:
 
     root.add_command(mirror.mirror)
     root.add_command(discovery.discovery)
+    root.add_command(lab.init)
+    root.add_command(lab.render)
+    root.add_command(lab.config_)
     lifecycle.register(root)  # up, halt, destroy, status, ssh, doctor: top-level commands
