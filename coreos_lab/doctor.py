@@ -7,6 +7,7 @@ The same provider checks serve `lab up`'s preflight, so the two never disagree.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import re
@@ -129,7 +130,7 @@ def check_subnet(ctx: DoctorContext) -> Iterable[Finding]:
             "subnet",
             "fail",
             f"lab subnet {subnet} overlaps {net} on {dev}: traffic to the nodes would go to {dev}",
-            f"choose another subnet in lab.yaml (network.subnet), or move {dev} "
+            f"choose another `subnet` in lab.yaml, or move {dev} "
             + ('(Docker: "bip" in /etc/docker/daemon.json)' if dev.startswith("docker") else "to another range"),
         )
     else:
@@ -276,6 +277,7 @@ def check_virtualbox(ctx: DoctorContext) -> Iterable[Finding]:
         )
         return
     yield Finding("virtualbox", "ok", f"VirtualBox {found}")
+    ctx.facts["virtualbox_version"] = found
     vagrant_version = ctx.facts.get("vagrant_version")
     if vagrant_version:
         clash = known_bad_pair(vagrant_version, found)
@@ -288,6 +290,53 @@ def check_virtualbox(ctx: DoctorContext) -> Iterable[Finding]:
             )
         else:
             yield Finding("virtualbox-vagrant", "ok", f"Vagrant {vagrant_version} supports VirtualBox {found}")
+
+
+# Since VirtualBox 6.1.28, host-only networks on Linux/macOS may only use the ranges listed in
+# /etc/vbox/networks.conf (`* 10.0.0.0/8 …` lines), 192.168.56.0/21 when it does not exist; any other lab
+# subnet (coreos-vagrant's 172.17.8.0/24 included) fails `vagrant up` after the VM was imported.
+VBOX_NETWORKS_CONF = Path("/etc/vbox/networks.conf")
+VBOX_DEFAULT_HOSTONLY = "192.168.56.0/21"
+
+
+def hostonly_ranges(conf_text: str | None) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The host-only ranges VirtualBox allows, from the text of networks.conf (None: the file is absent)."""
+    if conf_text is None:
+        return [ipaddress.ip_network(VBOX_DEFAULT_HOSTONLY)]
+    ranges = []
+    for line in conf_text.splitlines():
+        words = line.split()
+        if words[:1] == ["*"]:
+            for word in words[1:]:
+                with contextlib.suppress(ValueError):
+                    ranges.append(ipaddress.ip_network(word, strict=False))
+    return ranges
+
+
+def check_virtualbox_hostonly(ctx: DoctorContext) -> Iterable[Finding]:
+    found = ctx.facts.get("virtualbox_version")
+    if ctx.plan is None or ctx.plan.subnet is None or not found or tuple(_numbers(found)) < (6, 1, 28):
+        return
+    subnet = ctx.plan.subnet
+    try:
+        conf: str | None = VBOX_NETWORKS_CONF.read_text()
+    except FileNotFoundError:
+        conf = None
+    except OSError as exc:
+        yield Finding("virtualbox-network", "warn", f"cannot read {VBOX_NETWORKS_CONF}: {exc.strerror}")
+        return
+    allowed = hostonly_ranges(conf)
+    if any(subnet.version == net.version and subnet.subnet_of(net) for net in allowed):
+        yield Finding("virtualbox-network", "ok", f"VirtualBox allows host-only network {subnet}")
+        return
+    shown = ", ".join(map(str, allowed)) or "none"
+    yield Finding(
+        "virtualbox-network",
+        "fail",
+        f"VirtualBox {found} allows host-only networks only in {shown} ({VBOX_NETWORKS_CONF}); "
+        f"the lab subnet {subnet} would fail `vagrant up`",
+        f"add the line `* {subnet}` to {VBOX_NETWORKS_CONF}, or choose a `subnet` inside {shown} in lab.yaml",
+    )
 
 
 def probe_virtualbox() -> tuple[str, str] | None:
@@ -410,7 +459,7 @@ COMMON_CHECKS: list[Check] = [
     check_vagrant_box,
     check_ports,
 ]
-PROVIDER_CHECKS: dict[str, list[Check]] = {"virtualbox": [check_virtualbox]}
+PROVIDER_CHECKS: dict[str, list[Check]] = {"virtualbox": [check_virtualbox, check_virtualbox_hostonly]}
 
 
 def diagnose(plan: LabPlan | None, *, provider: str | None = None, mirror_root: Path) -> DoctorReport:

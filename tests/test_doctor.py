@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from harness.cli import lab
 
-from coreos_lab.doctor import debian_breaks, known_bad_pair, port_free, supported_virtualbox_series
+from coreos_lab.doctor import (
+    VBOX_NETWORKS_CONF,
+    debian_breaks,
+    hostonly_ranges,
+    known_bad_pair,
+    port_free,
+    supported_virtualbox_series,
+)
 from coreos_lab.errors import ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,3 +164,32 @@ def test_doctor_passes_with_a_supported_virtualbox(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout
     levels = {f["check"]: f["level"] for f in run.json()["findings"]}
     assert levels["virtualbox"] == "ok" and levels["virtualbox-vagrant"] == "ok"
+
+
+def test_hostonly_ranges_of_networks_conf() -> None:
+    assert [str(n) for n in hostonly_ranges(None)] == ["192.168.56.0/21"]
+    text = "# comment\n* 10.0.0.0/8 192.168.0.0/16\n* 2001::/64\nnot a range\n"
+    assert [str(n) for n in hostonly_ranges(text)] == ["10.0.0.0/8", "192.168.0.0/16", "2001::/64"]
+
+
+@pytest.mark.integration
+@pytest.mark.vagrant
+def test_doctor_flags_a_subnet_virtualbox_will_refuse(tmp_path: Path) -> None:
+    """coreos-vagrant's 172.17.8.0/24 is outside VirtualBox ≥ 6.1.28's default host-only range."""
+    from harness.lifecycle_labs import make_lab
+
+    assert not VBOX_NETWORKS_CONF.exists()  # this machine has no VirtualBox: the default range applies
+    lab_dir, env = make_lab(tmp_path, subnet="172.30.8.0/24")
+    env.update(_fake_vboxmanage(tmp_path / "bin", "7.0.14r161095\n"))
+    run = lab("doctor", lab_dir, "--json", env=env)
+    assert run.returncode == ExitCode.MISSING_TOOL, run.stderr
+    finding = next(f for f in run.json()["findings"] if f["check"] == "virtualbox-network")
+    assert finding["level"] == "fail"
+    assert "only in 192.168.56.0/21" in finding["detail"] and "172.30.8.0/24" in finding["detail"]
+    assert "* 172.30.8.0/24" in finding["fix"]
+    (tmp_path / "inside").mkdir()
+    inside, inside_env = make_lab(tmp_path / "inside", subnet="192.168.60.0/24")
+    inside_env["PATH"] = env["PATH"]  # the same stand-in VBoxManage
+    ok = lab("doctor", inside, "--json", env=inside_env)
+    levels = {f["check"]: f["level"] for f in ok.json()["findings"]}
+    assert levels["virtualbox-network"] == "ok"

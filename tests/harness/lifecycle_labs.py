@@ -29,7 +29,8 @@ def make_lab(
     distro: str = "coreos",
     version: str = "1.0.0",
     with_box: bool = True,
-    subnet: str = "172.17.8.0/24",
+    # Inside VirtualBox's default host-only range, and off 172.17.8.0/24 (the namespace harness may hold it).
+    subnet: str = "192.168.60.0/24",
 ) -> tuple[Path, dict[str, str]]:
     """A lab dir with lab.yaml, its mirror store (holding the box unless `with_box` is False), a private
     VAGRANT_HOME, and the environment to run `lab` in it. The mirror URL is a free port nothing listens on."""
