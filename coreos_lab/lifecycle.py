@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coreos_lab import proc
 from coreos_lab.doctor import (
     PROVIDER_CHECKS,
     DoctorContext,
@@ -252,7 +253,12 @@ def _up_machines(plan: LabPlan, names: Sequence[str], *, deadline: float, on_eve
             on_event(name, "running", "up")
 
     with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="vagrant-up") as pool:
-        list(pool.map(run, batches))
+        try:
+            list(pool.map(run, batches))
+        except KeyboardInterrupt:
+            # Vagrant cleans up a machine it was creating when interrupted; wait for that, then stop.
+            proc.interrupt_running()
+            raise
     if failures:
         raise UpFailed({n: failures[n] for n in names if n in failures}, len(names))
 

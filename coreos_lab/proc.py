@@ -3,9 +3,11 @@ logging of the command and its return code, and `CommandFailed` with the tail of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -78,6 +80,20 @@ def run(
     return result
 
 
+# Commands `stream` is running, so an interrupted caller can pass Ctrl-C on to them (see `interrupt_running`).
+_running: set[subprocess.Popen[str]] = set()
+_running_lock = threading.Lock()
+
+
+def interrupt_running() -> None:
+    """Send SIGINT to every command `stream` is running: the main thread got Ctrl-C, but commands started
+    from worker threads (or in another process group) did not, and should clean up rather than be orphaned."""
+    with _running_lock:
+        for child in _running:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGINT)
+
+
 def stream(
     argv: Sequence[str | os.PathLike[str]],
     on_line: Callable[[str], None],
@@ -121,6 +137,8 @@ def stream(
     timer = threading.Timer(timeout, kill) if timeout else None
     if timer:
         timer.start()
+    with _running_lock:
+        _running.add(proc)
     try:
         with proc:
             for line in proc.stdout:
@@ -128,6 +146,8 @@ def stream(
                 lines.append(line)
                 on_line(line)
     finally:
+        with _running_lock:
+            _running.discard(proc)
         if timer:
             timer.cancel()
     if timed_out.is_set():

@@ -369,6 +369,7 @@ class Vagrant:
                 parsed = parse_line(raw) if machine_readable else None
                 if parsed is None:
                     log.write(raw + "\n")
+                    log.flush()
                     return
                 prefix = f"[{parsed.target}] " if parsed.target else ""
                 if parsed.kind in ("ui", "error-exit"):
@@ -378,6 +379,7 @@ class Vagrant:
                         on_progress(parsed.target, parsed.text.strip().splitlines()[0])
                 else:
                     log.write(f"{prefix}{parsed.kind}: {', '.join(parsed.data)}\n")
+                log.flush()  # a user may be following the log while Vagrant works
 
             result = proc.stream(argv, on_line, cwd=self.lab_dir, extra_env=self.env, timeout=self.timeout)
             log.write(f"== exit {result.returncode}\n")

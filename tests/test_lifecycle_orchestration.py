@@ -157,3 +157,42 @@ def test_up_with_the_box_only_in_vagrant_needs_no_mirror_copy(tmp_path: Path) ->
     assert run.returncode == 0, run.stderr
     assert run.json()["started"] == NODES
     assert not any(c["argv"][:2] == ["box", "add"] for c in calls(tmp_path))
+
+
+def test_interrupted_up_stops_its_vagrant_processes_and_exits_130(
+    tmp_path: Path, standin_lab: tuple[Path, dict]
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    lab_dir, env = standin_lab
+    env["STANDIN_UP_SECONDS"] = "60"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "coreos_lab", "up", str(lab_dir), "--no-wait"],
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        logs = [lab_dir / ".lab" / "logs" / f"up-{name}.log" for name in NODES]
+        deadline = time.monotonic() + 60
+        while not all(log.exists() and "Bringing machine" in log.read_text() for log in logs):
+            assert time.monotonic() < deadline, "the ups never started"
+            assert process.poll() is None, process.communicate()
+            time.sleep(0.2)
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)  # to lab only, not its process group: lab must pass it on
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
+    assert time.monotonic() - started < 20  # the 60 s ups were stopped, not waited for
+    for log in logs:
+        assert "== exit" in log.read_text()  # every vagrant process ended
