@@ -265,7 +265,7 @@ def _up_machines(plan: LabPlan, names: Sequence[str], *, deadline: float, on_eve
 
 def wait_healthy(plan: LabPlan, vagrant: Vagrant, *, timeout: float, on_event: NodeEvent = _ignore) -> Any:
     """Wait until the cluster is healthy (the health module's checks over SSH to every machine)."""
-    from coreos_lab import health
+    from coreos_lab.health import wait_healthy as wait_until_healthy
     from coreos_lab.ssh import parse_ssh_config
 
     targets = parse_ssh_config(vagrant.ssh_config(), source=f"vagrant ssh-config in {plan.lab_dir}")
@@ -278,7 +278,7 @@ def wait_healthy(plan: LabPlan, vagrant: Vagrant, *, timeout: float, on_event: N
         else:
             on_event(node.name, "checking", "; ".join(f"{c.name}: {c.detail}" for c in node.failing))
 
-    return health.wait_healthy(targets, plan.distro, (), plan.etcd_members, timeout=timeout, on_update=on_update)
+    return wait_until_healthy(targets, plan.distro, (), plan.etcd_members, timeout=timeout, on_update=on_update)
 
 
 # -- render and state (owned by render / state; called at the moments lifecycle knows about) --------------------
