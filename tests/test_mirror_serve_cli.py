@@ -47,6 +47,13 @@ def test_serve_announces_logs_each_request_and_stops_cleanly_on_sigterm(mirror_r
     assert srv.lines[-1] == "stopped"
 
 
+def test_ctrl_c_stops_cleanly(mirror_root: Path) -> None:
+    with mirror_server(mirror_root) as srv:
+        os.kill(srv.proc.pid, signal.SIGINT)
+        assert srv.proc.wait(timeout=15) == 0
+    assert srv.lines[-1] == "stopped"
+
+
 def test_base_url_is_written_into_metadata(mirror_root: Path) -> None:
     add_box(MirrorStore(mirror_root), "flatcar-stable", "3815.2.0")
     with mirror_server(mirror_root, "--base-url", "http://10.0.2.2:8080/") as srv:
