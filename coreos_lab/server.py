@@ -27,10 +27,12 @@ def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool
     """
     from aiohttp import web
 
-    from coreos_lab import discovery_api, mirror_http
+    from coreos_lab import mirror_http
+    from coreos_lab.discovery import api as discovery_api
 
     app = web.Application()
-    discovery_api.setup(app, discovery_dir(mirror_root))
+    # Discovery first: its routes match only `/new` and 32-hex tokens, never a box name.
+    discovery_api.setup(app, discovery_dir(mirror_root), base_url=base_url)
     mirror_http.setup(app, mirror_root, base_url=base_url, live_view=live_view)
     return app
 
@@ -119,6 +121,13 @@ class EmbeddedServer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def app(self) -> web.Application:
+        """The running application (its services are reachable by their AppKeys)."""
+        if self._runner is None:
+            raise RuntimeError("server not started")
+        return self._runner.app
 
     def start(self) -> EmbeddedServer:
         self._thread = threading.Thread(target=self._run, name="lab-server", daemon=True)

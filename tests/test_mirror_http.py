@@ -225,7 +225,7 @@ def test_parts_records_and_dot_dirs_are_never_served(client: Client, store: Mirr
     (version_dir / "virtualbox-amd64.box.part").write_bytes(b"partial")
     (version_dir / "upstream").mkdir()
     (version_dir / "upstream" / "coreos_production_vagrant.json").write_text("{}")
-    (store.root / ".discovery").mkdir()
+    (store.root / ".discovery").mkdir(exist_ok=True)
     (store.root / ".discovery" / "state.json").write_text("{}")
     for path in (
         f"{BOX}.part",
