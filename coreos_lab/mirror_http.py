@@ -299,8 +299,8 @@ def effective_headers(headers: Mapping[str, str], *, size: int, etag: str, mtime
     if_range = headers.get("If-Range")
     if range_value is None:
         return None
-    keep = not (if_range is not None and not if_range_matches(if_range, etag=etag, mtime=mtime))
-    keep = keep and "," not in range_value and not starts_at_or_after_end(range_value, size)
+    stale = if_range is not None and not if_range_matches(if_range, etag=etag, mtime=mtime)
+    keep = not stale and "," not in range_value and not starts_at_or_after_end(range_value, size)
     if keep and if_range is None:
         return None
     view = CIMultiDict(headers)
