@@ -10,6 +10,9 @@ URL scheme (the store's layout, DESIGN §3):
     /<channel>/amd64-usr/<version|current>/<distro>_production_vagrant.json
                                                         the release servers' layout, so an existing URL works
                                                         with only its scheme and host replaced
+    /<distro>/<channel>/amd64-usr/<version|current>/{version.txt, <distro>_production_vagrant.{json,box,
+        box.DIGESTS,box.DIGESTS.asc,box.sig}}           a release server for another mirror's
+                                                        `lab mirror fetch --upstream <base>/<distro>`
 
 <distro> is `coreos` or `flatcar`. Metadata `url`s are absolute: under `base_url` when given, else under
 the scheme and Host of the request, so one mirror answers as 127.0.0.1:8080 on the host and under any other
@@ -40,6 +43,7 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 SEED_PATTERN = r"(?:coreos|flatcar)_production_vagrant\.json"
 SEED_RE = re.compile(r"^(coreos|flatcar)_production_vagrant\.json$")
 DEFAULT_CHANNEL = "stable"
+UPSTREAM_PROVIDER = "virtualbox"  # the release servers publish the VirtualBox box as <distro>_production_vagrant.box
 # sendfile in pieces so the live view and the access log see progress; large enough to cost nothing.
 SENDFILE_CHUNK = 16 * 1024 * 1024
 # A Host header is only trusted as a base URL when it looks like one (it ends up in JSON and HTML).
@@ -61,6 +65,10 @@ def setup(app: web.Application, mirror_root: Path, *, base_url: str | None = Non
         mirror.release_seed,
     )
     app.router.add_get(f"/{{name:{NAME_PATTERN}}}/{{version:[0-9][0-9A-Za-z.-]*}}/{{file:[^/]+}}", mirror.box)
+    app.router.add_get(
+        "/{distro:coreos|flatcar}/{channel:[a-z][a-z0-9-]*}/amd64-usr/{release:[0-9A-Za-z.-]+}/{file:[^/]+}",
+        mirror.release_file,
+    )
 
     async def start_view(_app: web.Application) -> None:
         mirror.tracker.start()
@@ -192,18 +200,49 @@ class Mirror:
         entry = self.find_entry(name, version, file)
         if entry is None:
             raise not_found(f"no box at /{name}/{version}/{file} in this mirror")
-        path = self.store.box_path(entry.key)
+        return self.send_file(request, self.store.box_path(entry.key), entry.key.relpath)
+
+    def send_file(self, request: web.Request, path: Path, label: str) -> web.StreamResponse:
         try:
             resolved = path.resolve(strict=True)
             stat = resolved.stat()
         except OSError as exc:
-            raise not_found(f"box file missing: /{entry.key.relpath}") from exc
+            raise not_found(f"file missing: /{label}") from exc
         if not resolved.is_relative_to(self.store.root.resolve()):
             # A symlink in the store pointing elsewhere: never follow it out of the root.
-            raise web.HTTPForbidden(text="forbidden: the box file lies outside the mirror root\n")
+            raise web.HTTPForbidden(text="forbidden: the file lies outside the mirror root\n")
         headers = effective_headers(request.headers, size=stat.st_size, etag=aiohttp_etag(stat), mtime=stat.st_mtime)
         view = request.clone(headers=headers) if headers is not None else request
-        return BoxFileResponse(resolved, view=view, tracker=self.tracker, label=entry.key.relpath)
+        return BoxFileResponse(resolved, view=view, tracker=self.tracker, label=label)
+
+    # -- the release servers' layout, for another mirror to fetch from ----------------------------------------
+    async def release_file(self, request: web.Request) -> web.StreamResponse:
+        """`/<distro>/<channel>/amd64-usr/<version|current>/<file>`: what `lab mirror fetch --upstream
+        <this>/<distro>` reads. The box, version.txt and the JSON (rewritten to this server) always; DIGESTS
+        and signatures when the box was fetched from a release server (kept as they came, so a downstream
+        fetch checks the same sha512 and signatures against the same bytes)."""
+        distro, channel, release, file = (request.match_info[k] for k in ("distro", "channel", "release", "file"))
+        name = f"{distro}-{channel}"
+        entries = [e for e in self.store.entries(name) if e.provider == UPSTREAM_PROVIDER]
+        if release != "current":
+            entries = [e for e in entries if e.version == release]
+        if not entries:
+            raise not_found(f"no {UPSTREAM_PROVIDER} box {name} {release} in this mirror")
+        entry = entries[-1]
+        stem = f"{distro}_production_vagrant"
+        if file == "version.txt":
+            variable = f"{distro.upper()}_VERSION"
+            return web.Response(text=f"{variable}={entry.version}\n{variable}_ID={entry.version}\n")
+        if file == f"{stem}.json":
+            return self._seed(distro, channel, entry.version, self.base_for(request))
+        if file == f"{stem}.box":
+            return self.send_file(request, self.store.box_path(entry.key), entry.key.relpath)
+        if file in (f"{stem}.box.DIGESTS", f"{stem}.box.DIGESTS.asc", f"{stem}.box.sig"):
+            side = self.store.upstream_dir(entry.name, entry.version) / file
+            if side.is_file():
+                return self.send_file(request, side, f"{entry.name}/{entry.version}/upstream/{file}")
+            raise not_found(f"{name} {entry.version} was not fetched from a release server: no {file}")
+        raise not_found(f"no {file} in the release layout (version.txt, {stem}.json, .box, .box.DIGESTS, …)")
 
     def find_entry(self, name: str, version: str, file: str) -> BoxEntry | None:
         for entry in self.store.entries(name):
@@ -260,8 +299,8 @@ def effective_headers(headers: Mapping[str, str], *, size: int, etag: str, mtime
     if_range = headers.get("If-Range")
     if range_value is None:
         return None
-    keep = not (if_range is not None and not if_range_matches(if_range, etag=etag, mtime=mtime))
-    keep = keep and "," not in range_value and not starts_at_or_after_end(range_value, size)
+    stale = if_range is not None and not if_range_matches(if_range, etag=etag, mtime=mtime)
+    keep = not stale and "," not in range_value and not starts_at_or_after_end(range_value, size)
     if keep and if_range is None:
         return None
     view = CIMultiDict(headers)

@@ -70,6 +70,11 @@ async def _serve(
 
     from coreos_lab.access_log import AccessLog
 
+    # Signal handlers first: a stop request that arrives while starting up must not be lost.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     app = build_app(mirror_root, base_url=base_url, live_view=live_view)
     runner = web.AppRunner(
         app, handle_signals=False, access_log_class=AccessLog, access_log=logging.getLogger(__name__)
@@ -86,10 +91,6 @@ async def _serve(
         if on_ready is not None:
             bound_port = runner.addresses[0][1]
             on_ready(f"http://{f'[{host}]' if ':' in host else host}:{bound_port}")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
     finally:
         await runner.cleanup()

@@ -47,6 +47,13 @@ def test_serve_announces_logs_each_request_and_stops_cleanly_on_sigterm(mirror_r
     assert srv.lines[-1] == "stopped"
 
 
+def test_ctrl_c_stops_cleanly(mirror_root: Path) -> None:
+    with mirror_server(mirror_root) as srv:
+        os.kill(srv.proc.pid, signal.SIGINT)
+        assert srv.proc.wait(timeout=15) == 0
+    assert srv.lines[-1] == "stopped"
+
+
 def test_base_url_is_written_into_metadata(mirror_root: Path) -> None:
     add_box(MirrorStore(mirror_root), "flatcar-stable", "3815.2.0")
     with mirror_server(mirror_root, "--base-url", "http://10.0.2.2:8080/") as srv:
@@ -123,3 +130,15 @@ def test_help_lists_serve() -> None:
     assert run.returncode == 0 and "serve" in run.stdout
     run = lab("mirror", "serve", "--help")
     assert "--base-url" in run.stdout and "127.0.0.1" in run.stdout and "8080" in run.stdout
+
+
+def test_one_server_answers_boxes_and_discovery(mirror_root: Path) -> None:
+    add_box(MirrorStore(mirror_root), "coreos-stable", "1.0.0")
+    with mirror_server(mirror_root) as srv:
+        status, body = fetch(f"{srv.url}/new?size=3")
+        token_url = body.decode().strip()
+        assert status == 200 and token_url.startswith(f"{srv.url}/")
+        status, body = fetch(f"{token_url}/_config/size")
+        assert status == 200 and json.loads(body)["node"]["value"] == "3"
+        status, body = fetch(f"{srv.url}/coreos-stable")
+        assert status == 200 and json.loads(body)["name"] == "coreos-stable"
