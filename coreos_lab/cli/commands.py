@@ -6,6 +6,7 @@ import click
 
 
 def register(root: click.Group) -> None:
-    from coreos_lab.cli import mirror
+    from coreos_lab.cli import health, mirror
 
     root.add_command(mirror.mirror)
+    root.add_command(health.health)
