@@ -219,6 +219,10 @@ class SSHSession:
 
 
 def _describe(exc: BaseException) -> str:
+    # paramiko's NoValidConnectionsError says "[Errno None] Unable to connect"; its per-address errors say why.
+    errors = getattr(exc, "errors", None)
+    if isinstance(errors, dict) and errors:
+        return "; ".join(sorted({(e.strerror or str(e)).lower() for e in errors.values()}))
     text = str(exc) or type(exc).__name__
     if isinstance(exc, TimeoutError):
         return f"timed out ({text})"

@@ -93,12 +93,13 @@ def health(
         console.print_json(report.as_dict())
     else:
         console.err().print(_table(report))
-        for node, check in report.failing():
-            console.info(f"{node} {check.name}: {check.detail}")
-        if report.healthy:
-            console.success(f"healthy: {len(report.nodes)} nodes ({report.elapsed:.1f}s)")
-        else:
-            console.error(f"not healthy: {len(report.failing())} failing checks")
+    # The failing checks go to stderr in both modes: exit 3 or 5 always says which node and check.
+    for node, check in report.failing():
+        console.info(f"{node} {check.name}: {check.detail}")
+    if report.healthy:
+        console.success(f"healthy: {len(report.nodes)} nodes ({report.elapsed:.1f}s)")
+    else:
+        console.error(f"not healthy: {len(report.failing())} failing checks")
     return code
 
 

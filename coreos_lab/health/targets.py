@@ -40,4 +40,6 @@ def targets_from_file(path: Path) -> list[SSHTarget]:
 
 
 def targets_from_lab(lab_dir: Path) -> list[SSHTarget]:
+    if not (lab_dir / "Vagrantfile").is_file():
+        raise BadInput(f"{lab_dir}: no Vagrantfile here", hint="render the lab first, or pass --ssh-config FILE")
     return parse_ssh_config(vagrant_ssh_config(lab_dir), source=f"vagrant ssh-config in {lab_dir}")

@@ -22,7 +22,7 @@ import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -68,6 +68,12 @@ def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
         proc.wait(timeout)
 
 
+def _kill_namespace_pids(namespace: str) -> None:
+    for pid in _ip("netns", "pids", namespace, check=False).stdout.split():
+        with suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
 def remove_leftovers() -> list[str]:
     """Delete namespaces and links of this harness whose creating process is gone (a crashed run)."""
     removed: list[str] = []
@@ -75,11 +81,7 @@ def remove_leftovers() -> list[str]:
         name = line.split()[0] if line.split() else ""
         match = _NS_NAME.match(name)
         if match and not _pid_alive(int(match.group(1))):
-            for pid in _ip("netns", "pids", name, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _kill_namespace_pids(name)
             _ip("netns", "delete", name, check=False)
             removed.append(name)
     for line in _ip("-o", "link", "show").stdout.splitlines():
@@ -195,7 +197,9 @@ class NetnsCluster:
         for i in range(1, self.count + 1):
             self._add_node(i)
         for node in self.nodes.values():
-            _wait_for(lambda n=node: _port_open(n.ip, 22), f"sshd on {node.name}", 20, node.sshd, node.workdir / "sshd.log")
+            _wait_for(
+                lambda n=node: _port_open(n.ip, 22), f"sshd on {node.name}", 20, node.sshd, node.workdir / "sshd.log"
+            )
 
     def _add_node(self, i: int) -> None:
         ns = f"{_PREFIX}-{self.pid}-{i}"
@@ -301,7 +305,13 @@ class NetnsCluster:
     def wait_etcd(self, indexes: Sequence[int] | None = None, timeout: float = 30) -> None:
         for i in indexes or sorted(self.nodes):
             node = self.nodes[i]
-            _wait_for(lambda n=node: _etcd_healthy(n.ip), f"etcd on {node.name}", timeout, node.etcd, node.workdir / "etcd.log")
+            _wait_for(
+                lambda n=node: _etcd_healthy(n.ip),
+                f"etcd on {node.name}",
+                timeout,
+                node.etcd,
+                node.workdir / "etcd.log",
+            )
 
     def start_all_etcd(self, *, discovery: str | None = None) -> None:
         for i in sorted(self.nodes):
@@ -321,12 +331,7 @@ class NetnsCluster:
             _stop(node.etcd)
             _stop(node.sshd)
         for node in self.nodes.values():
-            # Anything else a test started inside the namespace, by PID.
-            for pid in _ip("netns", "pids", node.namespace, check=False).stdout.split():
-                try:
-                    os.kill(int(pid), signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            _kill_namespace_pids(node.namespace)  # anything else a test started inside it
             _ip("link", "delete", node.veth, check=False)
             _ip("netns", "delete", node.namespace, check=False)
         _ip("link", "delete", self.bridge, check=False)

@@ -1,0 +1,106 @@
+"""`lab health` without nodes: SSH config mapping, check selection, input errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from harness.cli import lab
+
+from coreos_lab.errors import BadInput, ExitCode
+from coreos_lab.health import select_checks
+from coreos_lab.ssh import parse_ssh_config, shell_command
+
+# What `vagrant ssh-config` prints for a two-machine lab (coreos-vagrant), plus a wildcard block.
+VAGRANT_SSH_CONFIG = """\
+Host core-01
+  HostName 127.0.0.1
+  User core
+  Port 2222
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  PasswordAuthentication no
+  IdentityFile /home/me/.vagrant.d/insecure_private_key
+  IdentitiesOnly yes
+  LogLevel FATAL
+
+Host core-02
+  HostName 127.0.0.1
+  User core
+  Port 2200
+  UserKnownHostsFile /dev/null
+  StrictHostKeyChecking no
+  IdentityFile "/home/me/lab dir/.vagrant/machines/core-02/virtualbox/private_key"
+  IdentitiesOnly yes
+
+Host *
+  User ignored-because-first-match-wins
+  ConnectTimeout 5
+"""
+
+
+def test_vagrant_ssh_config_is_mapped_key_by_key() -> None:
+    first, second = parse_ssh_config(VAGRANT_SSH_CONFIG)
+    assert (first.name, first.hostname, first.port, first.user) == ("core-01", "127.0.0.1", 2222, "core")
+    assert first.identity_files == ("/home/me/.vagrant.d/insecure_private_key",)
+    assert first.identities_only is True
+    assert first.strict_host_key_checking == "no"
+    assert first.known_hosts_files == ("/dev/null",)
+    assert second.port == 2200
+    assert second.identity_files == ("/home/me/lab dir/.vagrant/machines/core-02/virtualbox/private_key",)
+    assert second.address == "core@127.0.0.1:2200"
+
+
+def test_defaults_come_from_wildcard_blocks_and_openssh() -> None:
+    (target,) = parse_ssh_config("Host node\n\nHost *\n  User core\n")
+    assert (target.hostname, target.port, target.user) == ("node", 22, "core")
+    assert target.strict_host_key_checking == "ask" and not target.identities_only
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [("", "no Host entries"), ("Host *\n  User core\n", "no Host entries"), ("Host a\n  Port twenty\n", "Port")],
+)
+def test_bad_ssh_config_names_the_problem(text: str, message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        parse_ssh_config(text, source="cfg")
+
+
+def test_remote_command_words_are_quoted() -> None:
+    assert shell_command(["etcdctl", "get", "a b;rm -rf /"], {"ETCDCTL_API": "3"}) == (
+        "env ETCDCTL_API=3 etcdctl get 'a b;rm -rf /'"
+    )
+
+
+def test_check_selection() -> None:
+    assert select_checks("coreos") == ("units", "etcd", "members", "fleet")
+    assert select_checks("flatcar", ["members", "etcd"]) == ("etcd", "members")
+    with pytest.raises(BadInput, match="distro"):
+        select_checks("ubuntu")
+    with pytest.raises(BadInput, match="'disk'"):
+        select_checks("coreos", ["disk"])
+
+
+def test_ssh_config_without_distro_is_usage_error(tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text("Host a\n  HostName 127.0.0.1\n")
+    run = lab("health", "--ssh-config", config)
+    assert run.returncode == ExitCode.USAGE
+    assert "--distro" in run.stderr
+
+
+def test_lab_dir_that_is_no_lab_is_usage_error(tmp_path: Path) -> None:
+    run = lab("health", tmp_path)
+    assert run.returncode == ExitCode.USAGE
+    assert "lab.yaml" in run.stderr
+    run = lab("health", tmp_path, "--distro", "coreos")
+    assert run.returncode == ExitCode.USAGE
+    assert "Vagrantfile" in run.stderr
+
+
+def test_unknown_check_is_usage_error(tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text("Host a\n  HostName 127.0.0.1\n")
+    run = lab("health", "--ssh-config", config, "--distro", "coreos", "--check", "disk")
+    assert run.returncode == ExitCode.USAGE
+    assert "disk" in run.stderr

@@ -1,0 +1,171 @@
+"""`lab health` against real nodes: sshd + etcd 3.4 in network namespaces (tests/harness/netns.py).
+
+The namespaces have no systemd and no fleet, so these tests select the etcd checks (`--check etcd
+--check members`); the units and fleet checks are covered by their parsers' tests only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness.cli import lab
+from harness.netns import NetnsCluster, netns_cluster
+
+from coreos_lab.errors import ExitCode
+
+pytestmark = [pytest.mark.integration, pytest.mark.etcd, pytest.mark.netns]
+
+ETCD_CHECKS = ("--check", "etcd", "--check", "members")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
+    with netns_cluster(tmp_path / "nodes", 3) as c:
+        yield c
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A HOME of our own: proves nothing is written to the user's known_hosts."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+def health(cluster: NetnsCluster, tmp_path: Path, home: Path, *args: str, nodes: list[int] | None = None):  # type: ignore[no-untyped-def]
+    config = cluster.write_ssh_config(tmp_path / "ssh_config", nodes)
+    return lab("health", "--ssh-config", config, *args, env={"HOME": str(home)}, timeout=120)
+
+
+@pytest.mark.parametrize("distro", ["coreos", "flatcar"])
+def test_three_nodes_healthy(cluster: NetnsCluster, tmp_path: Path, home: Path, distro: str) -> None:
+    cluster.start_all_etcd()
+    run = health(cluster, tmp_path, home, "--distro", distro, *ETCD_CHECKS, "--json")
+    assert run.returncode == ExitCode.OK, run.stderr
+    report = run.json()
+    assert report["healthy"] is True
+    assert list(report["nodes"]) == ["core-01", "core-02", "core-03"]
+    for node in report["nodes"].values():
+        assert node["checks"]["etcd"] == {"status": "pass", "detail": "3 of 3 members healthy"}
+        assert node["checks"]["members"]["status"] == "pass"
+        assert "core-01, core-02, core-03" in node["checks"]["members"]["detail"]
+        assert "leader core-0" in node["checks"]["members"]["detail"]
+    assert not (home / ".ssh" / "known_hosts").exists()
+
+
+def test_human_table_on_stderr(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_all_etcd()
+    run = health(cluster, tmp_path, home, "--distro", "coreos", *ETCD_CHECKS)
+    assert run.returncode == ExitCode.OK, run.stderr
+    assert run.stdout == ""
+    assert "core-03" in run.stderr and "healthy: 3 nodes" in run.stderr
+
+
+def test_wrong_member_count_fails_members_check(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_all_etcd()
+    run = health(cluster, tmp_path, home, "--distro", "flatcar", "--members", "5", *ETCD_CHECKS, "--json")
+    assert run.returncode == ExitCode.UNHEALTHY
+    members = run.json()["nodes"]["core-02"]["checks"]["members"]
+    assert members["status"] == "fail" and "3 members, expected 5" in members["detail"]
+
+
+@pytest.mark.parametrize("distro", ["coreos", "flatcar"])
+def test_killed_etcd_is_named(cluster: NetnsCluster, tmp_path: Path, home: Path, distro: str) -> None:
+    cluster.start_all_etcd()
+    cluster.kill_etcd(2)
+    run = health(cluster, tmp_path, home, "--distro", distro, *ETCD_CHECKS, "--json")
+    assert run.returncode == ExitCode.UNHEALTHY
+    nodes = run.json()["nodes"]
+    assert run.json()["healthy"] is False
+    # The node whose etcd is gone cannot answer at all ...
+    assert nodes["core-02"]["checks"]["etcd"]["status"] == "fail"
+    assert "not answering" in nodes["core-02"]["checks"]["etcd"]["detail"]
+    # ... and the others see the cluster degraded and say which member is missing.
+    for name in ("core-01", "core-03"):
+        etcd = nodes[name]["checks"]["etcd"]
+        assert etcd["status"] == "fail"
+        assert "2 of 3 healthy" in etcd["detail"] and "172.17.8.102" in etcd["detail"]
+        assert nodes[name]["checks"]["members"]["status"] == "pass"  # still 3 members and a leader
+    assert "core-02 etcd:" in run.stderr
+
+
+def test_wait_until_a_late_member_joins(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_etcd(1)
+    cluster.start_etcd(2)
+    cluster.wait_etcd([1, 2])
+    config = cluster.write_ssh_config(tmp_path / "ssh_config")
+    argv = [sys.executable, "-m", "coreos_lab", "health", "--ssh-config", str(config), "--distro", "coreos"]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*argv, *ETCD_CHECKS, "--wait", "60", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HOME": str(home)},
+    )
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, "health returned before the third member existed"
+        cluster.start_etcd(3)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ExitCode.OK, err
+    assert time.monotonic() - started < 60
+    assert json.loads(out)["healthy"] is True
+    assert "core-03: etcd: etcd not answering" in err  # the per-node state while waiting (stderr is not a terminal)
+
+
+def test_wait_deadline_exits_5_with_the_failing_checks(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_etcd(1)
+    cluster.start_etcd(2)
+    cluster.wait_etcd([1, 2])
+    started = time.monotonic()
+    run = health(cluster, tmp_path, home, "--distro", "coreos", *ETCD_CHECKS, "--wait", "3", "--json")
+    assert run.returncode == ExitCode.TIMEOUT
+    assert time.monotonic() - started < 15
+    report = run.json()
+    assert report["healthy"] is False
+    assert report["nodes"]["core-03"]["checks"]["etcd"]["status"] == "fail"
+    assert "deadline of 3s passed" in run.stderr and "core-03 etcd:" in run.stderr
+
+
+def test_unreachable_node_fails_alone_and_quickly(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_all_etcd()
+    cluster.stop_sshd(3)  # core-03's etcd still serves its peers; only SSH to it is gone
+    config = cluster.write_ssh_config(tmp_path / "ssh_config")
+    # And a node that does not exist at all: nobody answers ARP for it on the bridge.
+    config.write_text(config.read_text() + "Host ghost\n  HostName 172.17.8.199\n  User root\n  IdentitiesOnly yes\n")
+    started = time.monotonic()
+    run = lab(
+        "health",
+        "--ssh-config",
+        config,
+        "--distro",
+        "coreos",
+        "--members",
+        "3",
+        "--connect-timeout",
+        "2",
+        *ETCD_CHECKS,
+        "--json",
+        env={"HOME": str(home)},
+    )
+    elapsed = time.monotonic() - started
+    assert run.returncode == ExitCode.UNHEALTHY
+    nodes = run.json()["nodes"]
+    assert nodes["core-01"]["healthy"] and nodes["core-02"]["healthy"]
+    for name in ("core-03", "ghost"):
+        for check in nodes[name]["checks"].values():
+            assert check["status"] == "fail" and "ssh to root@172.17.8." in check["detail"]
+    assert "refused" in nodes["core-03"]["checks"]["etcd"]["detail"].lower()
+    assert elapsed < 10
