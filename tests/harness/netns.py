@@ -3,7 +3,8 @@
 Layout (as coreos-vagrant's): a bridge at 172.17.8.1/24 in the root namespace, node i (1-based) `core-0i` in
 namespace `clab-<pid>-<i>` at 172.17.8.(100+i) behind a veth pair. Each node runs sshd (generated host key,
 its own config, root logs in with a generated key) and, on request, etcd 3.4 with `--enable-v2`, listening as
-CoreOS's etcd2 does (clients on 0.0.0.0:2379,4001, peers on the node's IP). The nodes have no route beyond
+CoreOS's etcd2 does (clients on 0.0.0.0:2379,4001, peers on the node's IP). sshd runs in a mount
+namespace of its own where root's home is an empty directory of the node. The nodes have no route beyond
 the bridge's subnet, so no traffic can leave. There is no systemd in a namespace: tests select etcd checks.
 
 The subnet is fixed, so concurrent test runs take turns through an fcntl lock. Everything this harness makes
@@ -233,8 +234,21 @@ class NetnsCluster:
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
         log = node.workdir / "sshd.log"
+        # Each node gets its own empty home for root (a mount namespace, bind mount): like a fresh node, and the
+        # host's shell start-up files (which may be slow) do not run on every SSH command.
+        home = node.workdir / "home"
+        home.mkdir(exist_ok=True)
+        own_home = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            'mount --bind "$0" /root && exec "$@"',
+        ]
         node.sshd = subprocess.Popen(
-            [*node.prefix, SSHD, "-D", "-e", "-f", str(config)],
+            [*node.prefix, *own_home, str(home), SSHD, "-D", "-e", "-f", str(config)],
             stdin=subprocess.DEVNULL,
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
