@@ -1,4 +1,4 @@
-"""Adds every command group to the root group. One line per command module."""
+"""Adds every command group to the root group. One import and one line per command module."""
 
 from __future__ import annotations
 
@@ -6,7 +6,17 @@ import click
 
 
 def register(root: click.Group) -> None:
-    from coreos_lab.cli import health, mirror
+    from coreos_lab.cli import (
+        discovery,
+        health,
+        lab,
+        mirror,
+        mirror_serve,  # noqa: F401 - adds `serve` to the mirror group
+    )
 
     root.add_command(mirror.mirror)
+    root.add_command(discovery.discovery)
+    root.add_command(lab.init)
+    root.add_command(lab.render)
+    root.add_command(lab.config_)
     root.add_command(health.health)
