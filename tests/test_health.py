@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 from harness.cli import lab
+from harness.labs import write_lab
 
 from coreos_lab.errors import BadInput, ExitCode
 from coreos_lab.health import select_checks
@@ -89,11 +90,12 @@ def test_ssh_config_without_distro_is_usage_error(tmp_path: Path) -> None:
     assert "--distro" in run.stderr
 
 
-def test_lab_dir_that_is_no_lab_is_usage_error(tmp_path: Path) -> None:
+def test_lab_dir_that_is_no_lab_is_usage_error(tmp_path: Path, mirror_root: Path) -> None:
     run = lab("health", tmp_path)
     assert run.returncode == ExitCode.USAGE
     assert "lab.yaml" in run.stderr
-    run = lab("health", tmp_path, "--distro", "coreos")
+    write_lab(tmp_path, mirror_root)  # configured but never rendered
+    run = lab("health", tmp_path)
     assert run.returncode == ExitCode.USAGE
     assert "Vagrantfile" in run.stderr
 

@@ -97,9 +97,9 @@ def test_killed_etcd_is_named(cluster: NetnsCluster, tmp_path: Path, home: Path,
 
 
 def test_wait_until_a_late_member_joins(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
-    cluster.start_etcd(1)
-    cluster.start_etcd(2)
-    cluster.wait_etcd([1, 2])
+    token = cluster.new_token(3)
+    cluster.start_etcd(1, cluster.etcd_env(1, discovery=token))
+    cluster.start_etcd(2, cluster.etcd_env(2, discovery=token))  # both wait in discovery for the third
     config = cluster.write_ssh_config(tmp_path / "ssh_config")
     argv = [sys.executable, "-m", "coreos_lab", "health", "--ssh-config", str(config), "--distro", "coreos"]
     started = time.monotonic()
@@ -113,7 +113,7 @@ def test_wait_until_a_late_member_joins(cluster: NetnsCluster, tmp_path: Path, h
     try:
         time.sleep(3)
         assert proc.poll() is None, "health returned before the third member existed"
-        cluster.start_etcd(3)
+        cluster.start_etcd(3, cluster.etcd_env(3, discovery=token))
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
@@ -126,6 +126,7 @@ def test_wait_until_a_late_member_joins(cluster: NetnsCluster, tmp_path: Path, h
 
 
 def test_wait_deadline_exits_5_with_the_failing_checks(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    # A static cluster of three with only two started: it has quorum, but core-03 never answers.
     cluster.start_etcd(1)
     cluster.start_etcd(2)
     cluster.wait_etcd([1, 2])

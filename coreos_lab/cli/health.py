@@ -28,7 +28,11 @@ _CHECK_NAMES = ("units", "etcd", "members", "fleet")  # coreos_lab.health.CHECK_
     help="OpenSSH config of the nodes (instead of a lab's `vagrant ssh-config`).",
 )
 @click.option("--distro", type=click.Choice(["coreos", "flatcar"]), help="Distro of the nodes (default: the lab's).")
-@click.option("--members", type=click.IntRange(min=1), help="Expected etcd members (default: number of nodes).")
+@click.option(
+    "--members",
+    type=click.IntRange(min=1),
+    help="Expected etcd members (default: the lab's etcd.members; with --ssh-config, the number of nodes).",
+)
 @click.option(
     "--check",
     "checks",
@@ -55,7 +59,7 @@ def health(
     """
     from coreos_lab import console
     from coreos_lab.health import HealthTimeout, check_cluster, wait_healthy
-    from coreos_lab.health.targets import lab_distro, targets_from_file, targets_from_lab
+    from coreos_lab.health.targets import lab_facts, targets_from_file, targets_from_lab
 
     if ssh_config is not None:
         if lab_dir is not None:
@@ -65,7 +69,9 @@ def health(
         targets = targets_from_file(ssh_config)
     else:
         lab_dir = lab_dir or Path(".")
-        distro = distro or lab_distro(lab_dir)
+        facts = lab_facts(lab_dir)
+        distro = distro or facts.distro
+        members = members or facts.etcd_members
         targets = targets_from_lab(lab_dir)
 
     if wait is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from coreos_lab.errors import BadInput
@@ -16,19 +17,20 @@ def vagrant_ssh_config(lab_dir: Path) -> str:
     return proc.run(["vagrant", "ssh-config"], cwd=lab_dir, timeout=120).stdout
 
 
-def lab_distro(lab_dir: Path) -> str:
-    """The `distro` of the lab's lab.yaml (default coreos, as coreos-vagrant's)."""
-    import yaml
+@dataclass(frozen=True)
+class LabFacts:
+    """What a health run needs from a lab's configuration."""
 
-    path = lab_dir / "lab.yaml"
-    if not path.is_file():
-        raise BadInput(f"{path}: no lab.yaml here", hint="pass a lab directory, or --ssh-config FILE --distro D")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise BadInput(f"{path}: not valid YAML: {exc}") from exc
-    distro = data.get("distro", "coreos") if isinstance(data, dict) else "coreos"
-    return str(distro)
+    distro: str
+    etcd_members: int
+
+
+def lab_facts(lab_dir: Path) -> LabFacts:
+    """The distro and the number of etcd members (the other machines are proxies) of the lab in `lab_dir`."""
+    from coreos_lab.config import load_config
+
+    config = load_config(lab_dir, check_mirror=False)
+    return LabFacts(config.distro, config.etcd_members)
 
 
 def targets_from_file(path: Path) -> list[SSHTarget]:

@@ -2,7 +2,8 @@
 
 Layout (as coreos-vagrant's): a bridge at 172.17.8.1/24 in the root namespace, node i (1-based) `core-0i` in
 namespace `clab-<pid>-<i>` at 172.17.8.(100+i) behind a veth pair. Each node runs sshd (generated host key,
-its own config, root logs in with a generated key) and, on request, etcd 3.4 with `--enable-v2`, listening as
+its own config, root logs in with a generated key) and, on request, etcd 3.4 with `--enable-v2` bootstrapped through our discovery service (an in-process server
+bound on the bridge, so the namespaces reach it), listening as
 CoreOS's etcd2 does (clients on 0.0.0.0:2379,4001, peers on the node's IP). sshd runs in a mount
 namespace of its own where root's home is an empty directory of the node. The nodes have no route beyond
 the bridge's subnet, so no traffic can leave. There is no systemd in a namespace: tests select etcd checks.
@@ -26,6 +27,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from coreos_lab.server import EmbeddedServer
 
 SUBNET = "172.17.8"
 BRIDGE_IP = f"{SUBNET}.1"
@@ -175,6 +180,7 @@ class NetnsCluster:
     count: int
     pid: int = field(default_factory=os.getpid)
     nodes: dict[int, Node] = field(default_factory=dict)
+    discovery_server: EmbeddedServer | None = None
     user_key: Path = field(init=False)
     bridge: str = field(init=False)
 
@@ -278,7 +284,8 @@ class NetnsCluster:
         return ",".join(f"{node_name(i)}=http://{node_ip(i)}:2380" for i in chosen)
 
     def etcd_env(self, i: int, *, discovery: str | None = None) -> dict[str, str]:
-        """The ETCD_* environment of node i, as CoreOS's etcd2 section renders it (coreos-vagrant's sample)."""
+        """The ETCD_* environment of node i, as coreos-vagrant's sample etcd2 section gives it; bootstrapped
+        through the `discovery` token URL, else a static initial cluster of every node."""
         ip = node_ip(i)
         env = {
             "ETCD_NAME": node_name(i),
@@ -289,6 +296,7 @@ class NetnsCluster:
         }
         if discovery:
             env["ETCD_DISCOVERY"] = discovery
+            env["ETCD_DISCOVERY_FALLBACK"] = "exit"  # fail loudly rather than silently becoming a proxy
         else:
             env.update(
                 ETCD_INITIAL_CLUSTER=self.initial_cluster(),
@@ -327,10 +335,29 @@ class NetnsCluster:
                 node.workdir / "etcd.log",
             )
 
-    def start_all_etcd(self, *, discovery: str | None = None) -> None:
+    def start_discovery(self) -> str:
+        """Our discovery service (the lab's server, in-process) bound on the bridge; returns its URL."""
+        from coreos_lab.server import EmbeddedServer
+
+        if self.discovery_server is None:
+            root = self.workdir / "server"
+            root.mkdir(exist_ok=True)
+            self.discovery_server = EmbeddedServer(root, host=BRIDGE_IP, port=0).start()
+        return self.discovery_server.url
+
+    def new_token(self, size: int | None = None) -> str:
+        """A fresh discovery token URL for `size` members (default: every node)."""
+        from coreos_lab.discovery.client import new_token
+
+        return new_token(self.start_discovery(), size or self.count)
+
+    def start_all_etcd(self, *, discovery: str | None = None, wait: bool = True) -> None:
+        """Every node's etcd, bootstrapped through a fresh discovery token (or `discovery`, a token URL)."""
+        token = discovery or self.new_token()
         for i in sorted(self.nodes):
-            self.start_etcd(i, self.etcd_env(i, discovery=discovery))
-        self.wait_etcd()
+            self.start_etcd(i, self.etcd_env(i, discovery=token))
+        if wait:
+            self.wait_etcd()
 
     def kill_etcd(self, i: int) -> None:
         node = self.nodes[i]
@@ -341,6 +368,8 @@ class NetnsCluster:
     # ------------------------------------------------------------------ teardown
 
     def close(self) -> None:
+        if self.discovery_server is not None:
+            self.discovery_server.stop()
         for node in self.nodes.values():
             _stop(node.etcd)
             _stop(node.sshd)
