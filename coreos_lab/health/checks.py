@@ -4,7 +4,7 @@
   is active).
 - etcd: the cluster's health as this node sees it — v2 `cluster-health` on CoreOS (verdict from the member
   lines, since etcd2 says "cluster is healthy" if any member is), v3 `endpoint health --cluster -w json` on
-  Flatcar.
+  Flatcar (v2 on a Flatcar machine that runs etcd as a v2 proxy: the proxy has no v3 API).
 - members: as many members as expected, all started, and a leader.
 - fleet (CoreOS): `fleetctl list-machines` sees every node.
 """
@@ -23,6 +23,7 @@ CHECK_NAMES = ("units", "etcd", "members", "fleet")
 DISTRO_UNITS = {"coreos": ("etcd2", "fleet"), "flatcar": ("etcd-member",)}
 _V2 = {"ETCDCTL_API": "2"}
 _V3 = {"ETCDCTL_API": "3"}
+_V3_DIAL = "3s"  # etcdctl's default dial timeout is 2 s; a loaded lab VM may need a little longer
 
 
 @dataclass(frozen=True)
@@ -55,42 +56,60 @@ def check_units(session: SSHSession, ctx: CheckContext) -> CheckResult:
     return _pass("units", detail) if ok else _fail("units", detail)
 
 
+def _v2_cluster_health(session: SSHSession, ctx: CheckContext) -> parsers.ClusterHealth:
+    result = session.run(["etcdctl", "cluster-health"], env=_V2, timeout=ctx.command_timeout)
+    return parsers.parse_v2_cluster_health(result.stdout, result.stderr)
+
+
+def _v3_cluster_health(session: SSHSession, ctx: CheckContext) -> parsers.ClusterHealth:
+    argv = ["etcdctl", "--dial-timeout", _V3_DIAL, "endpoint", "health", "--cluster", "-w", "json"]
+    result = session.run(argv, env=_V3, timeout=ctx.command_timeout)
+    health = parsers.parse_v3_endpoint_health_json(result.stdout, result.stderr)
+    if not health.members:  # an etcdctl without -w json support prints its lines on stderr
+        lines = parsers.parse_v3_endpoint_health_lines(result.stderr)
+        health = lines if lines.members else health
+    return health
+
+
 def check_etcd(session: SSHSession, ctx: CheckContext) -> CheckResult:
+    note = ""
     if ctx.distro == "coreos":
-        result = session.run(["etcdctl", "cluster-health"], env=_V2, timeout=ctx.command_timeout)
-        health = parsers.parse_v2_cluster_health(result.stdout, result.stderr)
+        health = _v2_cluster_health(session, ctx)
     else:
-        result = session.run(
-            ["etcdctl", "endpoint", "health", "--cluster", "-w", "json"], env=_V3, timeout=ctx.command_timeout
-        )
-        health = parsers.parse_v3_endpoint_health_json(result.stdout, result.stderr)
-        if not health.members:  # an older etcdctl without -w json support prints lines on stderr
-            lines = parsers.parse_v3_endpoint_health_lines(result.stderr)
-            health = lines if lines.members else health
+        health = _v3_cluster_health(session, ctx)
+        if health.error is not None:
+            # A Flatcar machine that is no etcd member runs a v2 proxy, which has no v3 API: ask it in v2.
+            v2 = _v2_cluster_health(session, ctx)
+            if v2.error is None:
+                health, note = v2, " (local etcd answers v2 only: a proxy)"
     if health.error is not None:
         return _fail("etcd", f"etcd not answering: {health.error}")
     total = len(health.members)
     bad = health.unhealthy_members
     if not bad:
-        return _pass("etcd", f"{total} of {total} members healthy")
+        return _pass("etcd", f"{total} of {total} members healthy{note}")
     named = "; ".join(f"{m.url or m.member} {m.detail}".strip() for m in bad)
     verdict = f"cluster is {health.summary}" if health.summary and health.summary != "healthy" else "cluster degraded"
     if health.summary == "healthy":  # etcd2: "healthy" as soon as any member is
         verdict = "etcdctl says healthy but not every member is"
-    return _fail("etcd", f"{verdict}: {total - len(bad)} of {total} healthy; not healthy: {named}")
+    return _fail("etcd", f"{verdict}: {total - len(bad)} of {total} healthy; not healthy: {named}{note}")
 
 
 def check_members(session: SSHSession, ctx: CheckContext) -> CheckResult:
-    if ctx.distro == "coreos":
-        result = session.run(["etcdctl", "member", "list"], env=_V2, timeout=ctx.command_timeout)
-        listing = parsers.parse_v2_member_list(result.stdout, result.stderr)
-        leader = listing.leader
-    else:
-        result = session.run(["etcdctl", "member", "list", "-w", "json"], env=_V3, timeout=ctx.command_timeout)
+    listing: parsers.MemberList | None = None
+    if ctx.distro == "flatcar":
+        v3 = ["etcdctl", "--dial-timeout", _V3_DIAL]
+        result = session.run([*v3, "member", "list", "-w", "json"], env=_V3, timeout=ctx.command_timeout)
         listing = parsers.parse_v3_member_list_json(result.stdout, result.stderr)
-        status = session.run(["etcdctl", "endpoint", "status", "-w", "json"], env=_V3, timeout=ctx.command_timeout)
-        leaders = {s.leader_id for s in parsers.parse_v3_endpoint_status_json(status.stdout)} - {"0"}
-        leader = next((m for m in listing.members if m.id in leaders), None)
+        if listing.error is None:
+            status = session.run([*v3, "endpoint", "status", "-w", "json"], env=_V3, timeout=ctx.command_timeout)
+            leaders = {s.leader_id for s in parsers.parse_v3_endpoint_status_json(status.stdout)} - {"0"}
+            leader = next((m for m in listing.members if m.id in leaders), None)
+    if listing is None or listing.error is not None:  # CoreOS, or a Flatcar v2 proxy (see check_etcd)
+        result = session.run(["etcdctl", "member", "list"], env=_V2, timeout=ctx.command_timeout)
+        v2_listing = parsers.parse_v2_member_list(result.stdout, result.stderr)
+        if listing is None or v2_listing.error is None:
+            listing, leader = v2_listing, v2_listing.leader
     if listing.error is not None:
         return _fail("members", f"cannot list members: {listing.error}")
     names = ", ".join(sorted(m.name or f"{m.id} (unstarted)" for m in listing.members))

@@ -335,13 +335,14 @@ class NetnsCluster:
                 node.workdir / "etcd.log",
             )
 
-    def start_discovery(self) -> str:
-        """Our discovery service (the lab's server, in-process) bound on the bridge; returns its URL."""
+    def start_discovery(self, mirror_root: Path | None = None) -> str:
+        """Our discovery service (the lab's server, in-process, serving `mirror_root` or a fresh one) bound on
+        the bridge, where the nodes reach it; returns its URL."""
         from coreos_lab.server import EmbeddedServer
 
         if self.discovery_server is None:
-            root = self.workdir / "server"
-            root.mkdir(exist_ok=True)
+            root = mirror_root or self.workdir / "server"
+            root.mkdir(parents=True, exist_ok=True)
             self.discovery_server = EmbeddedServer(root, host=BRIDGE_IP, port=0).start()
         return self.discovery_server.url
 
