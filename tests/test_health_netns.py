@@ -1,7 +1,8 @@
 """`lab health` against real nodes: sshd + etcd 3.4 in network namespaces (tests/harness/netns.py).
 
 The namespaces have no systemd and no fleet, so these tests select the etcd checks (`--check etcd
---check members`); the units and fleet checks are covered by their parsers' tests only.
+--check members`), except one that runs the units and fleet checks against stand-in `systemctl` and
+`fleetctl` scripts (mocks of what cannot run here; see FAKE_SYSTEMCTL).
 """
 
 from __future__ import annotations
@@ -170,3 +171,55 @@ def test_unreachable_node_fails_alone_and_quickly(cluster: NetnsCluster, tmp_pat
             assert check["status"] == "fail" and "ssh to root@172.17.8." in check["detail"]
     assert "refused" in nodes["core-03"]["checks"]["etcd"]["detail"].lower()
     assert elapsed < 10
+
+
+# Stand-ins: systemd and fleet cannot run in a namespace, so these scripts answer in the real tools' formats
+# (`systemctl is-active` prints the state and exits 3 when not active; fleetctl as recorded in
+# tests/fixtures/fleet). They read their answers from files a test writes. etcd and SSH stay real.
+FAKE_SYSTEMCTL = """#!/bin/sh
+[ "$1" = is-active ] || exit 1
+state=$(cat "$(dirname "$0")/unit-$2" 2>/dev/null || echo inactive)
+echo "$state"
+[ "$state" = active ]
+"""
+FAKE_FLEETCTL = """#!/bin/sh
+[ "$*" = "list-machines --no-legend --full" ] || exit 1
+if [ -f "$(dirname "$0")/fleet-error" ]; then cat "$(dirname "$0")/fleet-error" >&2; exit 1; fi
+cat "$(dirname "$0")/fleet-machines"
+"""
+
+
+def test_units_and_fleet_checks_with_stand_in_tools(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_all_etcd()
+    machines = "".join(f"{i:032x}\t{cluster.nodes[i].ip}\t-\n" for i in sorted(cluster.nodes))
+    for i, node in cluster.nodes.items():
+        cluster.install_tool(i, "systemctl", FAKE_SYSTEMCTL)
+        cluster.install_tool(i, "fleetctl", FAKE_FLEETCTL)
+        (node.bin / "unit-etcd2").write_text("active\n")
+        (node.bin / "unit-fleet").write_text("active\n")
+        (node.bin / "fleet-machines").write_text(machines)
+
+    run = health(cluster, tmp_path, home, "--distro", "coreos", "--json")  # every check
+    assert run.returncode == ExitCode.OK, run.stderr
+    node = run.json()["nodes"]["core-01"]["checks"]
+    assert node["units"] == {"status": "pass", "detail": "etcd2: active, fleet: active"}
+    assert node["fleet"]["status"] == "pass" and "172.17.8.103" in node["fleet"]["detail"]
+
+    bad = cluster.nodes[2].bin
+    (bad / "unit-fleet").write_text("failed\n")
+    (bad / "fleet-error").write_text(
+        "Error retrieving list of active machines: googleapi: Error 503: fleet server unable to communicate with etcd\n"
+    )
+    (cluster.nodes[3].bin / "fleet-machines").write_text(machines.splitlines(keepends=True)[0])
+    run = health(cluster, tmp_path, home, "--distro", "coreos", "--json")
+    assert run.returncode == ExitCode.UNHEALTHY
+    nodes = run.json()["nodes"]
+    assert nodes["core-02"]["checks"]["units"] == {"status": "fail", "detail": "etcd2: active, fleet: failed"}
+    assert "Error 503" in nodes["core-02"]["checks"]["fleet"]["detail"]
+    assert nodes["core-03"]["checks"]["fleet"]["detail"].startswith("fleet sees 1 of 3 machines")
+    assert nodes["core-01"]["healthy"] is True
+
+    run = health(cluster, tmp_path, home, "--distro", "flatcar", "--json")
+    flatcar = run.json()["nodes"]["core-01"]["checks"]
+    assert flatcar["fleet"] == {"status": "skip", "detail": "fleet does not run on flatcar"}
+    assert flatcar["units"] == {"status": "fail", "detail": "etcd-member: inactive"}

@@ -36,6 +36,7 @@ SUBNET = "172.17.8"
 BRIDGE_IP = f"{SUBNET}.1"
 LOCK_FILE = Path("/run/lock/coreos-lab-netns.lock")
 SSHD = "/usr/sbin/sshd"  # sshd must be started by absolute path (it re-executes itself)
+_SESSION_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # sshd's default for root
 _PREFIX = "clab"
 _NS_NAME = re.compile(rf"^{_PREFIX}-(\d+)-\d+$")
 _LINK_NAME = re.compile(rf"^{_PREFIX}(\d+)(?:br|v\d+|p\d+)(?:@\S*)?$")
@@ -167,6 +168,13 @@ class Node:
         return node_ip(self.index)
 
     @property
+    def bin(self) -> Path:
+        """Comes first on PATH in SSH sessions (see `NetnsCluster.install_tool`)."""
+        path = self.workdir / "bin"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
     def prefix(self) -> list[str]:
         """Command prefix that runs a program inside this node."""
         return ["ip", "netns", "exec", self.namespace]
@@ -237,6 +245,7 @@ class NetnsCluster:
             f"AuthorizedKeysFile {authorized}\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
             "UseDNS no\nMaxStartups 100\nMaxSessions 100\n"
+            f"SetEnv PATH={node.bin}:{_SESSION_PATH}\n"
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
         log = node.workdir / "sshd.log"
@@ -259,6 +268,14 @@ class NetnsCluster:
             stdout=log.open("ab"),
             stderr=subprocess.STDOUT,
         )
+
+    def install_tool(self, i: int, name: str, script: str) -> Path:
+        """Put an executable on node i's PATH, ahead of the system's: a stand-in for a tool that cannot run
+        in a namespace (systemctl, fleetctl). Tests that use one must say so."""
+        path = self.nodes[i].bin / name
+        path.write_text(script)
+        path.chmod(0o755)
+        return path
 
     def stop_sshd(self, i: int) -> None:
         _stop(self.nodes[i].sshd)
