@@ -29,7 +29,11 @@ _HOST_LINE = re.compile(r"^\s*Host\s+(.+?)\s*$", re.IGNORECASE)
 
 
 class SSHError(LabError):
-    """A node could not be reached, or a command on it could not be run to completion."""
+    """A node could not be reached, or the connection to it broke."""
+
+
+class CommandTimeout(SSHError):
+    """A command did not finish in time; the connection itself may still be fine."""
 
 
 @dataclass(frozen=True)
@@ -197,10 +201,10 @@ class SSHSession:
             err = stderr.read()
         except TimeoutError as exc:
             channel.close()
-            raise SSHError(f"{self.target.name}: {argv[0]} did not finish within {timeout:g}s") from exc
+            raise CommandTimeout(f"{self.target.name}: {argv[0]} did not finish within {timeout:g}s") from exc
         if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
             channel.close()
-            raise SSHError(f"{self.target.name}: {argv[0]} did not finish within {timeout:g}s")
+            raise CommandTimeout(f"{self.target.name}: {argv[0]} did not finish within {timeout:g}s")
         return CommandResult(
             argv, channel.recv_exit_status(), out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
         )

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 from harness.cli import lab
 from harness.labs import write_lab
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coreos_lab.errors import BadInput, ExitCode
 from coreos_lab.health import select_checks
@@ -106,3 +108,36 @@ def test_unknown_check_is_usage_error(tmp_path: Path) -> None:
     run = lab("health", "--ssh-config", config, "--distro", "coreos", "--check", "disk")
     assert run.returncode == ExitCode.USAGE
     assert "disk" in run.stderr
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.lists(
+        st.sampled_from(
+            [
+                "Host ",
+                "HostName ",
+                "Port ",
+                "User ",
+                "IdentityFile ",
+                "Match ",
+                "*",
+                '"',
+                "\n",
+                " ",
+                "a",
+                "22",
+                "=",
+                "~",
+            ]
+        )
+        | st.text(max_size=10),
+        max_size=40,
+    ).map("".join)
+)
+def test_ssh_config_garbage_gives_targets_or_bad_input(text: str) -> None:
+    try:
+        targets = parse_ssh_config(text)
+    except BadInput:
+        return
+    assert targets and all(isinstance(t.port, int) for t in targets)

@@ -15,7 +15,14 @@ from concurrent.futures import ThreadPoolExecutor
 from coreos_lab.errors import BadInput, Timeout
 from coreos_lab.health.checks import CHECK_NAMES, CHECKS, DISTROS, CheckContext
 from coreos_lab.health.report import CheckResult, HealthReport, NodeReport, Status
-from coreos_lab.ssh import DEFAULT_COMMAND_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, SSHError, SSHSession, SSHTarget
+from coreos_lab.ssh import (
+    DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    CommandTimeout,
+    SSHError,
+    SSHSession,
+    SSHTarget,
+)
 
 __all__ = [
     "CHECK_NAMES",
@@ -65,7 +72,9 @@ def check_node(target: SSHTarget, checks: Sequence[str], ctx: CheckContext, *, c
                 continue
             try:
                 results.append(CHECKS[name](session, ctx))
-            except SSHError as exc:
+            except CommandTimeout as exc:  # this check failed; the connection may serve the next one
+                results.append(CheckResult(name, Status.FAIL, exc.message))
+            except SSHError as exc:  # the node is gone: the remaining checks fail without trying
                 broken = exc.message
                 results.append(CheckResult(name, Status.FAIL, broken))
     finally:
