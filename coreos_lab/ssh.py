@@ -8,9 +8,11 @@ memory. Nothing is ever written to the user's known_hosts.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -21,6 +23,10 @@ from coreos_lab.proc import CommandResult
 
 if TYPE_CHECKING:
     import paramiko
+
+# paramiko logs transport errors (e.g. a banner timeout) from its own thread; without a handler Python would
+# print them raw on stderr next to our report. They reach the root handler with --debug.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_COMMAND_TIMEOUT = 30.0
@@ -146,7 +152,12 @@ class SSHSession:
             accept_new = t.strict_host_key_checking == "accept-new"
             client.set_missing_host_key_policy(_AcceptInMemory() if accept_new else paramiko.RejectPolicy())  # type: ignore[arg-type]
         keys = [k for k in t.identity_files if os.path.exists(k)]
+        sock = None
         try:
+            # Our own TCP connect: paramiko's key exchange wait gives up silently at the same moment as its
+            # banner timeout and then fails auth with a misleading "No existing session"; a separate, slightly
+            # longer handshake timeout lets the real cause ("Error reading SSH protocol banner") through.
+            sock = socket.create_connection((t.hostname, t.port), timeout=self.connect_timeout)
             client.connect(
                 t.hostname,
                 port=t.port,
@@ -154,12 +165,15 @@ class SSHSession:
                 key_filename=keys or None,  # type: ignore[arg-type]  # paramiko accepts a list too
                 look_for_keys=not t.identities_only,
                 allow_agent=not t.identities_only,
-                timeout=self.connect_timeout,
+                sock=sock,
+                timeout=self.connect_timeout + 1,
                 banner_timeout=self.connect_timeout,
                 auth_timeout=self.connect_timeout,
             )
         except (paramiko.SSHException, OSError, EOFError, ValueError) as exc:
             client.close()
+            if sock is not None:
+                sock.close()
             raise SSHError(f"{t.name}: ssh to {t.address} failed: {_describe(exc)}") from exc
         self._client = client
 
@@ -223,11 +237,8 @@ class SSHSession:
 
 
 def _describe(exc: BaseException) -> str:
-    # paramiko's NoValidConnectionsError says "[Errno None] Unable to connect"; its per-address errors say why.
-    errors = getattr(exc, "errors", None)
-    if isinstance(errors, dict) and errors:
-        return "; ".join(sorted({(e.strerror or str(e)).lower() for e in errors.values()}))
-    text = str(exc) or type(exc).__name__
     if isinstance(exc, TimeoutError):
-        return f"timed out ({text})"
-    return text
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:  # "connection refused", "no route to host", …
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__

@@ -141,3 +141,25 @@ def test_ssh_config_garbage_gives_targets_or_bad_input(text: str) -> None:
     except BadInput:
         return
     assert targets and all(isinstance(t.port, int) for t in targets)
+
+
+def test_unreachable_targets_fail_with_the_real_cause(tmp_path: Path) -> None:
+    """A listener that never speaks SSH (banner timeout) and a closed port, both on loopback."""
+    import socket
+    import time
+
+    from coreos_lab.ssh import SSHError, SSHSession, SSHTarget
+
+    with socket.socket() as mute, socket.socket() as closed:
+        mute.bind(("127.0.0.1", 0))
+        mute.listen(4)
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connect is refused
+        cases = {
+            mute.getsockname()[1]: "Error reading SSH protocol banner",
+            closed.getsockname()[1]: "connection refused",
+        }
+        for port, cause in cases.items():
+            started = time.monotonic()
+            with pytest.raises(SSHError, match=cause):
+                SSHSession(SSHTarget("n", "127.0.0.1", port, "core", identities_only=True), connect_timeout=1).connect()
+            assert time.monotonic() - started < 5
