@@ -223,3 +223,17 @@ def test_units_and_fleet_checks_with_stand_in_tools(cluster: NetnsCluster, tmp_p
     flatcar = run.json()["nodes"]["core-01"]["checks"]
     assert flatcar["fleet"] == {"status": "skip", "detail": "fleet does not run on flatcar"}
     assert flatcar["units"] == {"status": "fail", "detail": "etcd-member: inactive"}
+
+
+def test_leftovers_of_a_crashed_run_are_removed(tmp_path: Path) -> None:
+    fake = 4000000 + os.getpid() % 100000  # above pid_max's default: no live process has this PID
+    ns, bridge = f"clab-{fake}-1", f"clab{fake}br"
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+        with netns_cluster(tmp_path / "nodes", 1):
+            assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+            assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True)

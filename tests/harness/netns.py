@@ -10,7 +10,7 @@ the bridge's subnet, so no traffic can leave. There is no systemd in a namespace
 
 The subnet is fixed, so concurrent test runs take turns through an fcntl lock. Everything this harness makes
 is named after the PID of the process that made it (`clab<pid>…`), stopped by PID and namespace name, and
-leftovers of a crashed run (its PID gone) are removed before a new cluster is built.
+leftovers of a crashed run are removed (under the lock) before a new cluster is built.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ SSHD = "/usr/sbin/sshd"  # sshd must be started by absolute path (it re-executes
 _SESSION_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # sshd's default for root
 _PREFIX = "clab"
 _NS_NAME = re.compile(rf"^{_PREFIX}-(\d+)-\d+$")
-_LINK_NAME = re.compile(rf"^{_PREFIX}(\d+)(?:br|v\d+|p\d+)(?:@\S*)?$")
+_LINK_NAME = re.compile(rf"^{_PREFIX}(\d+)(?:br|v\d+|p\d+)$")
 
 
 def node_ip(index: int) -> str:
@@ -52,16 +52,6 @@ def node_name(index: int) -> str:
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
@@ -82,23 +72,21 @@ def _kill_namespace_pids(namespace: str) -> None:
 
 
 def remove_leftovers() -> list[str]:
-    """Delete namespaces and links of this harness whose creating process is gone (a crashed run)."""
+    """Delete every namespace and link of this harness's naming. Call it holding `subnet_lock`: whoever made
+    them then no longer holds the lock, so they are a crashed or half-cleaned run's (even if its PID lives on
+    in an unrelated process)."""
     removed: list[str] = []
     for line in _ip("netns", "list").stdout.splitlines():
         name = line.split()[0] if line.split() else ""
-        match = _NS_NAME.match(name)
-        if match and not _pid_alive(int(match.group(1))):
+        if _NS_NAME.match(name):
             _kill_namespace_pids(name)
             _ip("netns", "delete", name, check=False)
             removed.append(name)
     for line in _ip("-o", "link", "show").stdout.splitlines():
         parts = line.split(":")
-        if len(parts) < 2:
-            continue
-        name = parts[1].strip()
-        match = _LINK_NAME.match(name)
-        if match and not _pid_alive(int(match.group(1))):
-            _ip("link", "delete", name.split("@")[0], check=False)
+        name = parts[1].strip().split("@")[0] if len(parts) > 1 else ""
+        if _LINK_NAME.match(name):
+            _ip("link", "delete", name, check=False)
             removed.append(name)
     return removed
 
