@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from harness.cli import lab
+from harness.cli import LabRun, lab
 from harness.netns import NetnsCluster, netns_cluster
 
 from coreos_lab.errors import ExitCode
@@ -40,7 +40,7 @@ def home(tmp_path: Path) -> Path:
     return path
 
 
-def health(cluster: NetnsCluster, tmp_path: Path, home: Path, *args: str, nodes: list[int] | None = None):  # type: ignore[no-untyped-def]
+def health(cluster: NetnsCluster, tmp_path: Path, home: Path, *args: str, nodes: list[int] | None = None) -> LabRun:
     config = cluster.write_ssh_config(tmp_path / "ssh_config", nodes)
     return lab("health", "--ssh-config", config, *args, env={"HOME": str(home)}, timeout=120)
 

@@ -2,11 +2,12 @@
 
 Layout (as coreos-vagrant's): a bridge at 172.17.8.1/24 in the root namespace, node i (1-based) `core-0i` in
 namespace `clab-<pid>-<i>` at 172.17.8.(100+i) behind a veth pair. Each node runs sshd (generated host key,
-its own config, root logs in with a generated key) and, on request, etcd 3.4 with `--enable-v2` bootstrapped through our discovery service (an in-process server
-bound on the bridge, so the namespaces reach it), listening as
-CoreOS's etcd2 does (clients on 0.0.0.0:2379,4001, peers on the node's IP). sshd runs in a mount
-namespace of its own where root's home is an empty directory of the node. The nodes have no route beyond
-the bridge's subnet, so no traffic can leave. There is no systemd in a namespace: tests select etcd checks.
+its own config, root logs in with a generated key; a mount namespace gives root an empty home of the node's)
+and, on request, etcd 3.4 with `--enable-v2`, bootstrapped through our discovery service (an in-process
+server bound on the bridge, where the namespaces reach it) and listening as CoreOS's etcd2 does (clients on
+0.0.0.0:2379,4001, peers on the node's IP). The nodes have no route beyond the bridge's subnet, so no traffic
+can leave. There is no systemd or fleet in a namespace: tests select the etcd checks, or put stand-in tools on
+a node's PATH (`install_tool`) and say so.
 
 The subnet is fixed, so concurrent test runs take turns through an fcntl lock. Everything this harness makes
 is named after the PID of the process that made it (`clab<pid>…`), stopped by PID and namespace name, and
@@ -23,9 +24,10 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -111,7 +113,9 @@ def subnet_lock(timeout: float = 900.0) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _wait_for(predicate, what: str, timeout: float, proc: subprocess.Popen[bytes] | None, log: Path) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(
+    predicate: Callable[[], bool], what: str, timeout: float, proc: subprocess.Popen[bytes] | None, log: Path
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -191,7 +195,7 @@ class NetnsCluster:
             raise ValueError("the subnet has room for 150 nodes")
         taken = _ip("-o", "-4", "addr", "show").stdout
         if re.search(rf"inet {re.escape(BRIDGE_IP)}/", taken):
-            raise RuntimeError(f"{BRIDGE_IP} is already in use on this machine (not by this harness's lock holders)")
+            raise RuntimeError(f"{BRIDGE_IP} is already in use on this machine by something other than this harness")
         self.workdir.mkdir(parents=True, exist_ok=True)
         _keygen(self.user_key)
         _ip("link", "add", self.bridge, "type", "bridge")
@@ -201,7 +205,7 @@ class NetnsCluster:
             self._add_node(i)
         for node in self.nodes.values():
             _wait_for(
-                lambda n=node: _port_open(n.ip, 22), f"sshd on {node.name}", 20, node.sshd, node.workdir / "sshd.log"
+                partial(_port_open, node.ip, 22), f"sshd on {node.name}", 20, node.sshd, node.workdir / "sshd.log"
             )
 
     def _add_node(self, i: int) -> None:
@@ -250,12 +254,13 @@ class NetnsCluster:
             "-c",
             'mount --bind "$0" /root && exec "$@"',
         ]
-        node.sshd = subprocess.Popen(
-            [*node.prefix, *own_home, str(home), SSHD, "-D", "-e", "-f", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with log.open("ab") as output:
+            node.sshd = subprocess.Popen(
+                [*node.prefix, *own_home, str(home), SSHD, "-D", "-e", "-f", str(config)],
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
 
     def install_tool(self, i: int, name: str, script: str) -> Path:
         """Put an executable on node i's PATH, ahead of the system's: a stand-in for a tool that cannot run
@@ -318,13 +323,14 @@ class NetnsCluster:
         settings["ETCD_ENABLE_V2"] = "true"
         base = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}
         log = node.workdir / "etcd.log"
-        node.etcd = subprocess.Popen(
-            [*node.prefix, "etcd"],
-            env={**base, **settings},
-            stdin=subprocess.DEVNULL,
-            stdout=log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+        with log.open("ab") as output:
+            node.etcd = subprocess.Popen(
+                [*node.prefix, "etcd"],
+                env={**base, **settings},
+                stdin=subprocess.DEVNULL,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+            )
         if wait:
             self.wait_etcd([i])
         return node.etcd
@@ -333,7 +339,7 @@ class NetnsCluster:
         for i in indexes or sorted(self.nodes):
             node = self.nodes[i]
             _wait_for(
-                lambda n=node: _etcd_healthy(n.ip),
+                partial(_etcd_healthy, node.ip),
                 f"etcd on {node.name}",
                 timeout,
                 node.etcd,
