@@ -314,7 +314,8 @@ class _Problems:
         if self.items:
             lines = "\n".join(f"  {item}" for item in self.items)
             count = f"{len(self.items)} problems" if len(self.items) > 1 else "1 problem"
-            raise BadInput(f"invalid configuration ({count}):\n{lines}", hint=f"fix {self.origin} and try again")
+            hint = f"fix {self.origin} (or the environment variable / flag named) and try again"
+            raise BadInput(f"invalid configuration ({count}):\n{lines}", hint=hint)
 
 
 def read_lab_yaml(lab_dir: Path) -> dict[str, Any] | None:

@@ -238,3 +238,25 @@ def test_new_uses_a_fixed_base_url_when_the_server_has_one(mirror_root: Path) ->
     with EmbeddedServer(mirror_root, port=0, base_url="http://10.0.2.2:8080") as srv:
         token_url = requests.get(f"{srv.url}/new", timeout=5).text
     assert token_url.startswith("http://10.0.2.2:8080/") and TOKEN_RE.match(token_url.rsplit("/", 1)[1])
+
+
+def test_tokens_older_than_the_max_age_are_collected(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from coreos_lab.discovery.state import DiscoveryStore
+    from coreos_lab.paths import discovery_dir
+
+    store = DiscoveryStore(discovery_dir(mirror_root))
+    old = store.create_token(3, now=time.time() - 7200).token
+    young = store.create_token(3).token
+    store.close()
+    monkeypatch.setenv("LAB_DISCOVERY_TOKEN_MAX_AGE", "3600")
+    with EmbeddedServer(mirror_root, port=0) as srv:
+        assert requests.get(f"{srv.url}/{old}", timeout=5).json()["errorCode"] == 100
+        assert requests.get(f"{srv.url}/{young}", timeout=5).status_code == 200
+
+
+def test_bad_environment_settings_name_the_variable(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from coreos_lab.errors import BadInput
+
+    monkeypatch.setenv("LAB_DISCOVERY_WAIT_TIMEOUT", "soon")
+    with pytest.raises(BadInput, match="LAB_DISCOVERY_WAIT_TIMEOUT='soon'"), EmbeddedServer(mirror_root, port=0):
+        pass

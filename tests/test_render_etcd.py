@@ -99,7 +99,8 @@ def test_rendered_etcd_environment_forms_a_cluster(tmp_path: Path, mirror_root: 
             wait_for(
                 lambda: urllib.request.urlopen(request, timeout=2).status in (200, 201), 30, "a write via the proxy"
             )
-            doc = get_json(f"http://{config.nodes[1].ip}:2379/v2/keys/lab")
+            # A quorum read: a plain v2 read is served from the member's own, possibly lagging, copy.
+            doc = get_json(f"http://{config.nodes[1].ip}:2379/v2/keys/lab?quorum=true")
             assert isinstance(doc, dict) and doc["node"]["value"] == "formed"
             result = subprocess.run(
                 ["etcdctl", "--endpoints", f"http://{first.ip}:2379", "cluster-health"],

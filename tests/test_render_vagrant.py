@@ -121,3 +121,37 @@ def test_vagrant_rejects_unrendered_user_data(tmp_path: Path, mirror: Path) -> N
     run = vagrant(lab_dir, tmp_path / "vagrant.d", "validate", "--ignore-provider")
     assert run.returncode != 0
     assert "core-02.yaml" in run.stdout + run.stderr
+
+
+@pytest.mark.parametrize("distro", ["coreos", "flatcar"])
+def test_pinned_box_resolves_through_the_mirror(tmp_path: Path, mirror: Path, distro: str) -> None:
+    """The Vagrantfile's box name, version and box_url are what the mirror server answers: real Vagrant adds
+    exactly that box from it (a name that differed from the metadata's would fail with BoxAddNameMismatch)."""
+    import re
+
+    from coreos_lab.server import EmbeddedServer
+
+    with EmbeddedServer(mirror, port=0) as server:
+        lab_dir = write_lab(
+            tmp_path / "lab", mirror, distro=distro, version=VERSIONS[distro], nodes=1, mirror={"url": server.url}
+        )
+        render_lab(load_config(lab_dir, environ={}))
+        text = (lab_dir / "Vagrantfile").read_text()
+        pins = dict(re.findall(r'^(BOX_NAME|BOX_VERSION|BOX_URL) = "([^"]*)"$', text, re.MULTILINE))
+        assert pins["BOX_URL"] == f"{server.url}/{distro}-stable"
+        home = tmp_path / "vagrant.d"
+        run = vagrant(
+            lab_dir,
+            home,
+            "box",
+            "add",
+            pins["BOX_URL"],
+            "--box-version",
+            pins["BOX_VERSION"],
+            "--provider",
+            "virtualbox",
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+    listed = vagrant(lab_dir, home, "box", "list", "--machine-readable")
+    boxes = [line[3:] for line in machine_readable(listed.stdout) if line[2] in ("box-name", "box-version")]
+    assert boxes == [[pins["BOX_NAME"]], [pins["BOX_VERSION"]]]

@@ -118,8 +118,12 @@ def _get(url: str, timeout: float) -> Any:
     import requests
 
     hint = _PUBLIC_HINT if url.startswith(PUBLIC_SERVER) else _LOCAL_HINT
+    session = requests.Session()
+    # A proxy from the environment must not capture the local server (no_proxy rarely lists loopback).
+    session.trust_env = urlsplit(url).hostname not in ("127.0.0.1", "localhost", "::1")
     try:
-        return requests.get(url, timeout=timeout, headers={"Accept-Encoding": "identity"})
+        with session:
+            return session.get(url, timeout=timeout, headers={"Accept-Encoding": "identity"})
     except requests.Timeout as exc:
         raise Timeout(f"discovery service at {url} did not answer within {timeout:g}s", hint=hint) from exc
     except requests.RequestException as exc:
