@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from harness.cli import lab
-from harness.labs import write_lab
+from harness.labs import mirror_with_boxes, write_lab
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -163,3 +163,16 @@ def test_unreachable_targets_fail_with_the_real_cause(tmp_path: Path) -> None:
             with pytest.raises(SSHError, match=cause):
                 SSHSession(SSHTarget("n", "127.0.0.1", port, "core", identities_only=True), connect_timeout=1).connect()
             assert time.monotonic() - started < 5
+
+
+@pytest.mark.integration
+@pytest.mark.vagrant
+def test_lab_whose_machines_are_not_running_is_unhealthy(tmp_path: Path, mirror_root: Path) -> None:
+    """Real Vagrant: `vagrant ssh-config` in a rendered lab whose machines were never created."""
+    mirror_with_boxes(mirror_root)
+    lab_dir = write_lab(tmp_path / "lab", mirror_root)
+    env = {"VAGRANT_HOME": str(tmp_path / "vagrant.d"), "HOME": str(tmp_path)}
+    assert lab("render", lab_dir, env=env).returncode == 0
+    run = lab("health", lab_dir, env=env)
+    assert run.returncode == ExitCode.UNHEALTHY, run.stderr
+    assert "not running" in run.stderr and "lab up" in run.stderr

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from coreos_lab.errors import BadInput
+from coreos_lab.errors import BadInput, CommandFailed, Unhealthy
 from coreos_lab.ssh import SSHTarget, parse_ssh_config
 
 
@@ -14,7 +14,13 @@ def vagrant_ssh_config(lab_dir: Path) -> str:
     from coreos_lab import proc
 
     proc.which("vagrant", hint="install Vagrant, or pass --ssh-config FILE --distro D")
-    return proc.run(["vagrant", "ssh-config"], cwd=lab_dir, timeout=120).stdout
+    result = proc.run(["vagrant", "ssh-config"], cwd=lab_dir, timeout=120, check=False)
+    if result.returncode != 0 and "not yet ready for SSH" in result.stderr:
+        # Vagrant's words for a machine that is not created or not running.
+        raise Unhealthy(f"{lab_dir}: the lab's machines are not running", hint=f"run `lab up {lab_dir}`")
+    if result.returncode != 0:
+        raise CommandFailed(result.argv, result.returncode, result.stderr)
+    return result.stdout
 
 
 @dataclass(frozen=True)
