@@ -237,3 +237,26 @@ def test_leftovers_of_a_crashed_run_are_removed(tmp_path: Path) -> None:
     finally:
         subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
         subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
+
+
+# Stand-in for an etcd2-era etcdctl (≤ 3.2 cannot run here): same member lines as 3.4's v2 output, but the
+# summary says "cluster is healthy" as soon as any member is, and it exits 0.
+FAKE_ETCD2_CLUSTER_HEALTH = """#!/bin/sh
+[ "$1" = cluster-health ] || exec /usr/bin/etcdctl "$@"
+echo "member 25d6ce33763c5524 is unreachable: [http://172.17.8.102:2379] are all unreachable"
+echo "member 6ae27f9fa2984b1d is healthy: got healthy result from http://172.17.8.101:2379"
+echo "member ff32f4b39b9c47bd is healthy: got healthy result from http://172.17.8.103:2379"
+echo "cluster is healthy"
+"""
+
+
+def test_etcd2_healthy_if_any_summary_is_not_trusted(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_all_etcd()
+    cluster.install_tool(1, "etcdctl", FAKE_ETCD2_CLUSTER_HEALTH)
+    run = health(cluster, tmp_path, home, "--distro", "coreos", "--check", "etcd", "--json")
+    assert run.returncode == ExitCode.UNHEALTHY
+    etcd = run.json()["nodes"]["core-01"]["checks"]["etcd"]
+    assert etcd["status"] == "fail"
+    assert etcd["detail"].startswith("etcdctl says healthy but not every member is: 2 of 3 healthy")
+    assert "http://172.17.8.102:2379 unreachable" in etcd["detail"]
+    assert run.json()["nodes"]["core-02"]["healthy"] is True  # the real etcdctl there

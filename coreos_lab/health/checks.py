@@ -89,14 +89,16 @@ def check_etcd(session: SSHSession, ctx: CheckContext) -> CheckResult:
     if not bad:
         return _pass("etcd", f"{total} of {total} members healthy{note}")
     named = "; ".join(f"{m.url or m.member} {m.detail}".strip() for m in bad)
-    verdict = f"cluster is {health.summary}" if health.summary and health.summary != "healthy" else "cluster degraded"
-    if health.summary == "healthy":  # etcd2: "healthy" as soon as any member is
+    if health.summary == "healthy":  # etcd2 (≤ 3.2) says so as soon as any member is
         verdict = "etcdctl says healthy but not every member is"
+    else:
+        verdict = f"cluster is {health.summary or 'degraded'}"
     return _fail("etcd", f"{verdict}: {total - len(bad)} of {total} healthy; not healthy: {named}{note}")
 
 
 def check_members(session: SSHSession, ctx: CheckContext) -> CheckResult:
     listing: parsers.MemberList | None = None
+    leader: parsers.Member | None = None
     if ctx.distro == "flatcar":
         v3 = ["etcdctl", "--dial-timeout", _V3_DIAL]
         result = session.run([*v3, "member", "list", "-w", "json"], env=_V3, timeout=ctx.command_timeout)
