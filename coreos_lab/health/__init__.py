@@ -63,6 +63,7 @@ def select_checks(distro: str, requested: Iterable[str] = ()) -> tuple[str, ...]
 def check_node(target: SSHTarget, checks: Sequence[str], ctx: CheckContext, *, connect_timeout: float) -> NodeReport:
     """Run `checks` on one node over one SSH connection. A lost node fails its checks; it never raises."""
     results: list[CheckResult] = []
+    ctx = ctx.for_node()
     session = SSHSession(target, connect_timeout=connect_timeout)
     broken: str | None = None
     try:

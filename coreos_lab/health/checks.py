@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 from coreos_lab.health import parsers
 from coreos_lab.health.report import CheckResult, Status
@@ -24,6 +24,15 @@ DISTRO_UNITS = {"coreos": ("etcd2", "fleet"), "flatcar": ("etcd-member",)}
 _V2 = {"ETCDCTL_API": "2"}
 _V3 = {"ETCDCTL_API": "3"}
 _V3_DIAL = "3s"  # etcdctl's default dial timeout is 2 s; a loaded lab VM may need a little longer
+_V3_PROBE_DIAL, _V3_PROBE_COMMAND = "2s", "3s"  # for the local member only: no raft round, no other machine
+
+
+@dataclass
+class NodeFacts:
+    """What one check learned about a node that the next can use."""
+
+    v2_only: bool = False  # local etcd has no v3 API (a Flatcar machine running etcd as a v2 proxy)
+    local_status: parsers.EndpointStatus | None = None  # v3 `endpoint status` of the local member
 
 
 @dataclass(frozen=True)
@@ -32,6 +41,10 @@ class CheckContext:
     expected_members: int
     node_count: int
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT
+    node: NodeFacts = field(default_factory=NodeFacts)  # one per node: see `for_node`
+
+    def for_node(self) -> CheckContext:
+        return replace(self, node=NodeFacts())
 
 
 Check = Callable[[SSHSession, CheckContext], CheckResult]
@@ -71,17 +84,32 @@ def _v3_cluster_health(session: SSHSession, ctx: CheckContext) -> parsers.Cluste
     return health
 
 
+def _v3_local_status(session: SSHSession, ctx: CheckContext) -> tuple[parsers.EndpointStatus | None, str]:
+    """The local member's v3 status (leader, id), quickly: a v2 proxy has no v3 API and would keep a v3
+    client waiting for its whole command timeout. Returns the status, or None and why not."""
+    argv = ["etcdctl", "--dial-timeout", _V3_PROBE_DIAL, "--command-timeout", _V3_PROBE_COMMAND]
+    result = session.run([*argv, "endpoint", "status", "-w", "json"], env=_V3, timeout=ctx.command_timeout)
+    statuses = parsers.parse_v3_endpoint_status_json(result.stdout)
+    if statuses:
+        return statuses[0], ""
+    return None, parsers.first_error_line(result.stderr) or f"etcdctl exit {result.returncode}"
+
+
 def check_etcd(session: SSHSession, ctx: CheckContext) -> CheckResult:
     note = ""
     if ctx.distro == "coreos":
         health = _v2_cluster_health(session, ctx)
     else:
-        health = _v3_cluster_health(session, ctx)
-        if health.error is not None:
+        ctx.node.local_status, why = _v3_local_status(session, ctx)
+        if ctx.node.local_status is not None:
+            health = _v3_cluster_health(session, ctx)
+        else:
             # A Flatcar machine that is no etcd member runs a v2 proxy, which has no v3 API: ask it in v2.
-            v2 = _v2_cluster_health(session, ctx)
-            if v2.error is None:
-                health, note = v2, " (local etcd answers v2 only: a proxy)"
+            health = _v2_cluster_health(session, ctx)
+            if health.error is None:
+                note, ctx.node.v2_only = " (local etcd answers v2 only: a proxy)", True
+            else:
+                health = parsers.ClusterHealth(error=why)
     if health.error is not None:
         return _fail("etcd", f"etcd not answering: {health.error}")
     total = len(health.members)
@@ -99,14 +127,13 @@ def check_etcd(session: SSHSession, ctx: CheckContext) -> CheckResult:
 def check_members(session: SSHSession, ctx: CheckContext) -> CheckResult:
     listing: parsers.MemberList | None = None
     leader: parsers.Member | None = None
-    if ctx.distro == "flatcar":
-        v3 = ["etcdctl", "--dial-timeout", _V3_DIAL]
-        result = session.run([*v3, "member", "list", "-w", "json"], env=_V3, timeout=ctx.command_timeout)
-        listing = parsers.parse_v3_member_list_json(result.stdout, result.stderr)
-        if listing.error is None:
-            status = session.run([*v3, "endpoint", "status", "-w", "json"], env=_V3, timeout=ctx.command_timeout)
-            leaders = {s.leader_id for s in parsers.parse_v3_endpoint_status_json(status.stdout)} - {"0"}
-            leader = next((m for m in listing.members if m.id in leaders), None)
+    if ctx.distro == "flatcar" and not ctx.node.v2_only:
+        local = ctx.node.local_status or _v3_local_status(session, ctx)[0]  # the etcd check may have it
+        if local is not None:  # else a v2 proxy, or etcd is down: v2 below says which
+            argv = ["etcdctl", "--dial-timeout", _V3_DIAL, "member", "list", "-w", "json"]
+            result = session.run(argv, env=_V3, timeout=ctx.command_timeout)
+            listing = parsers.parse_v3_member_list_json(result.stdout, result.stderr)
+            leader = next((m for m in listing.members if m.id == local.leader_id), None)
     if listing is None or listing.error is not None:  # CoreOS, or a Flatcar v2 proxy (see check_etcd)
         result = session.run(["etcdctl", "member", "list"], env=_V2, timeout=ctx.command_timeout)
         v2_listing = parsers.parse_v2_member_list(result.stdout, result.stderr)

@@ -71,9 +71,9 @@ def parse_v2_cluster_health(stdout: str, stderr: str = "") -> ClusterHealth:
         elif _V2_LIST_FAILED in line:
             error = line
     if error is None and not members:
-        error = _first_error_line(stderr) or "no member health lines in etcdctl output"
+        error = first_error_line(stderr) or "no member health lines in etcdctl output"
     elif error is not None:
-        error = f"{error}: {_first_error_line(stderr)}" if _first_error_line(stderr) else error
+        error = f"{error}: {first_error_line(stderr)}" if first_error_line(stderr) else error
     return ClusterHealth(members=tuple(members.values()), summary=summary, error=error)
 
 
@@ -100,7 +100,7 @@ def parse_v3_endpoint_health_json(stdout: str, stderr: str = "") -> ClusterHealt
                     detail="" if healthy else str(error or "unhealthy"),
                 )
             )
-    error_text = None if members else (_first_error_line(stderr) or "no endpoint health in etcdctl output")
+    error_text = None if members else (first_error_line(stderr) or "no endpoint health in etcdctl output")
     return ClusterHealth(members=tuple(members), error=error_text)
 
 
@@ -114,7 +114,7 @@ def parse_v3_endpoint_health_lines(text: str) -> ClusterHealth:
             members.append(
                 MemberHealth(member=m["url"], healthy=healthy, url=m["url"], detail="" if healthy else m["rest"])
             )
-    error = None if members else (_first_error_line(text) or "no endpoint health lines in etcdctl output")
+    error = None if members else (first_error_line(text) or "no endpoint health lines in etcdctl output")
     return ClusterHealth(members=tuple(members), error=error)
 
 
@@ -166,7 +166,7 @@ def parse_v2_member_list(stdout: str, stderr: str = "") -> MemberList:
                 started=not m["unstarted"],
             )
         )
-    return MemberList(tuple(members), None if members else (_first_error_line(stderr) or "no members listed"))
+    return MemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
 
 
 _V3_HEX_ID = re.compile(r"^[0-9a-f]+$")
@@ -188,7 +188,7 @@ def parse_v3_member_list(stdout: str, stderr: str = "") -> MemberList:
                 started=parts[1] == "started",
             )
         )
-    return MemberList(tuple(members), None if members else (_first_error_line(stderr) or "no members listed"))
+    return MemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
 
 
 def parse_v3_member_list_json(stdout: str, stderr: str = "") -> MemberList:
@@ -209,7 +209,7 @@ def parse_v3_member_list_json(stdout: str, stderr: str = "") -> MemberList:
                 started=bool(name),
             )
         )
-    return MemberList(tuple(members), None if members else (_first_error_line(stderr) or "no members listed"))
+    return MemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
 
 
 @dataclass(frozen=True)
@@ -270,7 +270,7 @@ def fleet_error(stdout: str, stderr: str) -> str | None:
     for line in text.splitlines():
         if any(marker in line for marker in FLEET_ETCD_TROUBLE):
             return line.strip()
-    return _first_error_line(stderr)
+    return first_error_line(stderr)
 
 
 # ---------------------------------------------------------------- helpers
@@ -295,7 +295,7 @@ def _str_tuple(value: object) -> tuple[str, ...]:
     return tuple(str(v) for v in value) if isinstance(value, list) else ()
 
 
-def _first_error_line(text: str) -> str | None:
+def first_error_line(text: str) -> str | None:
     """The most telling line of a tool's stderr: an `Error:` line, else the first non-log, non-empty line."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     for line in lines:

@@ -363,11 +363,17 @@ class NetnsCluster:
 
         return new_token(self.start_discovery(), size or self.count)
 
-    def start_all_etcd(self, *, discovery: str | None = None, wait: bool = True) -> None:
-        """Every node's etcd, bootstrapped through a fresh discovery token (or `discovery`, a token URL)."""
-        token = discovery or self.new_token()
+    def start_all_etcd(self, *, members: int | None = None, discovery: str | None = None, wait: bool = True) -> None:
+        """Every node's etcd, bootstrapped through a fresh discovery token (or `discovery`, a token URL). With
+        `members`, only the first ones are members; the others run etcd as a v2 proxy (the lab's layout)."""
+        size = members or self.count
+        token = discovery or self.new_token(size)
         for i in sorted(self.nodes):
-            self.start_etcd(i, self.etcd_env(i, discovery=token))
+            env = self.etcd_env(i, discovery=token)
+            if i > size:
+                env = {"ETCD_NAME": env["ETCD_NAME"], "ETCD_DISCOVERY": token, "ETCD_PROXY": "on"}
+                env["ETCD_LISTEN_CLIENT_URLS"] = "http://0.0.0.0:2379,http://0.0.0.0:4001"
+            self.start_etcd(i, env)
         if wait:
             self.wait_etcd()
 
