@@ -8,6 +8,7 @@ import click
 def register(root: click.Group) -> None:
     from coreos_lab.cli import (
         discovery,
+        health,
         lab,
         lifecycle,
         mirror,
@@ -20,3 +21,4 @@ def register(root: click.Group) -> None:
     root.add_command(lab.render)
     root.add_command(lab.config_)
     lifecycle.register(root)  # up, halt, destroy, status, ssh, doctor: top-level commands
+    root.add_command(health.health)
