@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from coreos_lab.errors import LabError
 from coreos_lab.paths import DEFAULT_HOST, DEFAULT_PORT, discovery_dir
 
 if TYPE_CHECKING:
@@ -25,10 +27,12 @@ def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool
     """
     from aiohttp import web
 
-    from coreos_lab import discovery_api, mirror_http
+    from coreos_lab import mirror_http
+    from coreos_lab.discovery import api as discovery_api
 
     app = web.Application()
-    discovery_api.setup(app, discovery_dir(mirror_root))
+    # Discovery first: its routes match only `/new` and 32-hex tokens, never a box name.
+    discovery_api.setup(app, discovery_dir(mirror_root), base_url=base_url)
     mirror_http.setup(app, mirror_root, base_url=base_url, live_view=live_view)
     return app
 
@@ -40,11 +44,53 @@ def serve_forever(
     port: int = DEFAULT_PORT,
     base_url: str | None = None,
     live_view: bool = False,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
+    """Serve in the foreground, one access-log line per request on stderr, until SIGINT or SIGTERM.
+
+    `on_ready` gets the URL actually listened on (port 0 picks a free one) once connections are accepted.
+    """
+    asyncio.run(_serve(mirror_root, host, port, base_url, live_view, on_ready))
+
+
+async def _serve(
+    mirror_root: Path,
+    host: str,
+    port: int,
+    base_url: str | None,
+    live_view: bool,
+    on_ready: Callable[[str], None] | None,
+) -> None:
+    import logging
+    import signal
+
     from aiohttp import web
 
+    from coreos_lab.access_log import AccessLog
+
     app = build_app(mirror_root, base_url=base_url, live_view=live_view)
-    web.run_app(app, host=host, port=port, print=None, access_log=None, handle_signals=True)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log_class=AccessLog, access_log=logging.getLogger(__name__)
+    )
+    await runner.setup()
+    try:
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError as exc:
+            raise LabError(
+                f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                hint="choose another address with --host/--port (is another server running there?)",
+            ) from exc
+        if on_ready is not None:
+            bound_port = runner.addresses[0][1]
+            on_ready(f"http://{f'[{host}]' if ':' in host else host}:{bound_port}")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
 
 
 class EmbeddedServer:
@@ -74,6 +120,13 @@ class EmbeddedServer:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def app(self) -> web.Application:
+        """The running application (its services are reachable by their AppKeys)."""
+        if self._runner is None:
+            raise RuntimeError("server not started")
+        return self._runner.app
 
     def start(self) -> EmbeddedServer:
         self._thread = threading.Thread(target=self._run, name="lab-server", daemon=True)

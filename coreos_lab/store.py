@@ -15,13 +15,16 @@ or a `.part` file that the next fetch resumes.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.fsutil import atomic_write_text
@@ -136,6 +139,13 @@ class BoxEntry:
         return doc
 
 
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def metadata_url(name: str, base_url: str) -> str:
     """Where the server answers Vagrant box metadata for `name` (also at `<name>.json`)."""
     return f"{base_url.rstrip('/')}/{name}"
@@ -190,23 +200,95 @@ class MirrorStore:
         candidates = [e for e in self.entries(name) if provider is None or e.provider == provider]
         return candidates[-1] if candidates else None
 
-    def _read_record(self, record: Path) -> BoxEntry | None:
+    def record_paths(self) -> list[Path]:
+        """Every record file below the root, readable or not (for `verify`)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(r for r in self.root.glob(f"*/*/*{RECORD_SUFFIX}") if not r.parts[-3].startswith("."))
+
+    def part_paths(self) -> list[Path]:
+        """Interrupted downloads/imports: never part of the catalog."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p for p in self.root.glob("*/*/*.box.part") if not p.parts[-3].startswith("."))
+
+    def load_record(self, record: Path) -> BoxEntry:
+        """The entry a record describes; `BadInput` naming the record and the problem when it is damaged
+        or does not describe the box beside it."""
         try:
             doc = json.loads(record.read_text())
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
             key = BoxKey(doc["name"], doc["version"], doc["provider"], doc.get("architecture", DEFAULT_ARCH))
-            return BoxEntry(
+            sha = str(doc["sha256"]).lower()
+            if not re.fullmatch(r"[0-9a-f]{64}", sha):
+                raise ValueError(f"sha256 {sha!r} is not a sha256 hex digest")
+            entry = BoxEntry(
                 key=key,
                 size=int(doc["size"]),
-                sha256=str(doc["sha256"]),
+                sha256=sha,
                 added_at=str(doc.get("added_at", "")),
                 source=doc.get("source"),
                 description=doc.get("description"),
             )
-        except (OSError, ValueError, KeyError, TypeError, LabError):
+        except KeyError as exc:
+            raise BadInput(f"damaged record {record}: field {exc.args[0]!r} is missing") from exc
+        except (OSError, ValueError, TypeError, LabError) as exc:
+            reason = exc.message if isinstance(exc, LabError) else str(exc)
+            raise BadInput(f"damaged record {record}: {reason}") from exc
+        if self.record_path(key) != record:
+            raise BadInput(f"damaged record {record}: it describes {key}, which belongs at {self.record_path(key)}")
+        return entry
+
+    def _read_record(self, record: Path) -> BoxEntry | None:
+        try:
+            return self.load_record(record)
+        except BadInput:
             # A damaged record hides its box rather than breaking the whole catalog; `verify` reports it.
             return None
 
     # -- writing ---------------------------------------------------------------------------------------
+    @contextmanager
+    def staging(self, key: BoxKey, on_wait: Callable[[], None] | None = None) -> Iterator[BinaryIO]:
+        """The key's `.part` file, open for reading and writing under an exclusive lock.
+
+        Two writers of the same box (two fetches, a fetch and an import) take turns instead of clobbering
+        each other's `.part`: the second waits (after calling `on_wait`), then finds the box committed or
+        the part ready to resume. The lock lives on the part's inode, so after `commit` renamed it into
+        place a waiter notices the path now names another file and opens a fresh part. On exit an empty
+        part is removed, with the directories that only it had created: a refused write leaves no trace.
+        """
+        part = self.part_path(key)
+        while True:
+            part.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+            except FileNotFoundError:  # a concurrent cleanup removed the directory after our mkdir
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            if _same_file(part, fd):
+                break
+            os.close(fd)
+        handle = open(part, "r+b", opener=lambda _path, _flags: fd)  # noqa: SIM115 (closed below); name = the path
+        try:
+            yield handle
+        finally:
+            try:
+                if _same_file(part, fd) and os.fstat(fd).st_size == 0:
+                    part.unlink()
+                    for directory in (part.parent, part.parent.parent):
+                        try:
+                            directory.rmdir()
+                        except OSError:
+                            break  # not empty: it holds other boxes
+            finally:
+                handle.close()
+
     def commit(
         self,
         key: BoxKey,

@@ -1,4 +1,4 @@
-"""Adds every command group to the root group. One line per command module."""
+"""Adds every command group to the root group. One import and one line per command module."""
 
 from __future__ import annotations
 
@@ -6,6 +6,11 @@ import click
 
 
 def register(root: click.Group) -> None:
-    from coreos_lab.cli import mirror
+    from coreos_lab.cli import (
+        discovery,
+        mirror,
+        mirror_serve,  # noqa: F401 - adds `serve` to the mirror group
+    )
 
     root.add_command(mirror.mirror)
+    root.add_command(discovery.discovery)

@@ -7,6 +7,13 @@ from pathlib import Path
 import click
 
 from coreos_lab.cli.options import json_option, resolve_root, root_option
+from coreos_lab.errors import ExitCode
+
+base_url_option = click.option(
+    "--base-url",
+    default=None,
+    help="Base URL the metadata and box URLs are shown under (default: $LAB_MIRROR_URL, else the serve address).",
+)
 
 
 @click.group()
@@ -14,38 +21,187 @@ def mirror() -> None:
     """Keep boxes in a local mirror and serve them to Vagrant."""
 
 
+@mirror.command("import")
+@click.argument("box", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--metadata", type=click.Path(path_type=Path, dir_okay=False), help="Vagrant box metadata JSON.")
+@click.option("--name", help="Box name, e.g. flatcar-stable (from --metadata when given).")
+@click.option("--version", "version", help="Box version, e.g. 3815.2.0 (picks one when --metadata has several).")
+@click.option("--provider", help="Provider (default: from --metadata, else the box's metadata.json).")
+@click.option("--architecture", help="Architecture (default: from --metadata or the box, else amd64).")
+@click.option("--force", is_flag=True, help="Replace a different box stored under the same name/version/provider.")
+@root_option
+@base_url_option
+@json_option
+def import_(
+    box: Path,
+    metadata: Path | None,
+    name: str | None,
+    version: str | None,
+    provider: str | None,
+    architecture: str | None,
+    force: bool,
+    root: Path | None,
+    base_url: str | None,
+    as_json: bool,
+) -> None:
+    """Add a box downloaded some other way (checked against --metadata's checksum when given)."""
+    from coreos_lab import console
+    from coreos_lab.mirror_import import import_box
+    from coreos_lab.progress import TerminalReporter
+    from coreos_lab.store import MirrorStore
+
+    result = import_box(
+        MirrorStore(resolve_root(root)),
+        box,
+        metadata=metadata,
+        name=name,
+        version=version,
+        provider=provider,
+        architecture=architecture,
+        force=force,
+        reporter=TerminalReporter(),
+    )
+    if as_json:
+        console.print_json(result.as_dict(_base(base_url)))
+    elif result.action == "unchanged":
+        console.info(f"{result.entry.key} is already in the mirror (sha256 {result.entry.sha256}); nothing to do")
+    else:
+        console.success(f"{result.action} {result.entry.key} (sha256 {result.entry.sha256})")
+
+
+@mirror.command("fetch")
+@click.option("--distro", type=click.Choice(["flatcar", "coreos"]), default="flatcar", show_default=True)
+@click.option("--channel", default="stable", show_default=True, help="alpha, beta, stable (and lts for Flatcar).")
+@click.option("--version", "version", default="current", show_default=True, help="A release version, or current.")
+@click.option("--provider", default="virtualbox", show_default=True)
+@click.option(
+    "--upstream",
+    envvar="LAB_UPSTREAM",
+    help="Release server base URL; '{channel}' in it is replaced, else /<channel> is appended "
+    "(default: https://{channel}.release.<distro's domain>). Env: LAB_UPSTREAM.",
+)
+@click.option(
+    "--keyring",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="OpenPGP public key file: verify the .DIGESTS.asc and .sig signatures with gpg.",
+)
+@click.option("--force", is_flag=True, help="Replace a different box stored under the same name/version/provider.")
+@root_option
+@base_url_option
+@json_option
+def fetch(
+    distro: str,
+    channel: str,
+    version: str,
+    provider: str,
+    upstream: str | None,
+    keyring: Path | None,
+    force: bool,
+    root: Path | None,
+    base_url: str | None,
+    as_json: bool,
+) -> None:
+    """Download a CoreOS/Flatcar Vagrant box from a release server, verified, resuming an interrupted one."""
+    from coreos_lab import console
+    from coreos_lab.mirror_fetch import fetch_box
+    from coreos_lab.progress import TerminalReporter
+    from coreos_lab.store import MirrorStore
+
+    result = fetch_box(
+        MirrorStore(resolve_root(root)),
+        distro=distro,
+        channel=channel,
+        version=version,
+        provider=provider,
+        upstream=upstream,
+        keyring=keyring,
+        force=force,
+        reporter=TerminalReporter(),
+    )
+    if as_json:
+        console.print_json(result.as_dict(_base(base_url)))
+    elif result.action == "unchanged":
+        console.info(f"{result.entry.key} is already in the mirror (sha256 {result.entry.sha256}); nothing to do")
+    else:
+        signed = f", signatures verified: {', '.join(result.signatures_verified)}" if result.signatures_verified else ""
+        console.success(
+            f"{result.action} {result.entry.key} from {result.box_url} (sha256 {result.entry.sha256}{signed})"
+        )
+
+
 @mirror.command("list")
 @root_option
-@click.option("--base-url", default=None, help="Base URL the URLs are shown under (default: the serve address).")
+@base_url_option
 @json_option
 def list_(root: Path | None, base_url: str | None, as_json: bool) -> None:
-    """One row per stored box."""
+    """One row per stored box, with the URLs `lab mirror serve` answers on."""
     from coreos_lab import console
-    from coreos_lab.paths import default_base_url
     from coreos_lab.store import MirrorStore
 
     store = MirrorStore(resolve_root(root))
-    base = base_url or default_base_url()
-    rows = [e.as_dict(base) for e in store.entries()]
+    rows = [e.as_dict(_base(base_url)) for e in store.entries()]
     if as_json:
         console.print_json({"root": str(store.root), "boxes": rows})
         return
     if not rows:
         console.info(f"no boxes in {store.root}")
         return
-    from rich.table import Table
-
-    table = Table(box=None)
-    for col in ("name", "version", "provider", "architecture", "size", "sha256", "metadata_url"):
-        table.add_column(col)
-    for r in rows:
-        table.add_row(
+    header = ("name", "version", "provider", "architecture", "size", "sha256", "metadata_url", "box_url")
+    table = [header] + [
+        (
             r["name"],
             r["version"],
             r["provider"],
             r["architecture"],
-            str(r["size"]),
+            _human_size(r["size"]),
             r["sha256"][:12],
             r["metadata_url"],
+            r["box_url"],
         )
-    console.out().print(table)
+        for r in rows
+    ]
+    # Plain aligned columns, never truncated: URLs are meant to be copied.
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        console.out().print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), markup=False)
+
+
+@mirror.command("verify")
+@root_option
+@json_option
+def verify(root: Path | None, as_json: bool) -> ExitCode:
+    """Re-hash every box against its record; exit 1 on any mismatch or damaged record."""
+    from coreos_lab import console
+    from coreos_lab.mirror_verify import verify_store
+    from coreos_lab.progress import TerminalReporter
+    from coreos_lab.store import MirrorStore
+
+    report = verify_store(MirrorStore(resolve_root(root)), TerminalReporter())
+    if as_json:
+        console.print_json(report.as_dict())
+    else:
+        for finding in report.findings:
+            line = f"{finding.status:16} {finding.box or finding.path}"
+            if finding.failed:
+                console.error(f"{line}: {finding.detail} ({finding.path})")
+            else:
+                console.info(line if finding.box else f"{line}: {finding.detail}")
+        summary = report.as_dict()
+        verdict = f"{summary['checked']} checked, {summary['failed']} failed in {report.root}"
+        (console.success if report.ok else console.info)(verdict)
+    return ExitCode.OK if report.ok else ExitCode.ERROR
+
+
+def _base(base_url: str | None) -> str:
+    from coreos_lab.paths import default_base_url
+
+    return base_url or default_base_url()
+
+
+def _human_size(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{size} B"

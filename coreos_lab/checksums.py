@@ -1,0 +1,51 @@
+"""Checksums Vagrant knows (DESIGN §3), computed in one pass over the bytes for several algorithms."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from coreos_lab.errors import BadInput
+
+# Vagrant's checksum types and the length of their hex digests.
+CHECKSUM_TYPES = {"md5": 32, "sha1": 40, "sha256": 64, "sha384": 96, "sha512": 128}
+CHUNK = 1 << 20
+
+
+def check_checksum(checksum_type: object, checksum: object, where: str) -> tuple[str, str]:
+    """A normalised (type, hex digest) pair, or `BadInput` naming `where` (file and field) and the value."""
+    if not isinstance(checksum_type, str) or checksum_type.lower() not in CHECKSUM_TYPES:
+        raise BadInput(f"{where}: unknown checksum_type {checksum_type!r} (Vagrant knows {', '.join(CHECKSUM_TYPES)})")
+    kind = checksum_type.lower()
+    if not isinstance(checksum, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{CHECKSUM_TYPES[kind]}}}", checksum):
+        raise BadInput(f"{where}: checksum {checksum!r} is not a {kind} hex digest")
+    return kind, checksum.lower()
+
+
+class Hashers:
+    """Several hashes fed from the same bytes."""
+
+    def __init__(self, algorithms: Iterable[str]):
+        self._hashes = {name: hashlib.new(name) for name in dict.fromkeys(algorithms)}
+
+    def update(self, chunk: bytes) -> None:
+        for h in self._hashes.values():
+            h.update(chunk)
+
+    def hexdigests(self) -> dict[str, str]:
+        return {name: h.hexdigest() for name, h in self._hashes.items()}
+
+
+def file_digests(
+    path: Path, algorithms: Iterable[str], on_chunk: Callable[[int], None] | None = None
+) -> dict[str, str]:
+    """Hex digests of a file for each algorithm, in one read."""
+    hashers = Hashers(algorithms)
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            hashers.update(chunk)
+            if on_chunk is not None:
+                on_chunk(len(chunk))
+    return hashers.hexdigests()

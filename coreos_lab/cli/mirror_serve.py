@@ -1,0 +1,47 @@
+"""`lab mirror serve`: the HTTP box mirror (and discovery API) Vagrant talks to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from coreos_lab.cli.mirror import mirror
+from coreos_lab.cli.options import resolve_root, root_option
+from coreos_lab.paths import DEFAULT_HOST, DEFAULT_PORT
+
+
+@mirror.command("serve")
+@root_option
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=DEFAULT_PORT, show_default=True, help="0 picks a free port."
+)
+@click.option(
+    "--base-url",
+    default=None,
+    help="Absolute base for the URLs written into box metadata (default: the scheme and Host of each request).",
+)
+@click.option(
+    "--live/--no-live",
+    default=None,
+    help="Show downloads in progress (default: when stderr is a terminal).",
+)
+def serve(root: Path | None, host: str, port: int, base_url: str | None, live: bool | None) -> None:
+    """Serve the mirror to Vagrant until Ctrl-C: metadata, boxes with Range, an index page at /.
+
+    One access-log line per request goes to stderr.
+    """
+    from coreos_lab import console
+    from coreos_lab.mirror_http import check_base_url, check_root, describe
+    from coreos_lab.server import serve_forever
+
+    mirror_root = check_root(resolve_root(root))
+    base = check_base_url(base_url) if base_url else None
+    live_view = console.stderr_is_terminal() if live is None else live
+
+    def announce(url: str) -> None:
+        console.info(describe(mirror_root, url, base))
+
+    serve_forever(mirror_root, host=host, port=port, base_url=base, live_view=live_view, on_ready=announce)
+    console.info("stopped")

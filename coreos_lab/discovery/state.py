@@ -1,0 +1,316 @@
+"""Discovery state: tokens and the keys under them, with etcd v2 index semantics, in one sqlite database.
+
+Like the etcd cluster behind discovery.etcd.io, the store has one global index that every write increments;
+each node carries the `createdIndex`/`modifiedIndex` of the writes that made it, and every write is kept as an
+event so a watch with `waitIndex=N` can be answered from history (etcd's own discovery client relies on that
+right after it registers). sqlite gives atomic, durable commits and lets the server and a CLI process share the
+file. Key names are relative to the token: `_config/size` or a member id.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coreos_lab.errors import BadInput
+
+TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
+# Member keys are what etcd registers: its member id in hex. Allow a little more, never a path.
+MEMBER_KEY_RE = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]{0,63}$")
+MIN_SIZE, MAX_SIZE, DEFAULT_SIZE = 1, 99, 3
+DEFAULT_MAX_AGE_SECONDS = 30 * 24 * 3600
+CONFIG_DIR = "_config"
+SIZE_KEY = "_config/size"
+DB_NAME = "discovery.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS tokens (
+    token TEXT PRIMARY KEY, size INTEGER NOT NULL, created_at REAL NOT NULL, created_index INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS nodes (
+    token TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
+    created_index INTEGER NOT NULL, modified_index INTEGER NOT NULL, PRIMARY KEY (token, name));
+CREATE TABLE IF NOT EXISTS events (
+    idx INTEGER PRIMARY KEY, token TEXT NOT NULL, action TEXT NOT NULL, name TEXT NOT NULL, value TEXT NOT NULL,
+    created_index INTEGER NOT NULL, prev_value TEXT, prev_created INTEGER, prev_modified INTEGER);
+CREATE INDEX IF NOT EXISTS events_by_token ON events (token, idx);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('index', 0);
+"""
+
+
+def check_size(size: int, field: str = "size") -> int:
+    if isinstance(size, bool) or not isinstance(size, int) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise BadInput(f"invalid discovery {field} {size!r}: the number of etcd members, {MIN_SIZE}–{MAX_SIZE}")
+    return size
+
+
+def new_token() -> str:
+    """32 lowercase hex characters from the OS CSPRNG, like discovery.etcd.io's tokens."""
+    return secrets.token_hex(16)
+
+
+@dataclass(frozen=True)
+class Node:
+    """A v2 keys-API node. `key` is the full etcd key (`/<token>/<name>`); a directory has `nodes`."""
+
+    key: str
+    value: str | None
+    created_index: int
+    modified_index: int
+    nodes: tuple[Node, ...] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    def as_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"key": self.key}
+        if self.nodes is not None:
+            doc["dir"] = True
+            if self.nodes:
+                doc["nodes"] = [n.as_json() for n in self.nodes]
+        else:
+            doc["value"] = self.value
+        doc["modifiedIndex"] = self.modified_index
+        doc["createdIndex"] = self.created_index
+        return doc
+
+
+@dataclass(frozen=True)
+class Event:
+    """One write, as a v2 response body: `{"action":…,"node":…[,"prevNode":…]}`; `index` is its etcd index."""
+
+    index: int
+    action: str
+    node: Node
+    prev_node: Node | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"action": self.action, "node": self.node.as_json()}
+        if self.prev_node is not None:
+            doc["prevNode"] = self.prev_node.as_json()
+        return doc
+
+
+class EtcdError(Exception):
+    """A v2 keys-API error: etcd's error code, HTTP status and message; `cause` is the key concerned."""
+
+    def __init__(self, code: int, status: int, message: str, cause: str):
+        super().__init__(f"{message}: {cause}")
+        self.code = code
+        self.status = status
+        self.message = message
+        self.cause = cause
+
+    def as_json(self, index: int) -> dict[str, Any]:
+        return {"errorCode": self.code, "message": self.message, "cause": self.cause, "index": index}
+
+
+# etcd's v2 error codes (etcd error package): the discovery client acts on 100 and 105.
+def key_not_found(key: str) -> EtcdError:
+    return EtcdError(100, 404, "Key not found", key)
+
+
+def node_exists(key: str) -> EtcdError:
+    return EtcdError(105, 412, "Key already exists", key)
+
+
+def not_a_file(key: str) -> EtcdError:
+    return EtcdError(102, 403, "Not a file", key)
+
+
+def read_only(key: str) -> EtcdError:
+    return EtcdError(107, 403, "Root is read only", key)
+
+
+def invalid_field(cause: str) -> EtcdError:
+    return EtcdError(209, 400, "Invalid field", cause)
+
+
+@dataclass(frozen=True)
+class Token:
+    token: str
+    size: int
+    created_at: float
+    created_index: int
+
+
+def watch_matches(event_name: str, watched: str, recursive: bool) -> bool:
+    """Whether a write to `event_name` wakes a watch on `watched` (names relative to the token)."""
+    if event_name == watched:
+        return True
+    return recursive and (watched == "" or event_name.startswith(watched + "/"))
+
+
+class DiscoveryStore:
+    """Tokens, their member keys and the write history, in `<state_dir>/discovery.sqlite3`.
+
+    Every method is one short transaction; writes take the database's write lock first (`BEGIN IMMEDIATE`)
+    so the global index stays strictly increasing even with a CLI process writing beside the server.
+    """
+
+    def __init__(self, state_dir: Path):
+        self.state_dir = Path(state_dir)
+        self.path = self.state_dir / DB_NAME
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            # The server runs on its own thread in some commands; every call is serialised by the caller.
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise BadInput(f"cannot open the discovery state at {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _next_index(self, db: sqlite3.Connection) -> int:
+        db.execute("UPDATE meta SET value = value + 1 WHERE name = 'index'")
+        return self.current_index()
+
+    def current_index(self) -> int:
+        return int(self._db.execute("SELECT value FROM meta WHERE name = 'index'").fetchone()[0])
+
+    # tokens
+
+    def create_token(self, size: int = DEFAULT_SIZE, *, now: float | None = None) -> Token:
+        """A fresh token whose `_config/size` is `size` (one write: the token directory appears with it)."""
+        check_size(size)
+        token = new_token()
+        created_at = time.time() if now is None else now
+        with self._write() as db:
+            index = self._next_index(db)
+            db.execute("INSERT INTO tokens VALUES (?, ?, ?, ?)", (token, size, created_at, index))
+            db.execute(
+                "INSERT INTO events (idx, token, action, name, value, created_index) VALUES (?, ?, 'set', ?, ?, ?)",
+                (index, token, SIZE_KEY, str(size), index),
+            )
+        return Token(token, size, created_at, index)
+
+    def token(self, token: str) -> Token | None:
+        row = self._db.execute("SELECT * FROM tokens WHERE token = ?", (token,)).fetchone()
+        return Token(*row) if row else None
+
+    def tokens(self) -> list[Token]:
+        return [Token(*row) for row in self._db.execute("SELECT * FROM tokens ORDER BY created_index")]
+
+    def collect(self, max_age_seconds: float, *, now: float | None = None) -> int:
+        """Delete tokens created more than `max_age_seconds` ago, with their keys and history."""
+        cutoff = (time.time() if now is None else now) - max_age_seconds
+        with self._write() as db:
+            old = [r[0] for r in db.execute("SELECT token FROM tokens WHERE created_at < ?", (cutoff,))]
+            for table in ("events", "nodes", "tokens"):
+                db.executemany(f"DELETE FROM {table} WHERE token = ?", [(t,) for t in old])
+        return len(old)
+
+    # keys
+
+    def _require(self, token: str, key: str) -> Token:
+        found = self.token(token) if TOKEN_RE.match(token) else None
+        if found is None:
+            raise key_not_found(key)
+        return found
+
+    def members(self, token: str) -> list[Node]:
+        """The member nodes registered so far, in registration order (never `_config`)."""
+        rows = self._db.execute(
+            "SELECT name, value, created_index, modified_index FROM nodes WHERE token = ? ORDER BY created_index",
+            (token,),
+        )
+        return [Node(f"/{token}/{name}", value, c, m) for name, value, c, m in rows]
+
+    def get(self, token: str, name: str) -> Node:
+        """The node at `/<token>/<name>` (`name` "" is the token's directory), or `EtcdError` 100."""
+        key = f"/{token}/{name}" if name else f"/{token}"
+        tok = self._require(token, key)
+        size_node = Node(f"/{token}/{SIZE_KEY}", str(tok.size), tok.created_index, tok.created_index)
+        if name == "":
+            # `_config` is hidden, as etcd hides keys starting with '_' from listings.
+            return Node(key, None, tok.created_index, tok.created_index, tuple(self.members(token)))
+        if name == CONFIG_DIR:
+            return Node(key, None, tok.created_index, tok.created_index, (size_node,))
+        if name == SIZE_KEY:
+            return size_node
+        row = self._db.execute(
+            "SELECT value, created_index, modified_index FROM nodes WHERE token = ? AND name = ?", (token, name)
+        ).fetchone()
+        if row is None:
+            raise key_not_found(key)
+        return Node(key, *row)
+
+    def put(self, token: str, name: str, value: str, *, prev_exist: bool | None = None) -> Event:
+        """Write a member key. `prev_exist=False` is etcd's create (412/105 if it exists), `True` an update
+        (404/100 if it does not), `None` a plain set."""
+        key = f"/{token}/{name}" if name else f"/{token}"
+        if name in ("", CONFIG_DIR):
+            raise not_a_file(key)
+        if name.startswith(CONFIG_DIR + "/"):
+            raise read_only(key)
+        if not MEMBER_KEY_RE.match(name):
+            raise invalid_field(f"member key {name!r}: use letters, digits, '.', '_' and '-' (etcd uses its hex id)")
+        with self._write() as db:
+            self._require(token, key)
+            row = db.execute(
+                "SELECT value, created_index, modified_index FROM nodes WHERE token = ? AND name = ?", (token, name)
+            ).fetchone()
+            prev = Node(key, *row) if row else None
+            if prev is not None and prev_exist is False:
+                raise node_exists(key)
+            if prev is None and prev_exist is True:
+                raise key_not_found(key)
+            index = self._next_index(db)
+            created = prev.created_index if prev else index
+            action = "create" if prev_exist is False else "update" if prev_exist else "set"
+            db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)", (token, name, value, created, index))
+            db.execute(
+                "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (index, token, action, name, value, created, *(row or (None, None, None))),
+            )
+        return Event(index, action, Node(key, value, created, index), prev)
+
+    def first_event_since(self, token: str, name: str, *, recursive: bool, since: int) -> Event | None:
+        """The first write at index ≥ `since` that a watch on `name` sees: the waitIndex replay."""
+        rows = self._db.execute(
+            "SELECT idx, action, name, value, created_index, prev_value, prev_created, prev_modified"
+            " FROM events WHERE token = ? AND idx >= ? ORDER BY idx",
+            (token, since),
+        )
+        for idx, action, ev_name, value, created, prev_value, prev_created, prev_modified in rows:
+            if watch_matches(ev_name, name, recursive):
+                key = f"/{token}/{ev_name}"
+                prev = Node(key, prev_value, prev_created, prev_modified) if prev_value is not None else None
+                return Event(idx, action, Node(key, value, created, idx), prev)
+        return None
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A positive number of seconds from environment variable `name`, else `default`."""
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise BadInput(f"invalid {name}={raw!r}: a positive number of seconds")
+    return value

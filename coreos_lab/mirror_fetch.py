@@ -1,0 +1,198 @@
+"""`lab mirror fetch`: download a CoreOS or Flatcar Vagrant box from a release server into the mirror.
+
+Order of work: resolve `current` through version.txt (then read everything from the concrete version's
+directory, so a release published meanwhile cannot mix two versions); read the JSON, `.DIGESTS` and the
+optional signatures; with a keyring, check the DIGESTS signature before any large download; download the
+box into its locked `.part` (resuming an earlier one), hashing as it arrives; check the JSON checksum, the
+DIGESTS sha512 and, with a keyring, the box's `.sig`; keep the upstream files beside the version; commit.
+Any mismatch discards the part and leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urljoin
+
+from coreos_lab import box_metadata, gpg
+from coreos_lab.checksums import file_digests
+from coreos_lab.download import download
+from coreos_lab.errors import BadInput
+from coreos_lab.fsutil import atomic_write_bytes
+from coreos_lab.progress import Reporter, SilentReporter
+from coreos_lab.store import BoxEntry, MirrorStore, check_version
+from coreos_lab.upstream import ReleaseChannel, get_small, parse_digests, parse_version_txt, release_channel, session
+
+if TYPE_CHECKING:
+    import requests
+
+_CLEARSIGNED = b"-----BEGIN PGP SIGNED MESSAGE-----"
+
+
+@dataclass(frozen=True)
+class FetchResult:
+    entry: BoxEntry
+    action: str  # "added", "replaced" or "unchanged"
+    metadata_url: str
+    box_url: str
+    resumed_from: int = 0
+    range_ignored: bool = False
+    signatures_verified: list[str] = field(default_factory=list)
+
+    def as_dict(self, base_url: str | None = None) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "box": self.entry.as_dict(base_url),
+            "upstream": {"metadata_url": self.metadata_url, "box_url": self.box_url},
+            "resumed_from": self.resumed_from,
+            "range_ignored": self.range_ignored,
+            "signatures_verified": self.signatures_verified,
+        }
+
+
+def fetch_box(
+    store: MirrorStore,
+    *,
+    distro: str = "flatcar",
+    channel: str = "stable",
+    version: str = "current",
+    provider: str = "virtualbox",
+    upstream: str | None = None,
+    keyring: Path | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+    http: requests.Session | None = None,
+) -> FetchResult:
+    reporter = reporter or SilentReporter()
+    release = release_channel(distro, channel, upstream)
+    if keyring is not None and not keyring.is_file():
+        raise BadInput(f"--keyring {keyring}: no such file")
+    http = http or session()
+    concrete = resolve_version(http, release, version)
+    if version == "current":
+        reporter.note(f"{release.box_name}: current is {concrete}")
+
+    json_url = release.file_url(concrete, ".json")
+    chosen = box_metadata.select(
+        box_metadata.parse(_get(http, json_url), json_url),
+        json_url,
+        name=release.box_name,
+        version=concrete,
+        provider=provider,
+    )
+    if chosen.url is None:
+        raise BadInput(f"{json_url}: the {provider} provider has no url")
+    box_url = release.box_url_for(urljoin(json_url, chosen.url))
+    digests_url = release.file_url(concrete, ".box.DIGESTS")
+    side_files = {
+        ".json": _get(http, json_url),
+        ".box.DIGESTS": _get(http, digests_url),
+        ".box.DIGESTS.asc": get_small(http, release.file_url(concrete, ".box.DIGESTS.asc"), optional=True),
+        ".box.sig": get_small(http, release.file_url(concrete, ".box.sig"), optional=True),
+    }
+    stem = release.distro.file_stem
+    key = chosen.key
+    with tempfile.TemporaryDirectory(prefix="lab-fetch-") as tmp:
+        scratch = Path(tmp) / "upstream"  # exactly the upstream files, kept beside the version on success
+        scratch.mkdir()
+        for suffix, data in side_files.items():
+            if data is not None:
+                (scratch / f"{stem}{suffix}").write_bytes(data)
+        verified: list[str] = []
+        digests_text = side_files[".box.DIGESTS"] or b""
+        if keyring is not None:
+            digests_text = _verify_digests_signature(keyring, scratch, stem, side_files, verified)
+        sha512 = parse_digests(digests_text.decode("utf-8", "replace"), f"{stem}.box", digests_url).get("sha512")
+        if sha512 is None:
+            raise BadInput(f"{digests_url}: field SHA512 HASH for {stem}.box is missing")
+
+        on_wait = lambda: reporter.note(f"waiting for another lab process writing {key}")  # noqa: E731
+        with store.staging(key, on_wait=on_wait) as part:
+            existing = store.get(key)
+            if existing is not None:
+                if _stored_box_matches(store, existing, chosen):
+                    return FetchResult(existing, "unchanged", json_url, box_url)
+                if not force:
+                    raise BadInput(
+                        f"{key} is already in the mirror with sha256 {existing.sha256}, but {json_url} "
+                        f"describes a different box ({chosen.checksum_type} {chosen.checksum})",
+                        hint="use --force to replace it",
+                    )
+            got = download(http, box_url, part, ["sha256", "sha512", chosen.checksum_type], reporter)
+            try:
+                _expect(got.digests[chosen.checksum_type], chosen.checksum, chosen.checksum_type, box_url, json_url)
+                _expect(got.digests["sha512"], sha512, "sha512", box_url, digests_url)
+                if keyring is not None and side_files[".box.sig"] is not None:
+                    gpg.verify(keyring, scratch / f"{stem}.box.sig", Path(part.name))
+                    verified.append(f"{stem}.box.sig")
+            except BadInput:
+                part.seek(0)
+                part.truncate()  # a complete but wrong file cannot be resumed into a right one
+                raise
+            for name in sorted(scratch.iterdir()):  # side files first: the box becomes visible last
+                atomic_write_bytes(store.upstream_dir(key.name, key.version) / name.name, name.read_bytes())
+            entry = store.commit(
+                key, Path(part.name), sha256=got.digests["sha256"], source=box_url, description=chosen.description
+            )
+    return FetchResult(
+        entry,
+        "replaced" if existing is not None else "added",
+        json_url,
+        box_url,
+        resumed_from=got.resumed_from,
+        range_ignored=got.range_ignored,
+        signatures_verified=verified,
+    )
+
+
+def resolve_version(http: requests.Session, release: ReleaseChannel, version: str) -> str:
+    """`current` through the channel's version.txt; any other value must be a box version."""
+    if version != "current":
+        return check_version(version, "--version")
+    url = release.version_txt_url()
+    text = _get(http, url).decode("utf-8", "replace")
+    concrete = parse_version_txt(text, release.distro.version_variable, url)
+    try:
+        return check_version(concrete, release.distro.version_variable)
+    except BadInput as exc:
+        raise BadInput(f"{url}: {exc.message}") from exc
+
+
+def _get(http: requests.Session, url: str) -> bytes:
+    data = get_small(http, url)
+    assert data is not None
+    return data
+
+
+def _verify_digests_signature(
+    keyring: Path, scratch: Path, stem: str, side_files: dict[str, bytes | None], verified: list[str]
+) -> bytes:
+    """Check the DIGESTS signature; returns the DIGESTS text to trust (the signed text when clearsigned)."""
+    asc, sig = side_files[".box.DIGESTS.asc"], side_files[".box.sig"]
+    if asc is None and sig is None:
+        raise BadInput(f"--keyring given, but the release has neither {stem}.box.DIGESTS.asc nor {stem}.box.sig")
+    digests = side_files[".box.DIGESTS"] or b""
+    if asc is None:
+        return digests
+    asc_path = scratch / f"{stem}.box.DIGESTS.asc"
+    if asc.lstrip().startswith(_CLEARSIGNED):
+        signed_text = scratch.parent / "signed-digests"
+        gpg.verify(keyring, asc_path, output=signed_text)
+        digests = signed_text.read_bytes()
+    else:
+        gpg.verify(keyring, asc_path, scratch / f"{stem}.box.DIGESTS")
+    verified.append(asc_path.name)
+    return digests
+
+
+def _stored_box_matches(store: MirrorStore, entry: BoxEntry, chosen: box_metadata.BoxSource) -> bool:
+    if chosen.checksum_type == "sha256":
+        return entry.sha256 == chosen.checksum
+    return file_digests(store.box_path(entry.key), [chosen.checksum_type])[chosen.checksum_type] == chosen.checksum
+
+
+def _expect(actual: str, expected: str, kind: str, box_url: str, source: str) -> None:
+    if actual != expected:
+        raise BadInput(f"{box_url}: {kind} is {actual}, but {source} says {expected} (wrong checksum)")

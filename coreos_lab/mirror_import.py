@@ -1,0 +1,186 @@
+"""`lab mirror import`: put a box that was downloaded some other way into the mirror.
+
+With a metadata document the box's name, version, provider and checksum come from it and the box must
+match the checksum. Importing the same box again changes nothing; a different box under an existing
+name/version/provider/architecture is refused unless `force`. The box is hashed while it is copied into its
+`.part`, then committed: the store never shows a half-copied or unverified box.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from coreos_lab import box_metadata
+from coreos_lab.checksums import CHUNK, Hashers, file_digests
+from coreos_lab.errors import BadInput
+from coreos_lab.progress import Reporter, SilentReporter
+from coreos_lab.store import DEFAULT_ARCH, BoxEntry, BoxKey, MirrorStore
+
+# Archive formats Vagrant unpacks, by their leading bytes.
+_MAGIC = {
+    b"\x1f\x8b": "gzip",
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PK\x03\x04": "zip",
+}
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    entry: BoxEntry
+    action: str  # "added", "replaced" or "unchanged"
+
+    def as_dict(self, base_url: str | None = None) -> dict[str, Any]:
+        return {"action": self.action, "box": self.entry.as_dict(base_url)}
+
+
+def import_box(
+    store: MirrorStore,
+    box: Path,
+    *,
+    metadata: Path | None = None,
+    name: str | None = None,
+    version: str | None = None,
+    provider: str | None = None,
+    architecture: str | None = None,
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> ImportResult:
+    reporter = reporter or SilentReporter()
+    box_format = sniff_box(box)
+    expected: tuple[str, str] | None = None
+    description = None
+    if metadata is not None:
+        chosen = box_metadata.select(
+            box_metadata.parse(_read_metadata(metadata), str(metadata)),
+            str(metadata),
+            name=name,
+            version=version,
+            provider=provider,
+            architecture=architecture,
+        )
+        key, expected, description = chosen.key, (chosen.checksum_type, chosen.checksum), chosen.description
+    else:
+        for option, value in (("--name", name), ("--version", version)):
+            if not value:
+                raise BadInput(f"{option} is required when importing {box} without --metadata")
+        assert name is not None and version is not None
+        if provider is None:
+            provider, box_arch = box_provider(box, box_format)
+            architecture = architecture or box_arch
+        key = BoxKey(name, version, provider, architecture or DEFAULT_ARCH)
+
+    algorithms = ["sha256"] + ([expected[0]] if expected else [])
+    with store.staging(key, on_wait=lambda: reporter.note(f"waiting for another lab process writing {key}")) as part:
+        existing = store.get(key)
+        if existing is not None:
+            # Decide before writing anything, so a refused or repeated import leaves the store as it was.
+            with reporter.transfer(f"hashing {box.name}", box.stat().st_size) as advance:
+                digests = file_digests(box, algorithms, advance)
+            _check(expected, digests, box, metadata)
+            if digests["sha256"] == existing.sha256:
+                return ImportResult(existing, "unchanged")
+            if not force:
+                raise BadInput(
+                    f"{key} is already in the mirror with sha256 {existing.sha256}, and {box} differs "
+                    f"(sha256 {digests['sha256']})",
+                    hint="use --force to replace it",
+                )
+        digests = _copy_hashing(box, part, algorithms, reporter)
+        try:
+            _check(expected, digests, box, metadata)
+            entry = store.commit(
+                key, Path(part.name), sha256=digests["sha256"], source=str(box.resolve()), description=description
+            )
+        except BaseException:
+            _discard(part)  # an import is not resumable: leave no half copy behind
+            raise
+    return ImportResult(entry, "replaced" if existing is not None else "added")
+
+
+def _read_metadata(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadInput(f"cannot read box metadata {path}: {exc.strerror}") from exc
+
+
+def sniff_box(box: Path) -> str:
+    """The archive format of a box file, or `BadInput` when it is unreadable or no box at all."""
+    try:
+        with box.open("rb") as handle:
+            head = handle.read(512)
+    except OSError as exc:
+        raise BadInput(f"cannot read box {box}: {exc.strerror}") from exc
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    if head[257:262] == b"ustar":
+        return "tar"
+    raise BadInput(f"{box} is not a box: expected a tar, tar.gz or zip archive, got {head[:8]!r}…")
+
+
+def box_provider(box: Path, box_format: str) -> tuple[str, str | None]:
+    """Provider and architecture from the box's own metadata.json (read as a stream up to that member)."""
+    raw: bytes | None = None
+    try:
+        if box_format == "zip":
+            with zipfile.ZipFile(box) as archive:
+                raw = archive.read("metadata.json") if "metadata.json" in archive.namelist() else None
+        elif box_format != "zstd":
+            with tarfile.open(box, mode="r|*") as archive:
+                for member in archive:
+                    if member.name.lstrip("./") == "metadata.json" and member.isfile():
+                        extracted = archive.extractfile(member)
+                        raw = extracted.read() if extracted else None
+                        break
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
+        raise BadInput(f"cannot read box {box}: {exc}") from exc
+    if raw is None:
+        raise BadInput(f"{box} has no readable metadata.json: pass --provider")
+    try:
+        doc = json.load(io.BytesIO(raw))
+        provider = doc["provider"]
+        if not isinstance(provider, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BadInput(f"{box}: metadata.json has no valid field provider: pass --provider") from exc
+    arch = doc.get("architecture")
+    return provider, arch if isinstance(arch, str) and arch else None
+
+
+def _copy_hashing(box: Path, part: BinaryIO, algorithms: list[str], reporter: Reporter) -> dict[str, str]:
+    hashers = Hashers(algorithms)
+    part.seek(0)
+    part.truncate()
+    try:
+        with box.open("rb") as source, reporter.transfer(f"importing {box.name}", box.stat().st_size) as advance:
+            while chunk := source.read(CHUNK):
+                hashers.update(chunk)
+                part.write(chunk)
+                advance(len(chunk))
+        part.flush()
+    except BaseException:
+        _discard(part)  # an import is not resumable: leave no half copy behind
+        raise
+    return hashers.hexdigests()
+
+
+def _discard(part: BinaryIO) -> None:
+    part.seek(0)
+    part.truncate()
+
+
+def _check(expected: tuple[str, str] | None, digests: dict[str, str], box: Path, metadata: Path | None) -> None:
+    if expected is None:
+        return
+    kind, want = expected
+    if digests[kind] != want:
+        raise BadInput(f"{box}: {kind} is {digests[kind]}, but {metadata} says {want} (wrong checksum)")

@@ -1,0 +1,240 @@
+"""The discovery protocol over real HTTP (the server's aiohttp app on a loopback port), as etcd's v2
+discovery client and discovery.etcd.io's users speak it (DESIGN §6)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from coreos_lab.discovery.api import DISCOVERY_KEY, DiscoveryService
+from coreos_lab.discovery.state import TOKEN_RE
+from coreos_lab.server import EmbeddedServer
+
+pytestmark = pytest.mark.integration
+
+WAIT_TIMEOUT = 0.5
+
+
+@pytest.fixture
+def server(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[EmbeddedServer]:
+    monkeypatch.setenv("LAB_DISCOVERY_WAIT_TIMEOUT", str(WAIT_TIMEOUT))
+    with EmbeddedServer(mirror_root, port=0) as srv:
+        yield srv
+
+
+def new_token(server: EmbeddedServer, size: int = 3) -> str:
+    response = requests.get(f"{server.url}/new", params={"size": size}, timeout=5)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
+def register(token_url: str, member: str, value: str) -> requests.Response:
+    return requests.put(f"{token_url}/{member}", params={"prevExist": "false"}, data={"value": value}, timeout=5)
+
+
+def index_of(response: requests.Response) -> int:
+    return int(response.headers["X-Etcd-Index"])
+
+
+def test_new_answers_a_token_url_as_plain_text(server: EmbeddedServer) -> None:
+    response = requests.get(f"{server.url}/new", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    base, _, token = response.text.rpartition("/")
+    assert base == server.url and TOKEN_RE.match(token)
+    size = requests.get(f"{response.text}/_config/size", timeout=5).json()
+    assert size["action"] == "get" and size["node"]["value"] == "3"  # discovery.etcd.io's default
+    assert size["node"]["key"] == f"/{token}/_config/size"
+
+
+@pytest.mark.parametrize("size", ["0", "100", "-1", "three", "", "3.5"])
+def test_new_rejects_bad_sizes_with_a_reason(server: EmbeddedServer, size: str) -> None:
+    response = requests.get(f"{server.url}/new", params={"size": size}, timeout=5)
+    assert response.status_code == 400
+    assert "invalid size" in response.text and "1-99" in response.text
+    assert "X-Etcd-Index" in response.headers
+
+
+@pytest.mark.parametrize("size", [1, 99])
+def test_new_accepts_the_range_ends(server: EmbeddedServer, size: int) -> None:
+    token_url = new_token(server, size)
+    assert requests.get(f"{token_url}/_config/size", timeout=5).json()["node"]["value"] == str(size)
+
+
+def test_register_then_duplicate_is_412_with_105(server: EmbeddedServer) -> None:
+    token_url = new_token(server)
+    token = token_url.rsplit("/", 1)[1]
+    created = register(token_url, "8e9e05c52164694d", "m1=http://127.0.0.1:2380")
+    assert created.status_code == 201
+    body = created.json()
+    assert body["action"] == "create"
+    assert body["node"] == {
+        "key": f"/{token}/8e9e05c52164694d",
+        "value": "m1=http://127.0.0.1:2380",
+        "modifiedIndex": index_of(created),
+        "createdIndex": index_of(created),
+    }
+    duplicate = register(token_url, "8e9e05c52164694d", "m1=http://127.0.0.1:2999")
+    assert duplicate.status_code == 412
+    assert duplicate.json()["errorCode"] == 105
+    assert duplicate.json()["cause"] == f"/{token}/8e9e05c52164694d"
+    assert index_of(duplicate) == index_of(created)  # nothing was written
+    listing = requests.get(token_url, timeout=5).json()["node"]
+    assert listing["dir"] is True
+    assert [n["value"] for n in listing["nodes"]] == ["m1=http://127.0.0.1:2380"]  # `_config` is never listed
+
+
+def test_unknown_token_is_404_with_100(server: EmbeddedServer) -> None:
+    new_token(server)
+    for path in ("", "/_config/size", "/8e9e05c52164694d"):
+        response = requests.get(f"{server.url}/{'a' * 32}{path}", timeout=5)
+        assert response.status_code == 404
+        error = response.json()
+        assert error["errorCode"] == 100 and error["message"] == "Key not found"
+        assert error["cause"] == f"/{'a' * 32}{path}"
+        assert error["index"] == index_of(response) >= 1
+    put = register(f"{server.url}/{'a' * 32}", "8e9e05c52164694d", "m1=http://x:2380")
+    assert put.status_code == 404 and put.json()["errorCode"] == 100
+
+
+def test_every_answer_carries_the_etcd_index(server: EmbeddedServer) -> None:
+    token_url = new_token(server)
+    answers = [
+        requests.get(f"{server.url}/new", params={"size": 2}, timeout=5),
+        requests.get(f"{server.url}/new", params={"size": 0}, timeout=5),
+        requests.get(token_url, timeout=5),
+        requests.get(f"{token_url}/_config", timeout=5),
+        requests.head(f"{token_url}/_config/size", timeout=5),
+        register(token_url, "aaa", "m1=http://x:2380"),
+        register(token_url, "aaa", "m1=http://x:2380"),
+        requests.put(f"{token_url}/_config/size", data={"value": "9"}, timeout=5),
+        requests.put(f"{token_url}/aaa", params={"ttl": "30"}, data={"value": "x"}, timeout=5),
+        requests.delete(f"{token_url}/aaa", timeout=5),
+        requests.get(f"{token_url}/aaa", params={"wait": "true", "waitIndex": "1"}, timeout=5),
+        requests.get(f"{token_url}", params={"wait": "true", "recursive": "true"}, timeout=5),
+    ]
+    assert [r.status_code for r in answers] == [200, 400, 200, 200, 200, 201, 412, 403, 400, 405, 200, 200]
+    assert all(index_of(r) >= 1 for r in answers)
+    assert requests.get(f"{token_url}/_config/size", timeout=5).json()["node"]["value"] == "3"
+
+
+def test_wait_index_is_replayed_from_history(server: EmbeddedServer) -> None:
+    token_url = new_token(server)
+    first = register(token_url, "aaa", "m1=http://x:2380")
+    second = register(token_url, "bbb", "m2=http://x:2381")
+    first_index = first.json()["node"]["createdIndex"]
+    # etcd's client does exactly this right after registering: watch its own key from createdIndex.
+    own = requests.get(f"{token_url}/aaa", params={"wait": "true", "waitIndex": first_index}, timeout=5)
+    assert own.status_code == 200
+    assert own.json()["action"] == "create" and own.json()["node"]["value"] == "m1=http://x:2380"
+    later = requests.get(
+        token_url, params={"wait": "true", "recursive": "true", "waitIndex": first_index + 1}, timeout=5
+    )
+    assert later.json()["node"] == second.json()["node"]
+
+
+def test_long_poll_wakes_as_soon_as_a_member_registers(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAB_DISCOVERY_WAIT_TIMEOUT", "30")  # only the write can end this poll in time
+    with EmbeddedServer(mirror_root, port=0) as srv, ThreadPoolExecutor(1) as pool:
+        token_url = new_token(srv)
+        after = index_of(register(token_url, "aaa", "m1=http://x:2380"))
+        waiting = pool.submit(
+            requests.get, token_url, params={"wait": "true", "recursive": "true", "waitIndex": after + 1}, timeout=20
+        )
+        time.sleep(0.3)
+        assert not waiting.done()
+        written = time.monotonic()
+        register(token_url, "bbb", "m2=http://x:2381")
+        woke = waiting.result(timeout=10)
+        latency = time.monotonic() - written
+    assert woke.status_code == 200
+    assert woke.json()["action"] == "create" and woke.json()["node"]["key"].endswith("/bbb")
+    assert latency < 2
+
+
+def test_wait_timeout_answers_an_empty_200(server: EmbeddedServer) -> None:
+    token_url = new_token(server)
+    started = time.monotonic()
+    response = requests.get(token_url, params={"wait": "true", "recursive": "true", "waitIndex": 99}, timeout=10)
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200 and response.content == b""
+    assert "X-Etcd-Index" in response.headers
+    assert WAIT_TIMEOUT * 0.9 <= elapsed < WAIT_TIMEOUT + 2
+
+
+def test_many_waiters_cost_no_threads_and_all_wake_on_one_write(
+    mirror_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LAB_DISCOVERY_WAIT_TIMEOUT", "30")
+    waiters = 300
+
+    async def scenario(service: DiscoveryService, token_url: str) -> tuple[int, list[str]]:
+        import aiohttp
+
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def wait() -> str:
+                params = {"wait": "true", "recursive": "true"}
+                async with session.get(token_url, params=params) as response:
+                    return str((await response.json())["node"]["key"])
+
+            tasks = [asyncio.create_task(wait()) for _ in range(waiters)]
+            while service.pending_watches < waiters:  # every poll is parked on the server
+                await asyncio.sleep(0.05)
+            threads_while_waiting = threading.active_count()
+            async with session.put(f"{token_url}/ccc", params={"prevExist": "false"}, data={"value": "m3=x"}) as r:
+                assert r.status == 201
+            keys = await asyncio.wait_for(asyncio.gather(*tasks), 10)
+            return threads_while_waiting, keys
+
+    with EmbeddedServer(mirror_root, port=0) as srv:
+        service = srv.app[DISCOVERY_KEY]
+        threads_before = threading.active_count()
+        token_url = requests.get(f"{srv.url}/new", timeout=5).text
+        during, keys = asyncio.run(scenario(service, token_url))
+    assert during <= threads_before + 2  # the test's own loop may add a resolver thread; not one per waiter
+    assert len(keys) == waiters and set(keys) == {f"/{token_url.rsplit('/', 1)[1]}/ccc"}
+    assert service.pending_watches == 0
+
+
+def test_a_registered_member_survives_a_server_restart(mirror_root: Path) -> None:
+    with EmbeddedServer(mirror_root, port=0) as first:
+        token_url = new_token(first)
+        token = token_url.rsplit("/", 1)[1]
+        created = register(token_url, "aaa", "m1=http://x:2380").json()["node"]
+    with EmbeddedServer(mirror_root, port=0) as second:
+        again = f"{second.url}/{token}"
+        assert requests.get(f"{again}/aaa", timeout=5).json()["node"] == created
+        assert register(again, "aaa", "m1=http://x:2380").status_code == 412
+        assert register(again, "bbb", "m2=http://x:2381").json()["node"]["createdIndex"] > created["createdIndex"]
+
+
+def test_stopping_the_server_answers_pending_polls(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAB_DISCOVERY_WAIT_TIMEOUT", "60")
+    srv = EmbeddedServer(mirror_root, port=0).start()
+    try:
+        token_url = new_token(srv)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(requests.get, token_url, params={"wait": "true", "recursive": "true"}, timeout=30)
+            time.sleep(0.3)
+            started = time.monotonic()
+            srv.stop()
+            stopped_in = time.monotonic() - started
+            response = waiting.result(timeout=10)
+    finally:
+        srv.stop()
+    assert stopped_in < 5
+    assert response.status_code == 200 and response.content == b""  # the client simply polls again
+
+
+def test_new_uses_a_fixed_base_url_when_the_server_has_one(mirror_root: Path) -> None:
+    with EmbeddedServer(mirror_root, port=0, base_url="http://10.0.2.2:8080") as srv:
+        token_url = requests.get(f"{srv.url}/new", timeout=5).text
+    assert token_url.startswith("http://10.0.2.2:8080/") and TOKEN_RE.match(token_url.rsplit("/", 1)[1])

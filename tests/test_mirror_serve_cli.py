@@ -1,0 +1,125 @@
+"""`lab mirror serve` as a user runs it: a real process, its announce line, access log, live view, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from harness.boxes import add_box
+from harness.cli import lab
+from harness.mirror import mirror_server
+
+from coreos_lab.errors import ExitCode
+from coreos_lab.store import MirrorStore
+
+pytestmark = pytest.mark.integration
+
+
+def fetch(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as resp:
+        return resp.status, resp.read()
+
+
+def test_serve_announces_logs_each_request_and_stops_cleanly_on_sigterm(mirror_root: Path) -> None:
+    store = MirrorStore(mirror_root)
+    add_box(store, "coreos-stable", "1.0.0")
+    with mirror_server(mirror_root) as srv:
+        assert f"vagrant box add {srv.url}/coreos-stable" in "\n".join(srv.lines)
+        status, body = fetch(f"{srv.url}/coreos-stable", {"User-Agent": 'odd "agent"\tx'})
+        assert status == 200 and json.loads(body)["name"] == "coreos-stable"
+        fetch(f"{srv.url}/coreos-stable/1.0.0/virtualbox-amd64.box")
+        (meta_line,) = srv.access_lines("/coreos-stable")
+        (box_line,) = srv.access_lines("/coreos-stable/1.0.0/virtualbox-amd64.box")
+        size = store.box_path(store.entries()[0].key).stat().st_size
+        assert meta_line.startswith("127.0.0.1 [") and '"GET /coreos-stable HTTP/1.1" 200 ' in meta_line
+        assert meta_line.endswith('"odd \\"agent\\"\\tx"')  # client text cannot forge or colour log lines
+        assert f'"GET /coreos-stable/1.0.0/virtualbox-amd64.box HTTP/1.1" 200 {size} ' in box_line
+        assert srv.stop() == 0
+    assert srv.lines[-1] == "stopped"
+
+
+def test_base_url_is_written_into_metadata(mirror_root: Path) -> None:
+    add_box(MirrorStore(mirror_root), "flatcar-stable", "3815.2.0")
+    with mirror_server(mirror_root, "--base-url", "http://10.0.2.2:8080/") as srv:
+        _, body = fetch(f"{srv.url}/flatcar-stable")
+        assert "metadata URLs under http://10.0.2.2:8080" in srv.lines[0]
+    url = json.loads(body)["versions"][0]["providers"][0]["url"]
+    assert url == "http://10.0.2.2:8080/flatcar-stable/3815.2.0/virtualbox-amd64.box"
+
+
+def test_missing_root_is_a_usage_error(tmp_path: Path) -> None:
+    run = lab("mirror", "serve", "--root", tmp_path / "nope", "--port", "0")
+    assert run.returncode == ExitCode.USAGE
+    assert "nope" in run.stderr and "does not exist" in run.stderr
+
+
+def test_bad_base_url_is_a_usage_error(mirror_root: Path) -> None:
+    run = lab("mirror", "serve", "--root", mirror_root, "--port", "0", "--base-url", "10.0.2.2:8080")
+    assert run.returncode == ExitCode.USAGE
+    assert "--base-url" in run.stderr and "10.0.2.2:8080" in run.stderr
+
+
+def test_port_in_use_is_a_clear_error(mirror_root: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        run = lab("mirror", "serve", "--root", mirror_root, "--port", str(port), timeout=60)
+    assert run.returncode == ExitCode.ERROR
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "--port" in run.stderr
+
+
+def test_live_view_shows_a_download_in_progress_on_a_terminal(mirror_root: Path) -> None:
+    """stderr on a pseudo-terminal; a client that stops reading keeps one download in progress."""
+    store = MirrorStore(mirror_root)
+    add_box(store, "coreos-stable", "1.0.0", data=os.urandom(24 * 1024 * 1024))
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coreos_lab", "mirror", "serve", "--root", str(mirror_root), "--port", "0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env=dict(os.environ, TERM="xterm-256color", COLUMNS="160"),
+    )
+    os.close(slave)
+    screen = b""
+    try:
+
+        def read_until(marker: bytes, timeout: float = 20) -> None:
+            nonlocal screen
+            deadline = time.monotonic() + timeout
+            while marker not in screen and time.monotonic() < deadline:
+                ready, _, _ = select.select([master], [], [], 0.2)
+                if ready:
+                    screen += os.read(master, 65536)
+            assert marker in screen, screen.decode(errors="replace")
+
+        read_until(b"Ctrl-C stops")
+        port = int(screen.split(b"http://127.0.0.1:")[1].split(b":")[0].split(b" ")[0])
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.sendall(b"GET /coreos-stable/1.0.0/virtualbox-amd64.box HTTP/1.1\r\nHost: x\r\n\r\n")
+            sock.recv(65536)  # the headers and a little body, then the client stalls
+            read_until(b"coreos-stable/1.0.0/virtualbox-amd64.box")
+            assert b"MB" in screen
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=15)
+        os.close(master)
+    assert proc.returncode == 0
+
+
+def test_help_lists_serve() -> None:
+    run = lab("mirror", "--help")
+    assert run.returncode == 0 and "serve" in run.stdout
+    run = lab("mirror", "serve", "--help")
+    assert "--base-url" in run.stdout and "127.0.0.1" in run.stdout and "8080" in run.stdout

@@ -1,0 +1,115 @@
+"""`lab mirror verify`: re-hash every box, report damage, exit 1 on any."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from harness.boxes import add_box
+from harness.cli import lab
+
+from coreos_lab.errors import ExitCode
+from coreos_lab.store import BoxKey, MirrorStore
+
+
+def verify(root: Path):  # type: ignore[no-untyped-def]
+    return lab("mirror", "verify", "--root", root, "--json")
+
+
+def test_a_healthy_mirror_verifies(mirror_root: Path) -> None:
+    store = MirrorStore(mirror_root)
+    add_box(store, "flatcar-stable", "3815.2.0")
+    add_box(store, "coreos-stable", "1235.9.0")
+    run = verify(mirror_root)
+    assert run.returncode == 0, run.stderr
+    doc = run.json()
+    assert (doc["ok"], doc["checked"], doc["failed"]) == (True, 2, 0)
+    assert {f["status"] for f in doc["findings"]} == {"ok"}
+
+
+def test_a_changed_box_fails(mirror_root: Path) -> None:
+    store = MirrorStore(mirror_root)
+    entry = add_box(store, "flatcar-stable", "3815.2.0")
+    add_box(store, "flatcar-stable", "3760.2.0")
+    path = store.box_path(entry.key)
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    run = verify(mirror_root)
+    assert run.returncode == ExitCode.ERROR
+    bad = [f for f in run.json()["findings"] if f["status"] != "ok"]
+    assert len(bad) == 1
+    assert bad[0]["status"] == "sha256 mismatch" and bad[0]["path"] == str(path)
+    assert f"expected {entry.sha256}" in bad[0]["detail"]
+    human = lab("mirror", "verify", "--root", mirror_root)
+    assert human.returncode == ExitCode.ERROR
+    assert "sha256 mismatch" in human.stderr and "1 failed" in human.stderr
+
+
+def test_damaged_records_and_missing_boxes_fail(mirror_root: Path) -> None:
+    store = MirrorStore(mirror_root)
+    damaged = add_box(store, "flatcar-stable", "3815.2.0")
+    missing = add_box(store, "flatcar-beta", "3850.1.0")
+    store.record_path(damaged.key).write_text("{ half a record")
+    store.box_path(missing.key).unlink()
+    run = verify(mirror_root)
+    assert run.returncode == ExitCode.ERROR
+    statuses = {f["status"]: f for f in run.json()["findings"]}
+    assert set(statuses) == {"damaged record", "box missing"}
+    assert str(store.record_path(damaged.key)) in statuses["damaged record"]["detail"]
+    # The box whose record is damaged is not in the catalog: never listed, never served.
+    assert [e.key for e in store.entries()] == []
+
+
+def test_a_record_missing_a_field_is_reported_by_name(mirror_root: Path) -> None:
+    store = MirrorStore(mirror_root)
+    entry = add_box(store, "flatcar-stable", "3815.2.0")
+    record = store.record_path(entry.key)
+    record.write_text(record.read_text().replace('"sha256"', '"sha-256"'))
+    finding = verify(mirror_root).json()["findings"][0]
+    assert finding["status"] == "damaged record"
+    assert "field 'sha256' is missing" in finding["detail"]
+
+
+def test_partial_downloads_are_reported_but_do_not_fail(mirror_root: Path) -> None:
+    store = MirrorStore(mirror_root)
+    add_box(store, "flatcar-stable", "3815.2.0")
+    part = store.part_path(BoxKey("flatcar-stable", "3760.2.0", "virtualbox"))
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"x" * 10)
+    orphan = store.box_path(BoxKey("flatcar-stable", "3700.0.0", "virtualbox"))
+    orphan.parent.mkdir(parents=True)
+    orphan.write_bytes(b"a box nobody recorded")
+    run = verify(mirror_root)
+    assert run.returncode == 0, run.stderr
+    notes = {f["status"]: f["path"] for f in run.json()["findings"] if f["status"] != "ok"}
+    assert notes == {"partial download": str(part), "no record": str(orphan)}
+
+
+def test_an_empty_mirror_verifies(tmp_path: Path) -> None:
+    run = verify(tmp_path / "none")
+    assert run.returncode == 0
+    assert run.json()["checked"] == 0
+
+
+def test_staging_lets_one_writer_at_a_time_and_a_waiter_sees_the_commit(mirror_root: Path) -> None:
+    store = MirrorStore(mirror_root)
+    key = BoxKey("flatcar-stable", "3815.2.0", "virtualbox")
+    waited = threading.Event()
+    seen_by_second: list[object] = []
+
+    def second() -> None:
+        with store.staging(key, on_wait=waited.set) as part:
+            seen_by_second.append(store.get(key))
+            seen_by_second.append(part.seek(0, 2))
+
+    with store.staging(key) as part:
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert waited.wait(10)
+        part.write(b"box bytes")
+        part.flush()
+        store.commit(key, Path(part.name), sha256="0" * 64)
+    thread.join(10)
+    assert seen_by_second[0] is not None and seen_by_second[1] == 0  # a fresh, empty part
+    assert not store.part_path(key).exists()  # the empty part was removed on exit
