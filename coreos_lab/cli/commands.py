@@ -6,11 +6,15 @@ import click
 
 
 def register(root: click.Group) -> None:
-    from coreos_lab.cli import discovery
-    from coreos_lab.cli import health
-    from coreos_lab.cli import mirror
-    from coreos_lab.cli import mirror_serve  # noqa: F401 - adds `serve` to the mirror group
+    from coreos_lab.cli import (
+        discovery,
+        health,
+        mirror,
+        mirror_serve,  # noqa: F401 - adds `serve` to the mirror group
+        smoke,
+    )
 
     root.add_command(mirror.mirror)
     root.add_command(discovery.discovery)
     root.add_command(health.health)
+    root.add_command(smoke.smoke)

@@ -1,0 +1,90 @@
+"""`lab smoke`: up → wait healthy → functional checks → destroy, with a JUnit report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from coreos_lab.cli.options import json_option
+from coreos_lab.errors import BadInput
+
+if TYPE_CHECKING:
+    from coreos_lab.junit import TestCase
+    from coreos_lab.smoke import SmokeResult
+
+_CHECK_NAMES = ("units", "etcd", "members", "fleet")
+
+
+@click.command()
+@click.argument("lab_dir", required=False, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--ssh-config",
+    "ssh_config",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="Smoke an existing cluster reachable over SSH (no Vagrant; nothing created or destroyed).",
+)
+@click.option("--distro", type=click.Choice(["coreos", "flatcar"]), help="Distro (needed with --ssh-config).")
+@click.option("--members", type=click.IntRange(min=1), help="Expected etcd members (with --ssh-config).")
+@click.option("--check", "checks", multiple=True, type=click.Choice(_CHECK_NAMES), help="Health checks (repeatable).")
+@click.option(
+    "--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True, help="Seconds for the whole run."
+)
+@click.option("--junit", type=click.Path(dir_okay=False, path_type=Path), help="Write a JUnit XML report here.")
+@json_option
+def smoke(
+    lab_dir: Path | None,
+    ssh_config: Path | None,
+    distro: str | None,
+    members: int | None,
+    checks: tuple[str, ...],
+    timeout: float,
+    junit: Path | None,
+    as_json: bool,
+) -> int:
+    """Bring a cluster up, prove it works, tear it down, report.
+
+    Exit 0 when every stage passed; otherwise the code of the first failure (3 unhealthy, 4 missing tool or
+    provider, 5 timeout, 130 interrupted).
+    """
+    from coreos_lab import smoke as core
+
+    if ssh_config is None:
+        raise BadInput("lab smoke needs --ssh-config FILE for now")
+    if lab_dir is not None:
+        raise BadInput("give either a lab directory or --ssh-config, not both")
+    if distro is None:
+        raise BadInput("--ssh-config needs --distro (coreos or flatcar)")
+    result = core.smoke_ssh(ssh_config, distro, checks, members, timeout=timeout, junit=junit, on_case=_show_case)
+    return _report(result, as_json, junit)
+
+
+_MARK = {
+    "passed": ("PASS", "green"),
+    "failed": ("FAIL", "bold red"),
+    "error": ("ERROR", "bold red"),
+    "skipped": ("SKIP", "dim"),
+}
+
+
+def _show_case(case: TestCase) -> None:
+    from coreos_lab import console
+
+    mark, style = _MARK[case.outcome]
+    line = f"{mark:5} {case.name} ({case.seconds:.1f}s)" + (f": {case.message}" if case.message else "")
+    console.err().print(line, style=style, markup=False)
+
+
+def _report(result: SmokeResult, as_json: bool, junit: Path | None) -> int:
+    from coreos_lab import console
+
+    if as_json:
+        console.print_json(result.as_dict())
+    if result.passed:
+        console.success(result.message)
+    else:
+        console.error(result.message)
+    if junit is not None:
+        console.info(f"JUnit report: {junit}")
+    return int(result.exit_code)
