@@ -75,8 +75,9 @@ def fetch_box(
         reporter.note(f"{release.box_name}: current is {concrete}")
 
     json_url = release.file_url(concrete, ".json")
+    metadata = _get(http, json_url)
     chosen = box_metadata.select(
-        box_metadata.parse(_get(http, json_url), json_url),
+        box_metadata.parse(metadata, json_url),
         json_url,
         name=release.box_name,
         version=concrete,
@@ -87,7 +88,7 @@ def fetch_box(
     box_url = release.box_url_for(urljoin(json_url, chosen.url))
     digests_url = release.file_url(concrete, ".box.DIGESTS")
     side_files = {
-        ".json": _get(http, json_url),
+        ".json": metadata,
         ".box.DIGESTS": _get(http, digests_url),
         ".box.DIGESTS.asc": get_small(http, release.file_url(concrete, ".box.DIGESTS.asc"), optional=True),
         ".box.sig": get_small(http, release.file_url(concrete, ".box.sig"), optional=True),

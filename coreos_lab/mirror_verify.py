@@ -92,5 +92,9 @@ def verify_store(store: MirrorStore, reporter: Reporter | None = None) -> Verify
         if box not in recorded and not box.parts[-3].startswith("."):
             findings.append(Finding(box, NO_RECORD, "not in the catalog (never served)"))
     for part in store.part_paths():
-        findings.append(Finding(part, PARTIAL, f"{part.stat().st_size} bytes; the next fetch resumes it"))
+        try:
+            size = part.stat().st_size
+        except FileNotFoundError:  # committed or discarded meanwhile
+            continue
+        findings.append(Finding(part, PARTIAL, f"{size} bytes; the next fetch resumes it"))
     return VerifyReport(store.root, findings)

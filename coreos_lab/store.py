@@ -279,6 +279,7 @@ class MirrorStore:
             yield handle
         finally:
             try:
+                handle.flush()  # what a cut or interrupted writer got so far stays, for the next one to resume
                 if _same_file(part, fd) and os.fstat(fd).st_size == 0:
                     part.unlink()
                     for directory in (part.parent, part.parent.parent):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,6 +91,7 @@ def test_fetch_coreos_explicit_version(mirror_root: Path, upstream: ReleaseUpstr
     assert not upstream.release.seen("version.txt")
     (entry,) = MirrorStore(mirror_root).entries()
     assert (entry.version, entry.sha256) == ("717.3.0", old.sha256)
+    assert len(upstream.release.seen(".json")) == 1
     # Every request asked for the bytes as stored.
     assert {r.headers.get("Accept-Encoding") for r in upstream.release.requests} == {"identity"}
 
@@ -180,6 +183,45 @@ def test_a_cut_download_is_never_listed_and_resumes_with_range(mirror_root: Path
     assert second.headers["Accept-Encoding"] == "identity"
     assert store.box_path(key).read_bytes() == release.box
     assert not store.part_path(key).exists()
+
+
+def test_ctrl_c_leaves_a_resumable_part(mirror_root: Path, upstream: ReleaseUpstream) -> None:
+    release = upstream.publish("flatcar", "stable", "3815.2.0")
+    upstream.bincache.throttle = (32, 0.2)
+    argv = [
+        sys.executable,
+        "-m",
+        "coreos_lab",
+        "mirror",
+        "fetch",
+        "--root",
+        str(mirror_root),
+        "--upstream",
+        upstream.url,
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not upstream.bincache.seen(".box") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # a few throttled chunks arrive
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ExitCode.INTERRUPTED, stderr
+    store = MirrorStore(mirror_root)
+    part = store.part_path(BoxKey("flatcar-stable", "3815.2.0", "virtualbox"))
+    kept = part.read_bytes()
+    assert 0 < len(kept) < len(release.box) and release.box.startswith(kept)
+    assert store.entries() == []
+    upstream.bincache.throttle = None
+    resumed = fetch(mirror_root, upstream)
+    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.json()["resumed_from"] == len(kept)
+    assert store.box_path(store.entries()[0].key).read_bytes() == release.box
 
 
 def test_an_upstream_that_ignores_range_gets_a_full_download(mirror_root: Path, upstream: ReleaseUpstream) -> None:
@@ -353,6 +395,23 @@ def test_signatures_are_verified_with_the_keyring(
         "flatcar_production_vagrant.box.DIGESTS.asc",
         "flatcar_production_vagrant.box.sig",
     ]
+
+
+def test_a_detached_armored_digests_signature_and_a_box_signature_alone_are_accepted(
+    mirror_root: Path, upstream: ReleaseUpstream, keys: SigningKeys
+) -> None:
+    flatcar = upstream.publish("flatcar", "stable", "3815.2.0")
+    digests = upstream.release.files[flatcar.path(".box.DIGESTS")]
+    upstream.release.files[flatcar.path(".box.DIGESTS.asc")] = keys.detach_sign(digests, armor=True)
+    run = fetch(mirror_root, upstream, "--keyring", keys.keyring)
+    assert run.returncode == 0, run.stderr
+    assert run.json()["signatures_verified"][0] == "flatcar_production_vagrant.box.DIGESTS.asc"
+
+    coreos = upstream.publish("coreos", "stable", "1235.9.0")
+    del upstream.release.files[coreos.path(".box.DIGESTS.asc")]
+    run = fetch(mirror_root, upstream, "--distro", "coreos", "--keyring", keys.keyring)
+    assert run.returncode == 0, run.stderr
+    assert run.json()["signatures_verified"] == ["coreos_production_vagrant.box.sig"]
 
 
 def test_digests_signed_by_another_key_are_refused_before_the_box_is_downloaded(

@@ -195,7 +195,9 @@ class NetnsCluster:
         for i in range(1, self.count + 1):
             self._add_node(i)
         for node in self.nodes.values():
-            _wait_for(lambda n=node: _port_open(n.ip, 22), f"sshd on {node.name}", 20, node.sshd, node.workdir / "sshd.log")
+            _wait_for(
+                lambda n=node: _port_open(n.ip, 22), f"sshd on {node.name}", 20, node.sshd, node.workdir / "sshd.log"
+            )
 
     def _add_node(self, i: int) -> None:
         ns = f"{_PREFIX}-{self.pid}-{i}"
@@ -301,7 +303,13 @@ class NetnsCluster:
     def wait_etcd(self, indexes: Sequence[int] | None = None, timeout: float = 30) -> None:
         for i in indexes or sorted(self.nodes):
             node = self.nodes[i]
-            _wait_for(lambda n=node: _etcd_healthy(n.ip), f"etcd on {node.name}", timeout, node.etcd, node.workdir / "etcd.log")
+            _wait_for(
+                lambda n=node: _etcd_healthy(n.ip),
+                f"etcd on {node.name}",
+                timeout,
+                node.etcd,
+                node.workdir / "etcd.log",
+            )
 
     def start_all_etcd(self, *, discovery: str | None = None) -> None:
         for i in sorted(self.nodes):

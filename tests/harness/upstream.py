@@ -166,8 +166,9 @@ class SigningKeys:
     def clearsign(self, data: bytes, key: str | None = None) -> bytes:
         return self._gpg("--local-user", key or self.release, "--clearsign", input=data)
 
-    def detach_sign(self, data: bytes, key: str | None = None) -> bytes:
-        return self._gpg("--local-user", key or self.release, "--detach-sign", input=data)
+    def detach_sign(self, data: bytes, key: str | None = None, *, armor: bool = False) -> bytes:
+        armored = ["--armor"] if armor else []
+        return self._gpg("--local-user", key or self.release, *armored, "--detach-sign", input=data)
 
     def close(self) -> None:
         subprocess.run(

@@ -1,0 +1,334 @@
+"""lab.yaml: defaults, precedence with sources, node layout, and every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness.cli import lab
+from harness.labs import mirror_with_boxes, write_lab
+
+from coreos_lab.config import SETTINGS, load_config
+from coreos_lab.errors import BadInput, ExitCode
+from coreos_lab.labfile import init_lab
+
+
+@pytest.fixture
+def mirror(mirror_root: Path) -> Path:
+    mirror_with_boxes(mirror_root)
+    return mirror_root
+
+
+def test_defaults_follow_coreos_vagrant(tmp_path: Path, mirror: Path) -> None:
+    config = load_config(write_lab(tmp_path / "lab", mirror), environ={})
+    assert config.box_name == "coreos-stable"
+    assert [(n.name, n.ip, n.etcd_member) for n in config.nodes] == [
+        ("core-01", "172.17.8.101", True),
+        ("core-02", "172.17.8.102", True),
+        ("core-03", "172.17.8.103", True),
+    ]
+    assert config.box_metadata_url == "http://127.0.0.1:8080/coreos-stable"
+    assert config.guest_mirror_url == "http://10.0.2.2:8080"
+    assert config.user_data_dir == "/var/lib/coreos-vagrant"
+    assert config.sources["nodes"] == "default"
+    assert config.sources["version"] == "lab.yaml"
+
+
+def test_precedence_default_file_env_flag(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror, nodes=5, memory=2048, cpus=2)
+    env = {"LAB_NODES": "4", "LAB_MEMORY": "1536", "LAB_GUI": "yes"}
+    config = load_config(lab_dir, environ=env, flags={"nodes": 2, "memory": None})
+    assert (config["nodes"], config.sources["nodes"]) == (2, "flag --nodes")
+    assert (config["memory"], config.sources["memory"]) == (1536, "env LAB_MEMORY")
+    assert (config["cpus"], config.sources["cpus"]) == (2, "lab.yaml")
+    assert (config["gui"], config.sources["gui"]) == (True, "env LAB_GUI")
+    assert (config["subnet"], config.sources["subnet"]) == ("172.17.8.0/24", "default")
+    # Dependent defaults: members follow the node count (up to 3).
+    assert config.etcd_members == 2
+
+
+def test_every_setting_has_env_and_flag_names() -> None:
+    envs = {s.env for s in SETTINGS}
+    assert "LAB_ETCD_MEMBERS" in envs and "LAB_MIRROR_URL" in envs and "LAB_MIRROR_ROOT" in envs
+    assert len(envs) == len(SETTINGS)
+    assert {s.flag for s in SETTINGS if s.path in ("etcd.members", "mirror.root")} == {"--etcd-members", "--root"}
+
+
+def test_members_proxies_roles_and_metadata(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(
+        tmp_path / "lab",
+        mirror,
+        nodes=5,
+        subnet="10.9.0",
+        fleet={"metadata": {"region": "lab", "role": "overridden"}},
+        machines={"core-04": {"ip": "10.9.0.50", "metadata": {"disk": "ssd"}}},
+    )
+    config = load_config(lab_dir, environ={})
+    assert config.etcd_members == 3
+    assert [n.ip for n in config.nodes] == ["10.9.0.101", "10.9.0.102", "10.9.0.103", "10.9.0.50", "10.9.0.105"]
+    assert [n.etcd_member for n in config.nodes] == [True, True, True, False, False]
+    assert config.nodes[0].fleet_metadata == "role=overridden,region=lab"
+    assert config.nodes[3].fleet_metadata == "role=overridden,region=lab,disk=ssd"
+
+
+def test_flatcar_lts_and_guest_host(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(
+        tmp_path / "lab",
+        mirror,
+        distro="flatcar",
+        channel="lts",
+        version="3033.3.18",
+        mirror={"url": "http://127.0.0.1:9999/", "guest_host": "192.168.121.1"},
+    )
+    config = load_config(lab_dir, environ={})
+    assert config.box_name == "flatcar-lts"
+    assert config.user_data_dir == "/var/lib/flatcar-vagrant"
+    assert config.mirror_url == "http://127.0.0.1:9999"
+    assert config.guest_mirror_url == "http://192.168.121.1:9999"
+
+
+BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
+    # (case, lab.yaml settings, environment, expected text in the message)
+    ("no nodes", {"nodes": 0}, {}, "lab.yaml: nodes: 0 is out of range; allowed: 1 to 99"),
+    ("too many nodes", {"nodes": 100}, {}, "lab.yaml: nodes: 100 is out of range; allowed: 1 to 99"),
+    ("nodes from env", {}, {"LAB_NODES": "many"}, "environment LAB_NODES: 'many' is not an integer"),
+    ("nodes not a number", {"nodes": "three"}, {}, "lab.yaml: nodes: 'three' is not an integer"),
+    ("nodes a boolean", {"nodes": True}, {}, "lab.yaml: nodes: True is not an integer"),
+    ("unknown key", {"num_instances": 3}, {}, "lab.yaml: num_instances: unknown key; allowed:"),
+    ("misspelt key", {"chanel": "beta"}, {}, "lab.yaml: chanel: unknown key (did you mean 'channel'?)"),
+    ("unknown nested key", {"etcd": {"size": 3}}, {}, "lab.yaml: etcd.size: unknown key; allowed: members"),
+    ("section not a mapping", {"etcd": 3}, {}, "lab.yaml: etcd: expected a mapping, found 3"),
+    ("members > nodes", {"nodes": 2, "etcd": {"members": 3}}, {}, "etcd.members: 3 etcd members but only 2 nodes"),
+    ("members 0", {"etcd": {"members": 0}}, {}, "lab.yaml: etcd.members: 0 is out of range"),
+    (
+        "ip outside subnet",
+        {"machines": {"core-02": {"ip": "10.0.0.5"}}},
+        {},
+        "machines.core-02.ip: 10.0.0.5 is outside the subnet 172.17.8.0/24",
+    ),
+    (
+        "ip clash",
+        {"machines": {"core-02": {"ip": "172.17.8.101"}}},
+        {},
+        "machines.core-02.ip: 172.17.8.101 is already core-01's address",
+    ),
+    (
+        "ip clash later",
+        {"machines": {"core-01": {"ip": "172.17.8.102"}}},
+        {},
+        "172.17.8.102 is already core-01's address",
+    ),
+    ("host address", {"machines": {"core-01": {"ip": "172.17.8.1"}}}, {}, "172.17.8.1 is reserved"),
+    (
+        "ip not an ip",
+        {"machines": {"core-01": {"ip": "core"}}},
+        {},
+        "machines.core-01.ip: 'core' is not an IPv4 address",
+    ),
+    (
+        "unknown machine",
+        {"machines": {"core-09": {"ip": "172.17.8.150"}}},
+        {},
+        "machines.core-09: no such machine; machines are core-01 … core-03",
+    ),
+    ("bad subnet", {"subnet": "172.17.8.1/24"}, {}, "subnet: '172.17.8.1/24' is not an IPv4 network"),
+    ("small subnet", {"subnet": "172.17.8.0/26"}, {}, "subnet: 172.17.8.0/26 is too small for 3 nodes"),
+    ("bad distro", {"distro": "fedora"}, {}, "distro: 'fedora' is not allowed; choose one of coreos, flatcar"),
+    (
+        "bad channel",
+        {"channel": "lts"},
+        {},
+        "channel: 'lts' is not a coreos channel; choose one of alpha, beta, stable",
+    ),
+    ("bad provider", {"provider": "vmware"}, {}, "provider: 'vmware' is not allowed; choose one of virtualbox"),
+    ("version a number", {"version": 1068.8}, {}, "version: 1068.8 is a number; write it as a quoted string"),
+    ("bad version", {"version": "latest!"}, {}, "version: 'latest!' is not a box version"),
+    ("bad prefix", {"name_prefix": "Core_"}, {}, "name_prefix: 'Core_' is not allowed"),
+    ("bad discovery mode", {"discovery": {"mode": "dns"}}, {}, "discovery.mode: 'dns' is not allowed"),
+    ("bad mirror url", {"mirror": {"url": "ftp://x"}}, {}, "mirror.url: 'ftp://x' is not an http(s) base URL"),
+    (
+        "bad cpu cap",
+        {"virtualbox": {"cpu_execution_cap": 101}},
+        {},
+        "virtualbox.cpu_execution_cap: 101 is out of range",
+    ),
+    (
+        "bad reboot strategy",
+        {"update": {"reboot_strategy": False}},
+        {},
+        "update.reboot_strategy: False is not a string",
+    ),
+    (
+        "bad port",
+        {"forwarded_ports": [{"guest": 80, "host": 70000}]},
+        {},
+        "forwarded_ports[0].host: 70000 is not a port number",
+    ),
+    ("port shape", {"forwarded_ports": {"80": 8080}}, {}, "forwarded_ports: expected a list of {guest, host}"),
+    (
+        "port clash",
+        {"forwarded_ports": [{"guest": 80, "host": 8080}, {"guest": 81, "host": 8080}]},
+        {},
+        "forwarded_ports[1].host: host port 8080/tcp is already forwarded by [0]",
+    ),
+    (
+        "port unknown node",
+        {"forwarded_ports": [{"guest": 80, "host": 8080, "node": "core-07"}]},
+        {},
+        "forwarded_ports[0].node: 'core-07' is not a machine",
+    ),
+    (
+        "missing folder",
+        {"shared_folders": [{"host": "./nope", "guest": "/home/core/nope"}]},
+        {},
+        "shared_folders[0].host: './nope' is not a directory",
+    ),
+    (
+        "relative guest folder",
+        {"shared_folders": [{"host": ".", "guest": "share"}]},
+        {},
+        "shared_folders[0].guest: 'share' is not an absolute path",
+    ),
+    ("bad unit name", {"units": [{"name": "hello"}]}, {}, "units[0].name: 'hello' is not a systemd unit name"),
+    (
+        "bad unit command",
+        {"units": [{"name": "a.service", "command": "go"}]},
+        {},
+        "units[0].command: 'go' is not allowed",
+    ),
+    (
+        "unit for unknown machine",
+        {"units": [{"name": "a.service", "machines": ["x"]}]},
+        {},
+        "units[0].machines: a list is not a list of this lab's machines",
+    ),
+    ("bad metadata", {"fleet": {"metadata": {"zone": "a,b"}}}, {}, "fleet.metadata.zone: 'a,b' is not allowed"),
+    (
+        "fleet on flatcar",
+        {"distro": "flatcar", "version": "3815.2.0", "fleet": {"metadata": {"a": "b"}}},
+        {},
+        "fleet.metadata: Flatcar has no fleet",
+    ),
+    ("bool from env", {}, {"LAB_GUI": "maybe"}, "environment LAB_GUI: 'maybe' is not a boolean"),
+]
+
+
+@pytest.mark.parametrize(("settings", "env", "expected"), [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS])
+def test_bad_config_names_path_value_and_allowed(
+    tmp_path: Path, mirror: Path, settings: dict[str, Any], env: dict[str, str], expected: str
+) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror, **settings)
+    with pytest.raises(BadInput) as caught:
+        load_config(lab_dir, environ=env)
+    assert expected in caught.value.message
+    assert caught.value.exit_code == ExitCode.USAGE
+
+
+def test_all_problems_reported_at_once(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror, nodes=3, cpus=0, distro="fedora", extra=1)
+    with pytest.raises(BadInput) as caught:
+        load_config(lab_dir, environ={})
+    message = caught.value.message
+    assert "3 problems" in message
+    assert "cpus: 0" in message and "fedora" in message and "extra: unknown key" in message
+
+
+def test_version_not_in_mirror_names_what_it_has_and_how_to_fetch(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror, version="9999.0.0")
+    with pytest.raises(BadInput) as caught:
+        load_config(lab_dir, environ={})
+    assert "lab.yaml: version: '9999.0.0' is not in the mirror" in caught.value.message
+    assert "it has 1010.5.0, 1068.8.0" in caught.value.message
+    assert (
+        caught.value.hint is not None
+        and "lab mirror fetch --distro coreos --channel stable --version 9999.0.0" in caught.value.hint
+    )
+
+
+def test_box_for_channel_missing(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror, channel="beta")
+    with pytest.raises(BadInput, match="it has no coreos-beta box for virtualbox"):
+        load_config(lab_dir, environ={})
+
+
+def test_invalid_yaml_names_line(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = tmp_path / "lab"
+    lab_dir.mkdir()
+    (lab_dir / "lab.yaml").write_text("nodes: 3\nchannel: [stable\n")
+    with pytest.raises(BadInput, match=r"lab.yaml: not valid YAML at line 3"):
+        load_config(lab_dir, environ={})
+
+
+def test_init_pins_newest_and_reads_back(tmp_path: Path, mirror: Path) -> None:
+    result = init_lab(tmp_path / "lab", flags={"mirror.root": str(mirror), "nodes": 5}, environ={})
+    reloaded = load_config(tmp_path / "lab", environ={})
+    assert reloaded.version == "1068.8.0"
+    assert reloaded["nodes"] == 5 and reloaded.etcd_members == 3
+    assert dict(reloaded.values) == dict(result.config.values)
+    text = result.path.read_text()
+    assert 'version: "1068.8.0"' in text and "# machines:" in text
+
+
+def test_init_refuses_unknown_version_and_empty_mirror(tmp_path: Path, mirror: Path) -> None:
+    with pytest.raises(BadInput, match=r"'1\.2\.3' is not in the mirror"):
+        init_lab(tmp_path / "a", flags={"mirror.root": str(mirror), "version": "1.2.3"}, environ={})
+    empty = tmp_path / "empty-mirror"
+    with pytest.raises(BadInput, match="has no flatcar-beta box for virtualbox: nothing to pin") as caught:
+        init_lab(tmp_path / "b", flags={"mirror.root": str(empty), "distro": "flatcar", "channel": "beta"}, environ={})
+    assert caught.value.hint is not None and "lab mirror fetch --distro flatcar --channel beta" in caught.value.hint
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_init_refuses_overwrite_then_force_keeps_copy(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = tmp_path / "lab"
+    first = lab("init", lab_dir, "--root", mirror, "--distro", "flatcar")
+    assert first.returncode == 0, first.stderr
+    (lab_dir / "lab.yaml").write_text((lab_dir / "lab.yaml").read_text() + "# mine\n")
+    again = lab("init", lab_dir, "--root", mirror)
+    assert again.returncode == ExitCode.USAGE
+    assert "lab.yaml exists; not overwriting it" in again.stderr
+    assert (lab_dir / "lab.yaml").read_text().endswith("# mine\n")
+    forced = lab("init", lab_dir, "--root", mirror, "--json", "--nodes", "1", "--force")
+    assert forced.returncode == 0, forced.stderr
+    doc = forced.json()
+    assert Path(doc["kept_copy"]).read_text().endswith("# mine\n")
+    assert [n["name"] for n in doc["config"]["nodes"]] == ["core-01"]
+
+
+def test_cli_config_json_shows_sources(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror, nodes=4)
+    run = lab("config", lab_dir, "--json", "--memory", "512", env={"LAB_CPUS": "2"})
+    assert run.returncode == 0, run.stderr
+    settings = run.json()["settings"]
+    assert settings["nodes"] == {"value": 4, "source": "lab.yaml"}
+    assert settings["memory"] == {"value": 512, "source": "flag --memory"}
+    assert settings["cpus"] == {"value": 2, "source": "env LAB_CPUS"}
+    assert settings["channel"] == {"value": "stable", "source": "default"}
+    human = lab("config", lab_dir)
+    assert human.returncode == 0 and "env LAB_CPUS" not in human.stdout and "lab.yaml" in human.stdout
+
+
+def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror, nodes=0, machines={"core-01": {"ip": "10.1.1.1"}})
+    run = lab("render", lab_dir)
+    assert run.returncode == ExitCode.USAGE
+    assert "lab.yaml: nodes: 0 is out of range; allowed: 1 to 99" in run.stderr
+    assert sorted(p.name for p in lab_dir.iterdir()) == ["lab.yaml"]
+
+
+def test_cli_missing_lab_yaml(tmp_path: Path) -> None:
+    run = lab("render", tmp_path)
+    assert run.returncode == ExitCode.USAGE
+    assert f"no lab.yaml in {tmp_path}" in run.stderr and "lab init" in run.stderr
+
+
+def test_cli_init_pins_the_mirror_it_checked(tmp_path: Path, mirror: Path) -> None:
+    """`./boxes` is the default mirror only from where `lab init` runs: lab.yaml keeps the root it pinned from."""
+    assert mirror == tmp_path / "boxes"
+    run = lab("init", "lab", cwd=tmp_path, env={"LAB_MIRROR_ROOT": ""})
+    assert run.returncode == 0, run.stderr
+    shown = lab("config", ".", "--json", cwd=tmp_path / "lab", env={"LAB_MIRROR_ROOT": ""})
+    assert shown.returncode == 0, shown.stderr
+    assert shown.json()["settings"]["mirror.root"] == {"value": str(mirror), "source": "lab.yaml"}
+    assert shown.json()["box"]["version"] == "1068.8.0"
