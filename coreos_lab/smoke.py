@@ -205,6 +205,97 @@ def smoke_ssh(
     return _finish(rec, junit, lambda: run_against(targets, distro, checks, members, timeout=timeout, rec=rec))
 
 
+def smoke_lab(
+    lab_dir: Path | None,
+    *,
+    flags: dict[str, Any] | None = None,
+    checks: Sequence[str] = (),
+    timeout: float = 900.0,
+    junit: Path | None = None,
+    keep_on_failure: bool = False,
+    on_case: Callable[[TestCase], None] = lambda case: None,
+) -> SmokeResult:
+    """The whole path with Vagrant: (init) → preflight → up → health → functional → destroy.
+
+    Without `lab_dir` a throw-away lab is made (from `flags`) in a temporary directory and removed at the end;
+    a directory without lab.yaml gets one. Teardown always runs once anything was created, unless
+    `keep_on_failure` and the run failed (the kept lab is returned in the result).
+    """
+    import shutil
+    import tempfile
+
+    from coreos_lab import lifecycle
+    from coreos_lab.plan import LabPlan, load_plan
+
+    throwaway = lab_dir is None
+    where = Path(tempfile.mkdtemp(prefix="lab-smoke-")) if lab_dir is None else lab_dir
+    rec = Recorder(on_case)
+    deadline = time.monotonic() + timeout
+    plan: LabPlan | None = None
+    created = False
+
+    def left() -> float:
+        return max(deadline - time.monotonic(), 1.0)
+
+    def body() -> None:
+        nonlocal plan, created
+        pending = ["preflight", "up", "health", *_functional_names("coreos", checks or ["fleet"])]
+        try:
+            if not (where / "lab.yaml").exists():
+                from coreos_lab.labfile import init_lab
+
+                with rec.stage("init") as details:
+                    details.append(f"lab.yaml written in {init_lab(where, flags=flags or {}).path.parent}")
+            plan = load_plan(where)
+            pending = ["preflight", "up", "health", *_functional_names(plan.distro, checks or ["fleet"])]
+            with rec.stage("preflight") as details:
+                details.append(f"{len(lifecycle.preflight(plan))} prerequisites ok")
+            pending.remove("preflight")
+            # One server for the whole run: etcd members keep talking to discovery after `vagrant up` returns.
+            with lifecycle.serving_mirror(plan) as server:
+                with rec.stage("up", log=lambda: _log_tail(plan)) as details:
+                    try:
+                        result = lifecycle.up(plan, wait=False, timeout=left())
+                    finally:
+                        created = True  # even a failed up may have created machines: tear them down
+                    details.append(f"{len(result.started)} machines up in {result.seconds:.0f}s (server: {server})")
+                pending.remove("up")
+                targets = _ssh_targets(plan)
+                pending.clear()
+                run_against(targets, plan.distro, checks, plan.etcd_members, timeout=left(), rec=rec)
+        except StageFailed:
+            rec.skip([p for p in pending if p not in {c.name for c in rec.cases}], "an earlier stage failed")
+            raise
+
+    def teardown(failed: bool) -> Path | None:
+        if failed and keep_on_failure and created:
+            return where
+        if created and plan is not None:
+            with rec.stage("destroy", log=lambda: _log_tail(plan)) as details:
+                details.append(f"destroyed {', '.join(lifecycle.destroy(plan).destroyed) or 'nothing'}")
+        if throwaway:
+            shutil.rmtree(where, ignore_errors=True)
+        return None
+
+    return _finish(rec, junit, body, teardown)
+
+
+def _ssh_targets(plan: Any) -> list[Any]:
+    from coreos_lab.ssh import parse_ssh_config
+    from coreos_lab.vagrant import Vagrant
+
+    vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
+    return parse_ssh_config(vagrant.ssh_config(), source=f"vagrant ssh-config in {plan.lab_dir}")
+
+
+def _log_tail(plan: Any, lines: int = 30) -> str:
+    """The end of the newest Vagrant log of the lab, for a failed case."""
+    logs = sorted(plan.log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime) if plan.log_dir.is_dir() else []
+    if not logs:
+        return ""
+    return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-lines:])
+
+
 def _finish(
     rec: Recorder, junit: Path | None, body: Callable[[], None], teardown: Callable[[bool], Path | None] | None = None
 ) -> SmokeResult:
