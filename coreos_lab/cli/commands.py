@@ -13,6 +13,7 @@ def register(root: click.Group) -> None:
         lifecycle,
         mirror,
         mirror_serve,  # noqa: F401 - adds `serve` to the mirror group
+        smoke,
     )
 
     root.add_command(mirror.mirror)
@@ -22,3 +23,4 @@ def register(root: click.Group) -> None:
     root.add_command(lab.config_)
     lifecycle.register(root)  # up, halt, destroy, status, ssh, doctor: top-level commands
     root.add_command(health.health)
+    root.add_command(smoke.smoke)
