@@ -141,8 +141,8 @@ def box_provider(box: Path, box_format: str) -> tuple[str | None, str | None]:
     """Provider and architecture from the box's own metadata.json, (None, None) without one.
 
     Reads the whole archive once (as a stream), so a truncated or damaged box is refused here: gzip, bzip2 and
-    xz streams are read to their end-of-stream checks, zip members are CRC-checked. zstd boxes cannot be read without an extra
-    library and are taken as they are.
+    xz streams are read to their end-of-stream checks, zip members are CRC-checked. zstd boxes cannot be read
+    without an extra library and are taken as they are.
     """
     raw: bytes | None = None
     try:
