@@ -3,11 +3,14 @@ logging of the command and its return code, and `CommandFailed` with the tail of
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +78,79 @@ def run(
     if check and completed.returncode != 0:
         raise CommandFailed(args, completed.returncode, completed.stderr)
     return result
+
+
+# Commands `stream` is running, so an interrupted caller can pass Ctrl-C on to them (see `interrupt_running`).
+_running: set[subprocess.Popen[str]] = set()
+_running_lock = threading.Lock()
+
+
+def interrupt_running() -> None:
+    """Send SIGINT to every command `stream` is running: the main thread got Ctrl-C, but commands started
+    from worker threads (or in another process group) did not, and should clean up rather than be orphaned."""
+    with _running_lock:
+        for child in _running:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(signal.SIGINT)
+
+
+def stream(
+    argv: Sequence[str | os.PathLike[str]],
+    on_line: Callable[[str], None],
+    *,
+    cwd: Path | str | None = None,
+    extra_env: Mapping[str, str] | None = None,
+    timeout: float | None = None,
+) -> CommandResult:
+    """Run a long command, handing each line of its merged stdout+stderr to `on_line` as it comes.
+
+    For tools whose progress matters while they run (`vagrant up`); the result's `stdout` holds the whole
+    merged output and `stderr` is empty. Never raises on a non-zero exit: the caller knows what it means.
+    """
+    args = [os.fspath(a) for a in argv]
+    full_env = dict(os.environ)
+    if extra_env:
+        full_env.update(extra_env)
+    log.debug("stream: %s (cwd=%s)", args, cwd)
+    lines: list[str] = []
+    try:
+        proc = subprocess.Popen(
+            args,
+            cwd=cwd,
+            env=full_env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+        )
+    except FileNotFoundError as exc:
+        raise ToolMissing(f"{args[0]} not found") from exc
+    assert proc.stdout is not None
+    # A deadline kills the command; reading then ends at EOF and the timeout is reported.
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(timeout, kill) if timeout else None
+    if timer:
+        timer.start()
+    with _running_lock:
+        _running.add(proc)
+    try:
+        with proc:
+            for line in proc.stdout:
+                line = line.rstrip("\n")
+                lines.append(line)
+                on_line(line)
+    finally:
+        with _running_lock:
+            _running.discard(proc)
+        if timer:
+            timer.cancel()
+    if timed_out.is_set():
+        raise Timeout(f"command timed out after {timeout:g}s: {' '.join(args)}")
+    log.debug("exit %s: %s", proc.returncode, args[0])
+    return CommandResult(args, proc.returncode, "\n".join(lines) + ("\n" if lines else ""), "")

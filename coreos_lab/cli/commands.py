@@ -9,6 +9,7 @@ def register(root: click.Group) -> None:
     from coreos_lab.cli import (
         discovery,
         lab,
+        lifecycle,
         mirror,
         mirror_serve,  # noqa: F401 - adds `serve` to the mirror group
     )
@@ -18,3 +19,4 @@ def register(root: click.Group) -> None:
     root.add_command(lab.init)
     root.add_command(lab.render)
     root.add_command(lab.config_)
+    lifecycle.register(root)  # up, halt, destroy, status, ssh, doctor: top-level commands

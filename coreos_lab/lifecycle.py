@@ -1,0 +1,412 @@
+"""Bringing a lab's machines up and down with Vagrant: up, halt, destroy, status, ssh.
+
+`up` works in a fixed order so that a missing prerequisite costs nothing:
+1. preflight — Vagrant present, provider usable, lab subnet clear, box available (in the mirror at the lab's
+   URL or in the local store), ports free — before any side effect: on failure exit 4, nothing created,
+   no token consumed;
+2. the mirror + discovery server: the one answering at the lab's mirror URL, else an embedded one that runs
+   for the duration of the command;
+3. render (idempotent: keeps an existing cluster's token, mints one for a new cluster);
+4. the box added once, then one `vagrant up NAME` per machine — concurrently where the provider allows it;
+5. the cluster marked created (its token is spent from then on), then health unless told not to wait.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coreos_lab import proc
+from coreos_lab.doctor import (
+    PROVIDER_CHECKS,
+    DoctorContext,
+    Finding,
+    check_mirror,
+    check_ports,
+    check_subnet,
+    check_vagrant,
+    fetch_box_metadata,
+)
+from coreos_lab.errors import BadInput, ExitCode, LabError, Timeout, ToolMissing
+from coreos_lab.plan import LabPlan
+from coreos_lab.vagrant import MachineStatus, Vagrant
+
+# How machines are brought up at the same time, per provider. VirtualBox's provider is not parallel inside
+# one Vagrant process, but separate `vagrant up NAME` processes are safe (Vagrant ≥ 1.4) once the box is
+# added (DESIGN §3). vagrant-libvirt is parallel inside one process (`--parallel` is its default) and shares
+# networks between machines, which separate processes would race to create.
+SEPARATE_PROCESSES = {"virtualbox"}
+ONE_PARALLEL_PROCESS = {"libvirt"}
+
+DEFAULT_TIMEOUT = 900.0
+
+# (node, phase, detail): phases are waiting, box, creating, running, failed, checking, healthy.
+NodeEvent = Callable[[str, str, str], None]
+
+
+def _ignore(node: str, phase: str, detail: str) -> None:
+    pass
+
+
+def _progress(on_event: NodeEvent, nodes: Sequence[str], phase: str) -> Callable[[str, str], None]:
+    """A Vagrant progress callback: a message about one of `nodes` goes to it, any other to all of them."""
+
+    def report(target: str, line: str) -> None:
+        for node in [target] if target in nodes else nodes:
+            on_event(node, phase, line)
+
+    return report
+
+
+# -- preflight ----------------------------------------------------------------------------------------------------
+
+
+def preflight(plan: LabPlan) -> list[Finding]:
+    """Every prerequisite of `up`, without side effects; `ToolMissing` (exit 4) naming the first failure.
+
+    The checks are doctor's own, so `lab doctor` and `lab up` never disagree.
+    """
+    ctx = DoctorContext(plan=plan, provider=plan.provider, mirror_root=mirror_root_of(plan))
+    checks = [check_vagrant, *PROVIDER_CHECKS.get(plan.provider, []), check_subnet, check_mirror, check_ports]
+    findings: list[Finding] = []
+    for check in checks:
+        for finding in check(ctx):
+            if finding.level == "fail" and finding.check == "mirror-box" and _vagrant_has_box(plan):
+                finding = Finding("mirror-box", "ok", f"{finding.detail}, but Vagrant already has it")
+            findings.append(finding)
+            if finding.level == "fail":
+                raise ToolMissing(finding.detail, hint=finding.fix)
+    return findings
+
+
+def _vagrant_has_box(plan: LabPlan) -> bool:
+    vagrant = Vagrant(plan.lab_dir, provider=plan.provider, keep_logs=False)
+    return vagrant.has_box(plan.box_name, plan.box_version, plan.provider)
+
+
+def mirror_root_of(plan: LabPlan) -> Path:
+    from coreos_lab.paths import default_mirror_root
+
+    return plan.mirror_root if plan.mirror_root is not None else default_mirror_root()
+
+
+@contextlib.contextmanager
+def serving_mirror(plan: LabPlan) -> Iterator[str]:
+    """The mirror + discovery server for the duration of the block: "external" when one answers at the lab's
+    mirror URL, else "embedded" (started here on that address, stopped on exit)."""
+    if fetch_box_metadata(plan) is not None:
+        yield "external"
+        return
+    if not plan.mirror_is_local:
+        raise ToolMissing(
+            f"mirror not reachable at {plan.mirror_url}", hint="start it there (`lab mirror serve`) or fix mirror.url"
+        )
+    from coreos_lab.server import EmbeddedServer
+
+    # Bound where the Vagrantfile and user-data expect it; guests reach the host's loopback through NAT.
+    server = EmbeddedServer(
+        mirror_root_of(plan), host=plan.mirror_host, port=plan.mirror_port, base_url=plan.mirror_url
+    )
+    try:
+        server.start()
+    except OSError as exc:
+        raise ToolMissing(
+            f"cannot serve the mirror at {plan.mirror_url}: {exc.strerror or exc}",
+            hint="free that port, or run `lab mirror serve` there",
+        ) from exc
+    try:
+        yield "embedded"
+    finally:
+        server.stop()
+
+
+# -- up -----------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UpResult:
+    lab_dir: Path
+    server: str  # external | embedded
+    started: list[str]  # machines this run brought up
+    already_running: list[str]
+    nodes: list[MachineStatus]
+    render: dict[str, Any] | None = None
+    health: Any = None  # a HealthReport when waited for
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lab_dir": str(self.lab_dir),
+            "server": self.server,
+            "started": self.started,
+            "already_running": self.already_running,
+            "nodes": [n.as_dict() for n in self.nodes],
+            "render": self.render,
+            "health": self.health.as_dict() if self.health is not None else None,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+class UpFailed(LabError):
+    """One or more machines did not come up; each failure names its machine and quotes its log."""
+
+    def __init__(self, failures: dict[str, LabError], total: int):
+        names = ", ".join(failures)
+        parts = [f"vagrant up failed for {names} ({len(failures)} of {total} machines)"]
+        by_error: dict[int, list[str]] = {}  # one process may have failed for several machines
+        for name, exc in failures.items():
+            by_error.setdefault(id(exc), []).append(name)
+        errors = {id(exc): exc for exc in failures.values()}
+        parts += [f"--- {', '.join(group)}: {errors[key].message}" for key, group in by_error.items()]
+        codes = {exc.exit_code for exc in failures.values()}
+        code = next((c for c in (ExitCode.MISSING_TOOL, ExitCode.TIMEOUT) if c in codes), ExitCode.ERROR)
+        super().__init__(
+            "\n".join(parts),
+            hint="`lab status` shows what runs; fix the cause and `lab up` again (running machines are kept), "
+            "or `lab destroy` to start over",
+            exit_code=code,
+        )
+        self.failures = failures
+
+
+def up(
+    plan: LabPlan,
+    *,
+    wait: bool = True,
+    timeout: float = DEFAULT_TIMEOUT,
+    on_event: NodeEvent = _ignore,
+) -> UpResult:
+    started_at = time.monotonic()
+    deadline = started_at + timeout
+    for node in plan.nodes:
+        on_event(node, "waiting", "preflight")
+    preflight(plan)
+    with serving_mirror(plan) as server:
+        rendered = render(plan)
+        vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
+        before = {s.name: s for s in vagrant.status()}
+        todo = [n for n in plan.nodes if not (n in before and before[n].running)]
+        for node in plan.nodes:
+            if node not in todo:
+                on_event(node, "running", "already running")
+        if todo:
+            if not vagrant.has_box(plan.box_name, plan.box_version, plan.provider):
+                for node in todo:
+                    on_event(node, "box", f"adding {plan.box_name} {plan.box_version or ''}".strip())
+                vagrant.box_add(
+                    plan.metadata_url,
+                    version=plan.box_version,
+                    provider=plan.provider,
+                    on_progress=_progress(on_event, todo, "box"),
+                )
+            # From here on machines exist: the token belongs to this cluster and is never reused.
+            mark_created(plan)
+            _up_machines(plan, todo, deadline=deadline, on_event=on_event)
+        health = None
+        if wait:
+            health = wait_healthy(plan, vagrant, timeout=max(deadline - time.monotonic(), 1.0), on_event=on_event)
+        after = vagrant.status()
+    return UpResult(
+        lab_dir=plan.lab_dir,
+        server=server,
+        started=todo,
+        already_running=[n for n in plan.nodes if n not in todo],
+        nodes=after,
+        render=rendered,
+        health=health,
+        seconds=time.monotonic() - started_at,
+    )
+
+
+def _up_machines(plan: LabPlan, names: Sequence[str], *, deadline: float, on_event: NodeEvent) -> None:
+    """Bring `names` up: separate concurrent processes, one parallel process, or one at a time, as the
+    provider allows. Every machine that fails is named with its own error."""
+    if plan.provider in ONE_PARALLEL_PROCESS:
+        batches, workers = [list(names)], 1
+    else:
+        batches, workers = [[n] for n in names], len(names) if plan.provider in SEPARATE_PROCESSES else 1
+    failures: dict[str, LabError] = {}
+
+    def run(batch: list[str]) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            for name in batch:
+                failures[name] = Timeout(f"no time left to start {name}")
+                on_event(name, "failed", "deadline passed")
+            return
+        for name in batch:
+            on_event(name, "creating", "vagrant up")
+        vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir, timeout=left)
+        try:
+            vagrant.up(batch, on_progress=_progress(on_event, batch, "creating"))
+        except LabError as exc:
+            for name in batch:
+                failures[name] = exc
+                on_event(name, "failed", exc.message.splitlines()[0])
+            return
+        for name in batch:
+            on_event(name, "running", "up")
+
+    with ThreadPoolExecutor(max_workers=max(workers, 1), thread_name_prefix="vagrant-up") as pool:
+        try:
+            list(pool.map(run, batches))
+        except KeyboardInterrupt:
+            # Vagrant cleans up a machine it was creating when interrupted; wait for that, then stop.
+            proc.interrupt_running()
+            raise
+    if failures:
+        raise UpFailed({n: failures[n] for n in names if n in failures}, len(names))
+
+
+def wait_healthy(plan: LabPlan, vagrant: Vagrant, *, timeout: float, on_event: NodeEvent = _ignore) -> Any:
+    """Wait until the cluster is healthy (the health module's checks over SSH to every machine)."""
+    from coreos_lab.health import wait_healthy as wait_until_healthy
+    from coreos_lab.ssh import parse_ssh_config
+
+    targets = parse_ssh_config(vagrant.ssh_config(), source=f"vagrant ssh-config in {plan.lab_dir}")
+    for target in targets:
+        on_event(target.name, "checking", "health")
+
+    def on_update(node: Any) -> None:
+        if node.healthy:
+            on_event(node.name, "healthy", "")
+        else:
+            on_event(node.name, "checking", "; ".join(f"{c.name}: {c.detail}" for c in node.failing))
+
+    return wait_until_healthy(targets, plan.distro, (), plan.etcd_members, timeout=timeout, on_update=on_update)
+
+
+# -- render and state (owned by render / state; called at the moments lifecycle knows about) --------------------
+
+
+def render(plan: LabPlan) -> dict[str, Any]:
+    """Bring the generated files in line with lab.yaml; keeps the cluster's token, mints one for a new one."""
+    from coreos_lab.config import load_config
+    from coreos_lab.render import render_lab
+
+    return render_lab(load_config(plan.lab_dir, check_mirror=False)).as_dict()
+
+
+def mark_created(plan: LabPlan) -> None:
+    from coreos_lab.state import LabState
+
+    LabState.load(plan.lab_dir).mark_created()
+
+
+# -- status -------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabStatus:
+    lab_dir: Path
+    provider: str
+    nodes: list[MachineStatus]
+    source: str  # vagrant | disk (Vagrant could not ask the provider; states from Vagrant's own records)
+    note: str | None = None
+    cluster_exists: bool = False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lab_dir": str(self.lab_dir),
+            "provider": self.provider,
+            "source": self.source,
+            "note": self.note,
+            "cluster_exists": self.cluster_exists,
+            "nodes": [n.as_dict() for n in self.nodes],
+        }
+
+
+def created_on_disk(plan: LabPlan, name: str) -> bool:
+    """Whether Vagrant recorded a machine for `name` (its id file): exactly how Vagrant itself tells a created
+    machine from a not-created one, readable without the provider."""
+    machine = plan.lab_dir / ".vagrant" / "machines" / name
+    return any(p.is_file() and p.stat().st_size > 0 for p in machine.glob("*/id"))
+
+
+def status(plan: LabPlan) -> LabStatus:
+    """Every machine's state from `vagrant status`; when the provider is unusable here, from Vagrant's records
+    on disk (a machine with no id file is not created, whatever the provider)."""
+    from coreos_lab.state import LabState
+
+    exists = LabState.load(plan.lab_dir).cluster_exists
+    if not (plan.lab_dir / "Vagrantfile").is_file():
+        nodes = [MachineStatus(n, "not_created", plan.provider, "not created") for n in plan.nodes]
+        return LabStatus(plan.lab_dir, plan.provider, nodes, "disk", "not rendered yet (`lab render`)", exists)
+    vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
+    try:
+        return LabStatus(plan.lab_dir, plan.provider, vagrant.status(), "vagrant", None, exists)
+    except ToolMissing as exc:
+        nodes = [
+            MachineStatus(n, "unknown", plan.provider, "created; state unknown")
+            if created_on_disk(plan, n)
+            else MachineStatus(n, "not_created", plan.provider, "not created")
+            for n in plan.nodes
+        ]
+        return LabStatus(plan.lab_dir, plan.provider, nodes, "disk", exc.message, exists)
+
+
+# -- halt, destroy, ssh -------------------------------------------------------------------------------------------
+
+
+def check_nodes(plan: LabPlan, names: Sequence[str]) -> list[str]:
+    unknown = [n for n in names if n not in plan.nodes]
+    if unknown:
+        raise BadInput(
+            f"no machine {unknown[0]!r} in {plan.lab_dir / 'lab.yaml'}", hint=f"machines: {', '.join(plan.nodes)}"
+        )
+    return list(names)
+
+
+def halt(plan: LabPlan, names: Sequence[str] = (), *, on_event: NodeEvent = _ignore) -> LabStatus:
+    check_nodes(plan, names)
+    targets = list(names) or list(plan.nodes)
+    if any(created_on_disk(plan, n) for n in targets):
+        vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
+        vagrant.halt(list(names), on_progress=_progress(on_event, targets, "halting"))
+    return status(plan)
+
+
+@dataclass
+class DestroyResult:
+    lab_dir: Path
+    destroyed: list[str]
+    token_retired: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"lab_dir": str(self.lab_dir), "destroyed": self.destroyed, "token_retired": self.token_retired}
+
+
+def destroy(plan: LabPlan, *, on_event: NodeEvent = _ignore) -> DestroyResult:
+    """Destroy every machine and spend the cluster's discovery token for good.
+
+    The token is retired *before* Vagrant runs: a destroy that fails halfway must not leave a token that a
+    later cluster could reuse (etcd would find the old members registered). The cluster counts as gone only
+    once Vagrant succeeded; until then `up` refuses to render a new token for it.
+    """
+    from coreos_lab.state import LabState
+
+    state = LabState.load(plan.lab_dir)
+    retired = state.token is not None
+    if retired:
+        state.retire_token()
+        state.save()
+    created = [n for n in plan.nodes if created_on_disk(plan, n)]
+    if created:
+        vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
+        vagrant.destroy(on_progress=_progress(on_event, created, "destroying"))
+    state = LabState.load(plan.lab_dir)
+    state.mark_destroyed()
+    return DestroyResult(plan.lab_dir, created, retired)
+
+
+def ssh_command(plan: LabPlan, name: str, command: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:
+    """The argv and environment to exec for `lab ssh` (a terminal session needs the real tty; with a
+    command, `vagrant ssh -c` exits with the command's exit code)."""
+    check_nodes(plan, [name])
+    vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
+    return vagrant.ssh_argv(name, command), vagrant.exec_env()

@@ -1,0 +1,88 @@
+"""What lifecycle and doctor need to know about a lab, taken from its configuration in one place.
+
+`LabPlan` is deliberately small: the machine names, the provider, the box and where it is served, the
+private subnet and the host ports the lab will bind. Everything else stays with `config` and `render`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+@dataclass(frozen=True)
+class LabPlan:
+    lab_dir: Path
+    nodes: tuple[str, ...]
+    provider: str
+    distro: str
+    box_name: str
+    box_version: str | None
+    mirror_url: str
+    subnet: ipaddress.IPv4Network | None = None
+    host_ports: tuple[int, ...] = ()  # forwarded ports the lab binds on the host
+    etcd_members: int | None = None
+    mirror_root: Path | None = None
+
+    @property
+    def mirror_host(self) -> str:
+        return urlsplit(self.mirror_url).hostname or ""
+
+    @property
+    def mirror_port(self) -> int:
+        parts = urlsplit(self.mirror_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    @property
+    def mirror_is_local(self) -> bool:
+        """A mirror on this machine's loopback can be started in-process when none is running."""
+        return self.mirror_host in LOCAL_HOSTS
+
+    @property
+    def metadata_url(self) -> str:
+        from coreos_lab.store import metadata_url
+
+        return metadata_url(self.box_name, self.mirror_url)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.lab_dir / ".lab"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+
+def load_plan(lab_dir: Path) -> LabPlan:
+    """The plan of the lab in `lab_dir`, from its lab.yaml (bad config → `BadInput`, exit 2).
+
+    Whether the mirror has the box is left to the caller's preflight: that is a missing prerequisite
+    (exit 4), not bad input.
+    """
+    from coreos_lab.config import load_config
+
+    return plan_from_config(load_config(Path(lab_dir), check_mirror=False))
+
+
+def plan_from_config(cfg: Any) -> LabPlan:
+    subnet = ipaddress.ip_network(str(cfg.values["subnet"]), strict=False)
+    # Ports pinned to one machine are bound as given; ports for every machine are auto-corrected by Vagrant.
+    host_ports = tuple(sorted({p.host for p in cfg.forwarded_ports if p.node is not None and p.protocol == "tcp"}))
+    return LabPlan(
+        lab_dir=Path(cfg.lab_dir),
+        nodes=tuple(n.name for n in cfg.nodes),
+        provider=cfg.provider,
+        distro=cfg.distro,
+        box_name=cfg.box_name,
+        box_version=cfg.values.get("version") or None,
+        mirror_url=cfg.mirror_url,
+        subnet=subnet if isinstance(subnet, ipaddress.IPv4Network) else None,
+        host_ports=host_ports,
+        etcd_members=cfg.etcd_members,
+        mirror_root=cfg.mirror_root,
+    )

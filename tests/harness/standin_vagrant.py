@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""A stand-in `vagrant` executable for orchestration tests that need a working provider.
+
+VirtualBox cannot run on the test machines, so `lab up` past its preflight cannot be driven by the real Vagrant
+there. This script answers the few commands lifecycle uses, in Vagrant's own machine-readable format, and keeps
+machine state the way Vagrant does (`.vagrant/machines/NAME/PROVIDER/id`). It records every call (argv, start,
+end) as JSON lines in $STANDIN_CALLS so tests can check order and concurrency.
+
+Knobs: STANDIN_MACHINES (comma-separated names), STANDIN_FAIL (a machine whose `up` fails),
+STANDIN_UP_SECONDS (how long an `up` takes),
+STANDIN_SSH_CONFIG (a file `vagrant ssh-config` prints).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROVIDER = os.environ.get("VAGRANT_DEFAULT_PROVIDER", "virtualbox")
+
+
+def emit(target: str, kind: str, *data: str) -> None:
+    fields = [d.replace(",", "%!(VAGRANT_COMMA)").replace("\n", "\\n") for d in data]
+    print(",".join([str(int(time.time())), target, kind, *fields]), flush=True)
+
+
+def machines() -> list[str]:
+    return [m for m in os.environ.get("STANDIN_MACHINES", "").split(",") if m]
+
+
+def machine_dir(name: str) -> Path:
+    return Path.cwd() / ".vagrant" / "machines" / name / PROVIDER
+
+
+def state(name: str) -> str:
+    directory = machine_dir(name)
+    if not (directory / "id").is_file():
+        return "not_created"
+    return "poweroff" if (directory / "halted").exists() else "running"
+
+
+def boxes_file() -> Path:
+    home = Path(os.environ.get("VAGRANT_HOME", Path.home() / ".vagrant.d"))
+    home.mkdir(parents=True, exist_ok=True)
+    return home / "standin-boxes.json"
+
+
+def main(argv: list[str]) -> int:
+    words = [a for a in argv if not a.startswith("--")]
+    command = words[0] if words else ""
+    if argv[:1] == ["--version"]:
+        print("Vagrant 2.3.4")
+        return 0
+    if command == "status":
+        for name in machines():
+            emit(name, "provider-name", PROVIDER)
+            emit(name, "state", state(name))
+            emit(name, "state-human-short", state(name).replace("_", " "))
+        return 0
+    if command == "box" and words[1:2] == ["list"]:
+        for box in json.loads(boxes_file().read_text()) if boxes_file().exists() else []:
+            emit("", "box-name", box["name"])
+            emit("", "box-provider", box["provider"])
+            emit("", "box-version", box["version"])
+        return 0
+    if command == "box" and words[1:2] == ["add"]:
+        url = words[2]
+        version = argv[argv.index("--box-version") + 1] if "--box-version" in argv else "0"
+        name = url.rstrip("/").rsplit("/", 1)[-1]
+        emit("box", "ui", "info", f"==> box: Loading metadata for box '{url}'")
+        existing = json.loads(boxes_file().read_text()) if boxes_file().exists() else []
+        existing.append({"name": name, "provider": PROVIDER, "version": version})
+        boxes_file().write_text(json.dumps(existing))
+        emit("box", "ui", "success", f"==> box: Successfully added box '{name}' (v{version}) for '{PROVIDER}'!")
+        return 0
+    if command == "up":
+        name = words[1]
+        emit(name, "ui", "info", f"Bringing machine '{name}' up with '{PROVIDER}' provider...")
+        time.sleep(float(os.environ.get("STANDIN_UP_SECONDS", "0")))
+        if name == os.environ.get("STANDIN_FAIL"):
+            message = (
+                "Timed out while waiting for the machine to boot. This means that\n"
+                "Vagrant was unable to communicate with the guest machine within\n"
+                'the configured ("config.vm.boot_timeout" value) time period.'
+            )
+            emit(name, "ui", "info", f"==> {name}: Waiting for machine to boot. This may take a few minutes...")
+            emit("", "ui", "error", message)
+            emit("", "error-exit", "Vagrant::Errors::VMBootTimeout", message)
+            return 1
+        directory = machine_dir(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "id").write_text(f"standin-{name}")
+        (directory / "halted").unlink(missing_ok=True)
+        emit(name, "ui", "info", f"==> {name}: Machine booted and ready!")
+        return 0
+    if command == "halt":
+        for name in words[1:] or machines():
+            if state(name) == "running":
+                (machine_dir(name) / "halted").write_text("")
+                emit(name, "ui", "info", f"==> {name}: Attempting graceful shutdown of VM...")
+        return 0
+    if command == "destroy":
+        for name in words[1:] or machines():
+            if state(name) != "not_created":
+                for path in sorted(machine_dir(name).iterdir()):
+                    path.unlink()
+                emit(name, "ui", "info", f"==> {name}: Destroying VM and associated drives...")
+        return 0
+    if command == "ssh-config":
+        # The machines' OpenSSH config: a file the test wrote (e.g. for nodes in network namespaces).
+        config = os.environ.get("STANDIN_SSH_CONFIG")
+        if config:
+            print(Path(config).read_text(), end="")
+        return 0
+    if command == "ssh":
+        # The guest's shell: runs the command here, exit code passed through like `vagrant ssh -c`.
+        script = argv[argv.index("-c") + 1] if "-c" in argv else "true"
+        return subprocess.run(["sh", "-c", script], check=False).returncode
+    print(f"standin vagrant: unsupported command {argv}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    started = time.time()
+    code = main(sys.argv[1:])
+    calls = os.environ.get("STANDIN_CALLS")
+    if calls:
+        with open(calls, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"argv": sys.argv[1:], "start": started, "end": time.time(), "rc": code}) + "\n")
+    sys.exit(code)

@@ -1,0 +1,77 @@
+"""`lab status | up | destroy` with the real Vagrant CLI on a machine without VirtualBox."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from harness.cli import lab
+from harness.lifecycle_labs import make_lab
+
+from coreos_lab.errors import ExitCode
+
+pytestmark = [pytest.mark.integration, pytest.mark.vagrant]
+
+NODES = ["core-01", "core-02", "core-03"]
+
+
+def state_of(lab_dir: Path) -> dict:
+    path = lab_dir / ".lab" / "state.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def test_status_of_a_rendered_lab_lists_every_node_not_created(tmp_path: Path) -> None:
+    lab_dir, env = make_lab(tmp_path)
+    rendered = lab("render", lab_dir, env=env)
+    assert rendered.returncode == 0, rendered.stderr
+    run = lab("status", lab_dir, "--json", env=env)
+    assert run.returncode == 0, run.stderr
+    doc = run.json()
+    assert [n["name"] for n in doc["nodes"]] == NODES
+    assert {n["state"] for n in doc["nodes"]} == {"not_created"}
+    # Vagrant could not ask VirtualBox; the states come from Vagrant's own records, and the note says why.
+    assert doc["source"] == "disk"
+    assert "VirtualBox" in doc["note"]
+    human = lab("status", lab_dir, env=env)
+    assert human.returncode == 0
+    assert all(name in human.stderr for name in NODES) and "not created" in human.stderr
+
+
+def test_up_without_virtualbox_exits_4_creates_nothing_consumes_no_token(tmp_path: Path) -> None:
+    lab_dir, env = make_lab(tmp_path)
+    before = sorted(p.name for p in lab_dir.iterdir())
+    run = lab("up", lab_dir, env=env)
+    assert run.returncode == ExitCode.MISSING_TOOL, run.stderr
+    first = run.stderr.strip().splitlines()[0]
+    assert first.startswith("error: VirtualBox not found"), run.stderr
+    assert "hint:" in run.stderr
+    assert sorted(p.name for p in lab_dir.iterdir()) == before  # nothing rendered, no .vagrant, no .lab
+    discovery = tmp_path / "boxes" / ".discovery"
+    assert not discovery.exists() or not any(discovery.rglob("*token*"))
+
+
+def test_up_on_a_rendered_lab_keeps_its_token_unspent(tmp_path: Path) -> None:
+    lab_dir, env = make_lab(tmp_path)
+    assert lab("render", lab_dir, env=env).returncode == 0
+    token = state_of(lab_dir)["token"]["token"]
+    run = lab("up", lab_dir, "--no-wait", env=env)
+    assert run.returncode == ExitCode.MISSING_TOOL
+    state = state_of(lab_dir)
+    assert state["token"]["token"] == token
+    assert state["cluster_created_at"] is None and token not in state["used_tokens"]
+    assert not (lab_dir / ".vagrant" / "machines").exists()
+
+
+def test_destroy_of_a_never_created_lab_retires_the_token(tmp_path: Path) -> None:
+    lab_dir, env = make_lab(tmp_path)
+    assert lab("render", lab_dir, env=env).returncode == 0
+    token = state_of(lab_dir)["token"]["token"]
+    refused = lab("destroy", lab_dir, env=env)
+    assert refused.returncode == ExitCode.USAGE
+    assert "not a terminal" in refused.stderr and "--force" in refused.stderr
+    assert state_of(lab_dir)["token"]["token"] == token
+    run = lab("destroy", lab_dir, "--force", "--json", env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.json() == {"lab_dir": str(lab_dir.resolve()), "destroyed": [], "token_retired": True}
+    assert token in state_of(lab_dir)["used_tokens"]
