@@ -260,7 +260,7 @@ def smoke_lab(
                         created = True  # even a failed up may have created machines: tear them down
                     details.append(f"{len(result.started)} machines up in {result.seconds:.0f}s (server: {server})")
                 pending.remove("up")
-                targets = _ssh_targets(plan)
+                targets = lifecycle.ssh_targets(plan)
                 pending.clear()
                 run_against(targets, plan.distro, checks, plan.etcd_members, timeout=left(), rec=rec)
         except StageFailed:
@@ -278,14 +278,6 @@ def smoke_lab(
         return None
 
     return _finish(rec, junit, body, teardown)
-
-
-def _ssh_targets(plan: Any) -> list[Any]:
-    from coreos_lab.ssh import parse_ssh_config
-    from coreos_lab.vagrant import Vagrant
-
-    vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
-    return parse_ssh_config(vagrant.ssh_config(), source=f"vagrant ssh-config in {plan.lab_dir}")
 
 
 def _log_tail(plan: Any, lines: int = 30) -> str:

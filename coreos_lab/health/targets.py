@@ -5,22 +5,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from coreos_lab.errors import BadInput, CommandFailed, Unhealthy
+from coreos_lab.errors import BadInput, Unhealthy
 from coreos_lab.ssh import SSHTarget, parse_ssh_config
 
 
-def vagrant_ssh_config(lab_dir: Path) -> str:
-    """`vagrant ssh-config` of every machine of the lab (the lifecycle adapter may take this over)."""
-    from coreos_lab import proc
+def vagrant_ssh_config(lab_dir: Path, provider: str | None = None) -> str:
+    """`vagrant ssh-config` of every machine of the lab, through the one Vagrant adapter."""
+    from coreos_lab.vagrant import Vagrant, VagrantFailed
 
-    proc.which("vagrant", hint="install Vagrant, or pass --ssh-config FILE --distro D")
-    result = proc.run(["vagrant", "ssh-config"], cwd=lab_dir, timeout=120, check=False)
-    if result.returncode != 0 and "not yet ready for SSH" in result.stderr:
-        # Vagrant's words for a machine that is not created or not running.
-        raise Unhealthy(f"{lab_dir}: the lab's machines are not running", hint=f"run `lab up {lab_dir}`")
-    if result.returncode != 0:
-        raise CommandFailed(result.argv, result.returncode, result.stderr)
-    return result.stdout
+    try:
+        return Vagrant(lab_dir, provider=provider, keep_logs=False, timeout=120).ssh_config()
+    except VagrantFailed as exc:
+        if "not yet ready for SSH" in exc.message:  # Vagrant's words for a machine not created or not running
+            raise Unhealthy(f"{lab_dir}: the lab's machines are not running", hint=f"run `lab up {lab_dir}`") from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ def targets_from_file(path: Path) -> list[SSHTarget]:
     return parse_ssh_config(text, source=str(path))
 
 
-def targets_from_lab(lab_dir: Path) -> list[SSHTarget]:
+def targets_from_lab(lab_dir: Path, provider: str | None = None) -> list[SSHTarget]:
     if not (lab_dir / "Vagrantfile").is_file():
         raise BadInput(f"{lab_dir}: no Vagrantfile here", hint="render the lab first, or pass --ssh-config FILE")
-    return parse_ssh_config(vagrant_ssh_config(lab_dir), source=f"vagrant ssh-config in {lab_dir}")
+    return parse_ssh_config(vagrant_ssh_config(lab_dir, provider), source=f"vagrant ssh-config in {lab_dir}")
