@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -147,12 +147,18 @@ def _health_stage(
 
 
 def _functional_stages(
-    rec: Recorder, targets: Sequence[Any], distro: str, checks: Sequence[str], timeout: float
+    rec: Recorder,
+    targets: Sequence[Any],
+    distro: str,
+    checks: Sequence[str],
+    timeout: float,
+    etcd_nodes: Collection[str] | None,
 ) -> None:
     from coreos_lab import functional
 
     with rec.stage("etcd round trip") as details:
-        details.append(functional.etcd_roundtrip(targets[0], targets[-1], distro, timeout=min(timeout, 60.0)))
+        first, last = _round_trip_ends(targets, distro, etcd_nodes)
+        details.append(functional.etcd_roundtrip(first, last, distro, timeout=min(timeout, 60.0)))
     if distro == "coreos" and "fleet" in checks:
         with rec.stage("fleet unit") as details:
             details.append(functional.fleet_unit(targets[0], timeout=min(timeout, 120.0)))
@@ -166,8 +172,10 @@ def run_against(
     *,
     timeout: float,
     rec: Recorder,
+    etcd_nodes: Collection[str] | None = None,
 ) -> None:
-    """Health and functional stages against running nodes; raises StageFailed on the first failure."""
+    """Health and functional stages against running nodes; raises StageFailed on the first failure.
+    `etcd_nodes` names the etcd members when some nodes are proxies (None: every node is a member)."""
     from coreos_lab.health import select_checks
 
     selected = select_checks(distro, checks)
@@ -177,7 +185,17 @@ def run_against(
     except StageFailed:
         rec.skip(_functional_names(distro, selected), "health failed")
         raise
-    _functional_stages(rec, targets, distro, selected, max(deadline - time.monotonic(), 5.0))
+    _functional_stages(rec, targets, distro, selected, max(deadline - time.monotonic(), 5.0), etcd_nodes)
+
+
+def _round_trip_ends(targets: Sequence[Any], distro: str, etcd_nodes: Collection[str] | None) -> tuple[Any, Any]:
+    """First and last node; on Flatcar first and last etcd *member* (`etcd_nodes`, None: every node), since a
+    Flatcar proxy speaks only the v2 API and the round trip uses v3 there."""
+    if distro == "flatcar" and etcd_nodes is not None:
+        members = [t for t in targets if t.name in etcd_nodes]
+        if members:
+            return members[0], members[-1]
+    return targets[0], targets[-1]
 
 
 def _functional_names(distro: str, checks: Sequence[str]) -> list[str]:
@@ -262,7 +280,15 @@ def smoke_lab(
                 pending.remove("up")
                 targets = lifecycle.ssh_targets(plan)
                 pending.clear()
-                run_against(targets, plan.distro, checks, plan.etcd_members, timeout=left(), rec=rec)
+                run_against(
+                    targets,
+                    plan.distro,
+                    checks,
+                    plan.etcd_members,
+                    timeout=left(),
+                    rec=rec,
+                    etcd_nodes=_etcd_nodes(where),
+                )
         except StageFailed:
             rec.skip([p for p in pending if p not in {c.name for c in rec.cases}], "an earlier stage failed")
             raise
@@ -278,6 +304,12 @@ def smoke_lab(
         return None
 
     return _finish(rec, junit, body, teardown)
+
+
+def _etcd_nodes(lab_dir: Path) -> set[str]:
+    from coreos_lab.config import load_config
+
+    return {n.name for n in load_config(lab_dir, check_mirror=False).nodes if n.etcd_member}
 
 
 def _log_tail(plan: Any, lines: int = 30) -> str:

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from harness.boxes import add_box
 from harness.cli import lab
 from harness.lifecycle_labs import install_standins, make_lab
@@ -112,6 +113,27 @@ def test_full_smoke_passes_and_tears_down(tmp_path: Path, cluster: NetnsCluster)
     assert not any((lab_dir / ".vagrant" / "machines").glob("*/*/id"))
     state = json.loads((lab_dir / ".lab" / "state.json").read_text())
     assert state["token"] is None and len(state["used_tokens"]) == 1  # the cluster's token is spent for good
+
+
+@pytest.mark.integration
+@pytest.mark.etcd
+@pytest.mark.netns
+def test_flatcar_round_trip_reads_on_the_last_member_not_a_proxy(tmp_path: Path) -> None:
+    """Flatcar proxies speak only etcd's v2 API: the v3 round trip must end on the last *member*."""
+    names = [*NODES, "core-04"]
+    with netns_cluster(tmp_path / "nodes", 4) as cluster:
+        cluster.start_all_etcd(members=3)
+        lab_dir, env = make_lab(tmp_path, nodes=4, distro="flatcar")
+        doc = yaml.safe_load((lab_dir / "lab.yaml").read_text())
+        doc["etcd"] = {"members": 3}
+        (lab_dir / "lab.yaml").write_text(yaml.safe_dump(doc))
+        env.update(install_standins(tmp_path, names))
+        env["STANDIN_SSH_CONFIG"] = str(cluster.write_ssh_config(tmp_path / "ssh_config"))
+        env["HOME"] = str(tmp_path)
+        run = lab("smoke", lab_dir, *ETCD_CHECKS, "--timeout", "120", "--json", env=env, timeout=240)
+    assert run.returncode == ExitCode.OK, run.stderr
+    trip = next(c for c in run.json()["cases"] if c["name"] == "etcd round trip")
+    assert "written on core-01, read back on core-03" in trip["message"]
 
 
 @pytest.mark.integration
