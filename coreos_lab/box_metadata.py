@@ -101,9 +101,7 @@ def select(
     for field in ("checksum_type", "checksum"):
         if not prov.get(field):
             raise BadInput(f"{source}: field {where}{field} is missing (a mirror serves only verified boxes)")
-    checksum_type, checksum = check_checksum(
-        prov["checksum_type"], prov["checksum"], f"{source}: field {where}checksum*"
-    )
+    checksum_type, checksum = check_checksum(prov["checksum_type"], prov["checksum"], f"{source}: field {where}")
     arch = prov.get("architecture", DEFAULT_ARCH)
     try:
         key = BoxKey(doc_name, ver_name, prov["name"], arch if isinstance(arch, str) else "")

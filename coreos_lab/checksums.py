@@ -17,12 +17,16 @@ CHUNK = 1 << 20
 
 
 def check_checksum(checksum_type: object, checksum: object, where: str) -> tuple[str, str]:
-    """A normalised (type, hex digest) pair, or `BadInput` naming `where` (file and field) and the value."""
+    """A normalised (type, hex digest) pair, or `BadInput` naming the field and the value.
+
+    `where` names the file and the fields' parent, e.g. "box.json: field versions[0].providers[0]."."""
     if not isinstance(checksum_type, str) or checksum_type.lower() not in CHECKSUM_TYPES:
-        raise BadInput(f"{where}: unknown checksum_type {checksum_type!r} (Vagrant knows {', '.join(CHECKSUM_TYPES)})")
+        raise BadInput(
+            f"{where}checksum_type: unknown checksum_type {checksum_type!r} (Vagrant knows {', '.join(CHECKSUM_TYPES)})"
+        )
     kind = checksum_type.lower()
     if not isinstance(checksum, str) or not re.fullmatch(rf"[0-9a-fA-F]{{{CHECKSUM_TYPES[kind]}}}", checksum):
-        raise BadInput(f"{where}: checksum {checksum!r} is not a {kind} hex digest")
+        raise BadInput(f"{where}checksum: checksum {checksum!r} is not a {kind} hex digest")
     return kind, checksum.lower()
 
 

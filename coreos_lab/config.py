@@ -580,7 +580,8 @@ def _check_scalars(
                 f"{management} overlaps subnet {private}; the management network and the private network must differ",
             )
     members, nodes = values["etcd.members"], values["nodes"]
-    if members is not None and isinstance(nodes, int) and members > nodes:
+    # Only against a valid node count: "1 to 0" would only repeat the node-count problem.
+    if members is not None and isinstance(nodes, int) and 1 <= nodes <= MAX_NODES and members > nodes:
         problems.add(where("etcd.members"), f"{members} etcd members but only {nodes} nodes; allowed: 1 to {nodes}")
 
 
@@ -663,7 +664,12 @@ def _build_nodes(
             elif ip in reserved:
                 problems.add(f"{key}.ip", f"{ip} is reserved in {subnet} (network, broadcast or the host's .1)")
         if ip in taken:
-            problems.add(f"{key}.ip" if "ip" in settings else where("subnet"), f"{ip} is already {taken[ip]}'s address")
+            if "ip" in settings:
+                problems.add(f"{key}.ip", f"{ip} is already {taken[ip]}'s address")
+            else:  # defaults never clash with each other: the earlier machine's own ip is the culprit
+                problems.add(
+                    f"{CONFIG_FILE}: machines.{taken[ip]}.ip", f"{ip} is {name}'s default address; choose another"
+                )
         taken[ip] = name
         member = i <= members
         metadata = [("role", "services" if member else "worker")]

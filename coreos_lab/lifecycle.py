@@ -213,7 +213,7 @@ def up(
             _up_machines(plan, todo, deadline=deadline, on_event=on_event)
         health = None
         if wait:
-            health = wait_healthy(plan, vagrant, timeout=max(deadline - time.monotonic(), 1.0), on_event=on_event)
+            health = wait_healthy(plan, timeout=max(deadline - time.monotonic(), 1.0), on_event=on_event)
         after = vagrant.status()
     return UpResult(
         lab_dir=plan.lab_dir,
@@ -267,12 +267,18 @@ def _up_machines(plan: LabPlan, names: Sequence[str], *, deadline: float, on_eve
         raise UpFailed({n: failures[n] for n in names if n in failures}, len(names))
 
 
-def wait_healthy(plan: LabPlan, vagrant: Vagrant, *, timeout: float, on_event: NodeEvent = _ignore) -> Any:
+def ssh_targets(plan: LabPlan) -> list[Any]:
+    """The lab's machines as SSH targets (`vagrant ssh-config`)."""
+    from coreos_lab.health.targets import targets_from_lab
+
+    return targets_from_lab(plan.lab_dir, plan.provider)
+
+
+def wait_healthy(plan: LabPlan, *, timeout: float, on_event: NodeEvent = _ignore) -> Any:
     """Wait until the cluster is healthy (the health module's checks over SSH to every machine)."""
     from coreos_lab.health import wait_healthy as wait_until_healthy
-    from coreos_lab.ssh import parse_ssh_config
 
-    targets = parse_ssh_config(vagrant.ssh_config(), source=f"vagrant ssh-config in {plan.lab_dir}")
+    targets = ssh_targets(plan)
     for target in targets:
         on_event(target.name, "checking", "health")
 

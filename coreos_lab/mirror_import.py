@@ -8,8 +8,11 @@ name/version/provider/architecture is refused unless `force`. The box is hashed 
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import io
 import json
+import lzma
 import tarfile
 import zipfile
 from dataclasses import dataclass
@@ -30,6 +33,8 @@ _MAGIC = {
     b"\x28\xb5\x2f\xfd": "zstd",
     b"PK\x03\x04": "zip",
 }
+
+_DECOMPRESS = {"gzip": gzip.GzipFile, "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,15 @@ def import_box(
             if not value:
                 raise BadInput(f"{option} is required when importing {box} without --metadata")
         assert name is not None and version is not None
+        # No checksum to trust: the archive must at least be whole, and be a box for the provider it is filed under.
+        box_prov, box_arch = box_provider(box, box_format)
         if provider is None:
-            provider, box_arch = box_provider(box, box_format)
-            architecture = architecture or box_arch
-        key = BoxKey(name, version, provider, architecture or DEFAULT_ARCH)
+            if box_prov is None:
+                raise BadInput(f"{box} has no readable metadata.json: pass --provider")
+            provider = box_prov
+        elif box_prov is not None and box_prov != provider:
+            raise BadInput(f"{box}: metadata.json says provider {box_prov!r}, not {provider!r} (--provider)")
+        key = BoxKey(name, version, provider, architecture or box_arch or DEFAULT_ARCH)
 
     algorithms = ["sha256"] + ([expected[0]] if expected else [])
     with store.staging(key, on_wait=lambda: reporter.note(f"waiting for another lab process writing {key}")) as part:
@@ -127,31 +137,42 @@ def sniff_box(box: Path) -> str:
     raise BadInput(f"{box} is not a box: expected a tar, tar.gz or zip archive, got {head[:8]!r}…")
 
 
-def box_provider(box: Path, box_format: str) -> tuple[str, str | None]:
-    """Provider and architecture from the box's own metadata.json (read as a stream up to that member)."""
+def box_provider(box: Path, box_format: str) -> tuple[str | None, str | None]:
+    """Provider and architecture from the box's own metadata.json, (None, None) without one.
+
+    Reads the whole archive once (as a stream), so a truncated or damaged box is refused here: gzip, bzip2 and
+    xz streams are read to their end-of-stream checks, zip members are CRC-checked. zstd boxes cannot be read
+    without an extra library and are taken as they are.
+    """
     raw: bytes | None = None
     try:
         if box_format == "zip":
             with zipfile.ZipFile(box) as archive:
+                if (bad := archive.testzip()) is not None:
+                    raise BadInput(f"cannot read box {box}: member {bad} is damaged")
                 raw = archive.read("metadata.json") if "metadata.json" in archive.namelist() else None
         elif box_format != "zstd":
-            with tarfile.open(box, mode="r|*") as archive:
-                for member in archive:
-                    if member.name.lstrip("./") == "metadata.json" and member.isfile():
-                        extracted = archive.extractfile(member)
-                        raw = extracted.read() if extracted else None
-                        break
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError) as exc:
-        raise BadInput(f"cannot read box {box}: {exc}") from exc
+            opener = _DECOMPRESS.get(box_format)
+            with opener(box, "rb") if opener else box.open("rb") as stream:
+                with tarfile.open(fileobj=stream, mode="r|") as archive:
+                    for member in archive:
+                        if member.isfile() and member.name.lstrip("./") == "metadata.json":
+                            extracted = archive.extractfile(member)
+                            raw = extracted.read() if extracted else None
+                # tar stops at its end marker; the compressor's check (CRC, length) comes after it.
+                while stream.read(CHUNK):
+                    pass
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, lzma.LZMAError) as exc:
+        raise BadInput(f"cannot read box {box} (truncated or damaged?): {exc}") from exc
     if raw is None:
-        raise BadInput(f"{box} has no readable metadata.json: pass --provider")
+        return None, None
     try:
         doc = json.load(io.BytesIO(raw))
         provider = doc["provider"]
-        if not isinstance(provider, str):
+        if not isinstance(provider, str) or not provider:
             raise TypeError
     except (ValueError, KeyError, TypeError) as exc:
-        raise BadInput(f"{box}: metadata.json has no valid field provider: pass --provider") from exc
+        raise BadInput(f"{box}: metadata.json has no valid field provider: {raw[:80]!r}") from exc
     arch = doc.get("architecture")
     return provider, arch if isinstance(arch, str) and arch else None
 

@@ -278,7 +278,12 @@ def mint_token(config: LabConfig, size: int, server: str) -> Token:
         )
     from coreos_lab.discovery.client import new_token
 
-    url = new_token(server, size, PUBLIC_TOKEN_TIMEOUT).strip()
+    try:
+        url = new_token(server, size, PUBLIC_TOKEN_TIMEOUT).strip()
+    except LabError as exc:
+        # The client's hint speaks of its own flags; here lab.yaml chose the service.
+        exc.hint = "check discovery.url in lab.yaml, or use discovery.mode local (served with the mirror)"
+        raise
     return Token(
         token=url.rstrip("/").rsplit("/", 1)[-1], url=url, guest_url=url, size=size, mode="public", server=server
     )

@@ -48,26 +48,9 @@ class TransferTracker:
     def start(self) -> None:
         if not self.live or self._progress is not None:
             return
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
+        from coreos_lab.progress import transfer_progress
 
-        from coreos_lab import console
-
-        self._progress = Progress(
-            TextColumn("{task.description}", markup=False),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console.err(),
-            refresh_per_second=4,
-        )
+        self._progress = transfer_progress(refresh_per_second=4)
         self._progress.start()
 
     def stop(self) -> None:

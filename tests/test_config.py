@@ -117,7 +117,7 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
         "ip clash later",
         {"machines": {"core-01": {"ip": "172.17.8.102"}}},
         {},
-        "172.17.8.102 is already core-01's address",
+        "machines.core-01.ip: 172.17.8.102 is core-02's default address",
     ),
     ("host address", {"machines": {"core-01": {"ip": "172.17.8.1"}}}, {}, "172.17.8.1 is reserved"),
     (
@@ -232,6 +232,14 @@ def test_all_problems_reported_at_once(tmp_path: Path, mirror: Path) -> None:
     message = caught.value.message
     assert "3 problems" in message
     assert "cpus: 0" in message and "fedora" in message and "extra: unknown key" in message
+
+
+def test_a_bad_node_count_is_reported_once(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror, nodes=0)
+    with pytest.raises(BadInput) as caught:
+        load_config(lab_dir, environ={})
+    assert "1 problem" in caught.value.message
+    assert "nodes: 0 is out of range" in caught.value.message
 
 
 def test_version_not_in_mirror_names_what_it_has_and_how_to_fetch(tmp_path: Path, mirror: Path) -> None:

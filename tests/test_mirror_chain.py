@@ -3,36 +3,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness.boxes import add_box
 from harness.cli import lab
 from harness.mirror import mirror_server
-from harness.upstream import ReleaseUpstream, SigningKeys
+from harness.upstream import ReleaseUpstream, SigningKeys, keys, upstream
 
 from coreos_lab.store import MirrorStore
 
+__all__ = ["keys", "upstream"]  # the fixtures, imported for this module's tests
+
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Iterator[SigningKeys]:
-    signing = SigningKeys(tmp_path / "gnupg")
-    try:
-        yield signing
-    finally:
-        signing.close()
-
-
-@pytest.fixture
-def upstream(keys: SigningKeys) -> Iterator[ReleaseUpstream]:
-    up = ReleaseUpstream(keys)
-    try:
-        yield up
-    finally:
-        up.close()
 
 
 @pytest.mark.parametrize(("distro", "version_args"), [("flatcar", []), ("coreos", ["--version", "1235.9.0"])])

@@ -8,35 +8,18 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness.cli import lab
-from harness.upstream import FixtureServer, ReleaseUpstream, SigningKeys
+from harness.upstream import FixtureServer, ReleaseUpstream, SigningKeys, keys, upstream
 
 from coreos_lab.errors import ExitCode
 from coreos_lab.store import BoxKey, MirrorStore
 
+__all__ = ["keys", "upstream"]  # the fixtures, imported for this module's tests
+
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="session")
-def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SigningKeys]:
-    signing = SigningKeys(tmp_path_factory.mktemp("gnupg"))
-    try:
-        yield signing
-    finally:
-        signing.close()
-
-
-@pytest.fixture
-def upstream(keys: SigningKeys) -> Iterator[ReleaseUpstream]:
-    up = ReleaseUpstream(keys)
-    try:
-        yield up
-    finally:
-        up.close()
 
 
 def fetch(root: Path, up: ReleaseUpstream, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -187,10 +189,13 @@ def test_malformed_metadata_is_refused(
 @pytest.mark.parametrize(
     ("provider_edit", "message"),
     [
-        ({"checksum_type": "crc32"}, "unknown checksum_type 'crc32' (Vagrant knows md5, sha1, sha256, sha384, sha512)"),
+        (
+            {"checksum_type": "crc32"},
+            "providers[0].checksum_type: unknown checksum_type 'crc32' (Vagrant knows md5, sha1, sha256, sha384, sha512)",
+        ),
         ({"checksum_type": None}, "providers[0].checksum_type is missing"),
         ({"checksum": None}, "providers[0].checksum is missing"),
-        ({"checksum": "xyz"}, "checksum 'xyz' is not a sha256 hex digest"),
+        ({"checksum": "xyz"}, "providers[0].checksum: checksum 'xyz' is not a sha256 hex digest"),
         ({"checksum": "0" * 64}, "(wrong checksum)"),
     ],
 )
@@ -251,6 +256,48 @@ def test_a_truncated_box_fails_its_checksum(mirror_root: Path, box: tuple[Path, 
     assert run.returncode == ExitCode.USAGE
     assert "(wrong checksum)" in run.stderr
     assert files_under(mirror_root) == []
+
+
+def tar_gz(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for member, data in files.items():
+            info = tarfile.TarInfo(member)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", ["provider mismatch", "cut short", "cut in the gzip trailer", "no metadata.json"])
+def test_without_metadata_the_box_itself_is_checked(mirror_root: Path, tmp_path: Path, case: str) -> None:
+    """Without a checksum to compare, the archive must be whole and match the provider it is filed under."""
+    whole = make_box("coreos-alpha", "1.0.0", padding=100_000)
+    target = tmp_path / "thing.box"
+    args: list[str | Path] = ["--name", "coreos-alpha", "--version", "1.0.0"]
+    if case == "provider mismatch":
+        target.write_bytes(whole)
+        args += ["--provider", "libvirt"]
+        expected = f"{target}: metadata.json says provider 'virtualbox', not 'libvirt' (--provider)"
+    elif case == "no metadata.json":
+        target.write_bytes(tar_gz({"box.ovf": b"<Envelope/>"}))
+        expected = f"{target} has no readable metadata.json: pass --provider"
+    else:
+        target.write_bytes(whole[: len(whole) // 2] if case == "cut short" else whole[:-3])
+        args += ["--provider", "virtualbox"]
+        expected = f"cannot read box {target} (truncated or damaged?)"
+    run = lab("mirror", "import", target, *args, "--root", mirror_root)
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert expected in run.stderr
+    assert files_under(mirror_root) == []
+
+
+def test_a_box_without_metadata_json_is_filed_under_the_given_provider(mirror_root: Path, tmp_path: Path) -> None:
+    target = tmp_path / "bare.box"
+    target.write_bytes(tar_gz({"box.ovf": b"<Envelope/>"}))
+    args = ["--name", "coreos-alpha", "--version", "1.0.0", "--provider", "libvirt", "--root", mirror_root, "--json"]
+    run = lab("mirror", "import", target, *args)
+    assert run.returncode == 0, run.stderr
+    assert run.json()["box"]["provider"] == "libvirt"
 
 
 def test_name_and_version_are_required_without_metadata(mirror_root: Path, box: tuple[Path, bytes]) -> None:

@@ -316,3 +316,17 @@ def test_public_mode_asks_the_discovery_service(tmp_path: Path, mirror: Path) ->
         size = json.loads(urllib.request.urlopen(f"{token.url}/_config/size", timeout=5).read())
         assert size["node"]["value"] == "3"
         assert result.token == "new" and render(lab_dir).token == "kept"
+
+
+def test_public_mode_with_the_service_unreachable_writes_nothing(tmp_path: Path, mirror: Path) -> None:
+    import socket
+
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    lab_dir = write_lab(tmp_path / "lab", mirror, discovery={"mode": "public", "url": url})
+    with pytest.raises(LabError) as caught:
+        render(lab_dir)
+    assert f"{url}/new?size=3 is unreachable" in caught.value.message
+    assert caught.value.hint is not None and "discovery.url in lab.yaml" in caught.value.hint
+    assert sorted(p.name for p in lab_dir.iterdir()) == ["lab.yaml"]

@@ -8,10 +8,12 @@ import click
 def register(root: click.Group) -> None:
     from coreos_lab.cli import (
         discovery,
+        health,
         lab,
         lifecycle,
         mirror,
         mirror_serve,  # noqa: F401 - adds `serve` to the mirror group
+        smoke,
     )
 
     root.add_command(mirror.mirror)
@@ -20,3 +22,5 @@ def register(root: click.Group) -> None:
     root.add_command(lab.render)
     root.add_command(lab.config_)
     lifecycle.register(root)  # up, halt, destroy, status, ssh, doctor: top-level commands
+    root.add_command(health.health)
+    root.add_command(smoke.smoke)

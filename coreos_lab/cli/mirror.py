@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from coreos_lab.cli.options import json_option, resolve_root, root_option
 from coreos_lab.errors import ExitCode
+
+if TYPE_CHECKING:
+    from coreos_lab.mirror_fetch import FetchResult
+    from coreos_lab.mirror_import import ImportResult
 
 base_url_option = click.option(
     "--base-url",
@@ -45,7 +50,6 @@ def import_(
     as_json: bool,
 ) -> None:
     """Add a box downloaded some other way (checked against --metadata's checksum when given)."""
-    from coreos_lab import console
     from coreos_lab.mirror_import import import_box
     from coreos_lab.progress import TerminalReporter
     from coreos_lab.store import MirrorStore
@@ -61,12 +65,7 @@ def import_(
         force=force,
         reporter=TerminalReporter(),
     )
-    if as_json:
-        console.print_json(result.as_dict(_base(base_url)))
-    elif result.action == "unchanged":
-        console.info(f"{result.entry.key} is already in the mirror (sha256 {result.entry.sha256}); nothing to do")
-    else:
-        console.success(f"{result.action} {result.entry.key} (sha256 {result.entry.sha256})")
+    _report_stored(result, base_url, as_json)
 
 
 @mirror.command("fetch")
@@ -102,7 +101,6 @@ def fetch(
     as_json: bool,
 ) -> None:
     """Download a CoreOS/Flatcar Vagrant box from a release server, verified, resuming an interrupted one."""
-    from coreos_lab import console
     from coreos_lab.mirror_fetch import fetch_box
     from coreos_lab.progress import TerminalReporter
     from coreos_lab.store import MirrorStore
@@ -118,15 +116,8 @@ def fetch(
         force=force,
         reporter=TerminalReporter(),
     )
-    if as_json:
-        console.print_json(result.as_dict(_base(base_url)))
-    elif result.action == "unchanged":
-        console.info(f"{result.entry.key} is already in the mirror (sha256 {result.entry.sha256}); nothing to do")
-    else:
-        signed = f", signatures verified: {', '.join(result.signatures_verified)}" if result.signatures_verified else ""
-        console.success(
-            f"{result.action} {result.entry.key} from {result.box_url} (sha256 {result.entry.sha256}{signed})"
-        )
+    signed = f", signatures verified: {', '.join(result.signatures_verified)}" if result.signatures_verified else ""
+    _report_stored(result, base_url, as_json, origin=f" from {result.box_url}", detail=signed)
 
 
 @mirror.command("list")
@@ -190,6 +181,20 @@ def verify(root: Path | None, as_json: bool) -> ExitCode:
         verdict = f"{summary['checked']} checked, {summary['failed']} failed in {report.root}"
         (console.success if report.ok else console.info)(verdict)
     return ExitCode.OK if report.ok else ExitCode.ERROR
+
+
+def _report_stored(
+    result: ImportResult | FetchResult, base_url: str | None, as_json: bool, origin: str = "", detail: str = ""
+) -> None:
+    """What import and fetch print: the JSON document, or one line saying what happened to the box."""
+    from coreos_lab import console
+
+    if as_json:
+        console.print_json(result.as_dict(_base(base_url)))
+    elif result.action == "unchanged":
+        console.info(f"{result.entry.key} is already in the mirror (sha256 {result.entry.sha256}); nothing to do")
+    else:
+        console.success(f"{result.action} {result.entry.key}{origin} (sha256 {result.entry.sha256}{detail})")
 
 
 def _base(base_url: str | None) -> str:

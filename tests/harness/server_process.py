@@ -6,13 +6,14 @@ benchmarks that restart it: the restarted server keeps the URL etcd was given. S
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from harness import processes
 
 
 class ServerProcess:
@@ -55,20 +56,11 @@ class ServerProcess:
         raise TimeoutError(f"server on {self.url} did not answer within {timeout}s")
 
     def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=timeout)
+        processes.stop(self.process, timeout)
 
     def kill(self) -> None:
         """SIGKILL by PID: a crash, not a clean stop."""
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=10)
+        processes.kill(self.process)
 
     def __enter__(self) -> ServerProcess:
         return self.start()

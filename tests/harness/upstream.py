@@ -14,10 +14,13 @@ import re
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import pytest
 
 from harness.boxes import make_box
 
@@ -279,3 +282,23 @@ class ReleaseUpstream:
     def close(self) -> None:
         self.release.close()
         self.bincache.close()
+
+
+@pytest.fixture(scope="session")
+def keys(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SigningKeys]:
+    """One pair of throwaway keys for the whole run: generating them is the slow part."""
+    signing = SigningKeys(tmp_path_factory.mktemp("gnupg"))
+    try:
+        yield signing
+    finally:
+        signing.close()
+
+
+@pytest.fixture
+def upstream(keys: SigningKeys) -> Iterator[ReleaseUpstream]:
+    """A fresh release host and bincache signing with `keys`; closed after the test."""
+    up = ReleaseUpstream(keys)
+    try:
+        yield up
+    finally:
+        up.close()

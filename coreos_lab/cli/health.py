@@ -1,0 +1,178 @@
+"""`lab health`: etcd and fleet health of every node over SSH."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+
+from coreos_lab.cli.options import json_option
+from coreos_lab.errors import BadInput, ExitCode
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from coreos_lab.health import HealthReport, NodeReport
+
+_CHECK_NAMES = ("units", "etcd", "members", "fleet")  # coreos_lab.health.CHECK_NAMES, without importing it
+
+
+@click.command()
+@click.argument("lab_dir", required=False, type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option(
+    "--ssh-config",
+    "ssh_config",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="OpenSSH config of the nodes (instead of a lab's `vagrant ssh-config`).",
+)
+@click.option("--distro", type=click.Choice(["coreos", "flatcar"]), help="Distro of the nodes (default: the lab's).")
+@click.option(
+    "--members",
+    type=click.IntRange(min=1),
+    help="Expected etcd members (default: the lab's etcd.members; with --ssh-config, the number of nodes).",
+)
+@click.option(
+    "--check",
+    "checks",
+    multiple=True,
+    type=click.Choice(_CHECK_NAMES),
+    help="Run only this check (repeatable). Default: all for the distro.",
+)
+@click.option("--wait", "wait", type=click.FloatRange(min=0), help="Re-check until healthy, for up to SECONDS.")
+@click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds.")
+@json_option
+def health(
+    lab_dir: Path | None,
+    ssh_config: Path | None,
+    distro: str | None,
+    members: int | None,
+    checks: tuple[str, ...],
+    wait: float | None,
+    connect_timeout: float,
+    as_json: bool,
+) -> int:
+    """Check etcd (and fleet, units) on every node of LAB_DIR (default: .) or of --ssh-config FILE.
+
+    Exit 0 when healthy, 3 when not, 5 when --wait's deadline passed first.
+    """
+    from coreos_lab import console
+    from coreos_lab.health import HealthTimeout, check_cluster, wait_healthy
+    from coreos_lab.health.targets import lab_facts, targets_from_file, targets_from_lab
+
+    if ssh_config is not None:
+        if lab_dir is not None:
+            raise BadInput("give either a lab directory or --ssh-config, not both")
+        if distro is None:
+            raise BadInput("--ssh-config needs --distro (coreos or flatcar)")
+        targets = targets_from_file(ssh_config)
+    else:
+        lab_dir = lab_dir or Path(".")
+        facts = lab_facts(lab_dir)
+        distro = distro or facts.distro
+        members = members or facts.etcd_members
+        targets = targets_from_lab(lab_dir)
+
+    if wait is None:
+        report = check_cluster(targets, distro, checks, members, connect_timeout=connect_timeout)
+        code = ExitCode.OK if report.healthy else ExitCode.UNHEALTHY
+    else:
+        live = _LiveState([t.name for t in targets])
+        try:
+            with live:
+                report = wait_healthy(
+                    targets,
+                    distro,
+                    checks,
+                    members,
+                    timeout=wait,
+                    on_update=live.update,
+                    connect_timeout=connect_timeout,
+                )
+            code = ExitCode.OK
+        except HealthTimeout as exc:
+            report, code = exc.report, ExitCode.TIMEOUT
+            console.error(f"deadline of {wait:g}s passed before the cluster was healthy")
+
+    if as_json:
+        console.print_json(report.as_dict())
+    else:
+        console.err().print(_table(report))
+    # The failing checks go to stderr in both modes: exit 3 or 5 always says which node and check.
+    for node, check in report.failing():
+        console.info(f"{node} {check.name}: {check.detail}")
+    if report.healthy:
+        console.success(f"healthy: {len(report.nodes)} nodes ({report.elapsed:.1f}s)")
+    else:
+        console.error(f"not healthy: {len(report.failing())} failing checks")
+    return code
+
+
+_STYLE = {"pass": "green", "fail": "bold red", "skip": "dim"}
+
+
+def _table(report: HealthReport) -> Table:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(box=None, pad_edge=False)
+    table.add_column("node")
+    table.add_column("address")
+    for name in report.checks:
+        table.add_column(name)
+    for node in report.nodes:
+        cells = []
+        for name in report.checks:
+            check = node.check(name)
+            status = check.status.value if check else "-"
+            cells.append(Text(status, style=_STYLE.get(status, "")))
+        table.add_row(Text(node.name), Text(node.address), *cells)
+    return table
+
+
+class _LiveState:
+    """Per-node state while waiting: a rich Live table on a terminal, else one stderr line per change."""
+
+    def __init__(self, names: list[str]):
+        from coreos_lab import console
+
+        self._state = dict.fromkeys(names, "checking…")
+        self._lock = threading.Lock()
+        self._live = None
+        if console.stderr_is_terminal():
+            from rich.live import Live
+
+            self._live = Live(self._render(), console=console.err(), transient=True, refresh_per_second=4)
+
+    def _render(self) -> Table:
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(box=None, pad_edge=False)
+        table.add_column("node")
+        table.add_column("state")
+        for name, state in self._state.items():
+            table.add_row(Text(name), Text(state, style="green" if state == "healthy" else "yellow"))
+        return table
+
+    def update(self, node: NodeReport) -> None:
+        from coreos_lab import console
+
+        state = "healthy" if node.healthy else "; ".join(f"{c.name}: {c.detail}" for c in node.failing)
+        with self._lock:
+            changed = self._state.get(node.name) != state
+            self._state[node.name] = state
+            if self._live is not None:
+                self._live.update(self._render())
+            elif changed:
+                console.info(f"{node.name}: {state}")
+
+    def __enter__(self) -> _LiveState:
+        if self._live is not None:
+            self._live.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._live is not None:
+            self._live.stop()

@@ -1,0 +1,156 @@
+"""Cluster health over SSH: every node checked concurrently, one report.
+
+Public API (for `lab health`, `lab up` and smoke tests):
+- `check_cluster(targets, distro, checks, expected_members) -> HealthReport`
+- `wait_healthy(targets, distro, checks, expected_members, timeout, on_update) -> HealthReport`, raising
+  `HealthTimeout` (exit 5, carrying the last report) when the deadline passes first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from coreos_lab.errors import BadInput, Timeout
+from coreos_lab.health.checks import CHECK_NAMES, CHECKS, DISTROS, CheckContext
+from coreos_lab.health.report import CheckResult, HealthReport, NodeReport, Status
+from coreos_lab.ssh import (
+    DEFAULT_COMMAND_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT,
+    CommandTimeout,
+    SSHError,
+    SSHSession,
+    SSHTarget,
+)
+
+__all__ = [
+    "CHECK_NAMES",
+    "DISTROS",
+    "CheckResult",
+    "HealthReport",
+    "HealthTimeout",
+    "NodeReport",
+    "Status",
+    "check_cluster",
+    "check_node",
+    "select_checks",
+    "wait_healthy",
+]
+
+NodeCallback = Callable[[NodeReport], None]
+
+
+class HealthTimeout(Timeout):
+    """The deadline passed before the cluster was healthy; `report` is the last round's."""
+
+    def __init__(self, message: str, report: HealthReport):
+        super().__init__(message)
+        self.report = report
+
+
+def select_checks(distro: str, requested: Iterable[str] = ()) -> tuple[str, ...]:
+    """The checks to run, in their canonical order: the requested ones, or all of them (fleet skips off CoreOS)."""
+    if distro not in DISTROS:
+        raise BadInput(f"distro must be one of {', '.join(DISTROS)}, not {distro!r}")
+    wanted = set(requested)
+    unknown = sorted(wanted - set(CHECK_NAMES))
+    if unknown:
+        raise BadInput(f"unknown check {unknown[0]!r}; choose from {', '.join(CHECK_NAMES)}")
+    return tuple(c for c in CHECK_NAMES if not wanted or c in wanted)
+
+
+def check_node(target: SSHTarget, checks: Sequence[str], ctx: CheckContext, *, connect_timeout: float) -> NodeReport:
+    """Run `checks` on one node over one SSH connection. A lost node fails its checks; it never raises."""
+    results: list[CheckResult] = []
+    ctx = ctx.for_node()
+    session = SSHSession(target, connect_timeout=connect_timeout)
+    broken: str | None = None
+    try:
+        for name in checks:
+            if broken is not None:
+                results.append(CheckResult(name, Status.FAIL, broken))
+                continue
+            try:
+                results.append(CHECKS[name](session, ctx))
+            except CommandTimeout as exc:  # this check failed; the connection may serve the next one
+                results.append(CheckResult(name, Status.FAIL, exc.message))
+            except SSHError as exc:  # the node is gone: the remaining checks fail without trying
+                broken = exc.message
+                results.append(CheckResult(name, Status.FAIL, broken))
+    finally:
+        session.close()
+    return NodeReport(target.name, target.address, tuple(results))
+
+
+def check_cluster(
+    targets: Sequence[SSHTarget],
+    distro: str,
+    checks: Iterable[str] = (),
+    expected_members: int | None = None,
+    *,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    on_node: NodeCallback | None = None,
+) -> HealthReport:
+    """Check every node concurrently (one thread per node: paramiko blocks). `expected_members` defaults to
+    the number of targets; `on_node` is called from worker threads as each node's report is ready."""
+    if not targets:
+        raise BadInput("no nodes to check")
+    selected = select_checks(distro, checks)
+    expected = len(targets) if expected_members is None else expected_members
+    if expected < 1:
+        raise BadInput(f"expected etcd members must be at least 1, not {expected}")
+    ctx = CheckContext(distro, expected, len(targets), command_timeout)
+    started = time.monotonic()
+
+    def one(target: SSHTarget) -> NodeReport:
+        report = check_node(target, selected, ctx, connect_timeout=connect_timeout)
+        if on_node is not None:
+            on_node(report)
+        return report
+
+    with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="health") as pool:
+        nodes = tuple(pool.map(one, targets))
+    return HealthReport(distro, expected, selected, nodes, time.monotonic() - started)
+
+
+def wait_healthy(
+    targets: Sequence[SSHTarget],
+    distro: str,
+    checks: Iterable[str] = (),
+    expected_members: int | None = None,
+    *,
+    timeout: float,
+    on_update: NodeCallback | None = None,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    first_delay: float = 0.5,
+    max_delay: float = 5.0,
+) -> HealthReport:
+    """Re-check with exponential backoff until healthy; `HealthTimeout` with the last report at the deadline.
+
+    Connect and command timeouts shrink to the time left, so a round never runs far past the deadline.
+    """
+    checks = tuple(checks)
+    deadline = time.monotonic() + timeout
+    delay = first_delay
+    while True:
+        left = max(deadline - time.monotonic(), 1.0)
+        report = check_cluster(
+            targets,
+            distro,
+            checks,
+            expected_members,
+            connect_timeout=min(connect_timeout, left),
+            command_timeout=min(command_timeout, left),
+            on_node=on_update,
+        )
+        if report.healthy:
+            return report
+        left = deadline - time.monotonic()
+        if left <= 0:
+            failing = "; ".join(f"{node} {c.name}: {c.detail}" for node, c in report.failing())
+            raise HealthTimeout(f"not healthy after {timeout:g}s: {failing}", report)
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, max_delay)

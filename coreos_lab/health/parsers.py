@@ -1,0 +1,307 @@
+"""Parsers for the outputs of the health commands (DESIGN §5). Pure functions of text; never raise on garbage.
+
+- `ETCDCTL_API=2 etcdctl cluster-health`: one line per member and a summary. etcd2 (≤ 3.2) prints
+  "cluster is healthy" if *any* member is healthy, so the verdict is computed from the member lines; 3.3+
+  prints healthy / degraded / unavailable.
+- `ETCDCTL_API=3 etcdctl endpoint health --cluster`: plain lines on **stderr**; `-w json` a list on stdout.
+- `etcdctl member list`: v2 `<id>: name=… peerURLs=… clientURLs=… isLeader=…`; v3 plain
+  `id, status, name, peer, client, is-learner` or `-w json`.
+- `ETCDCTL_API=3 etcdctl endpoint status -w json`: the member's view of the leader.
+- `fleetctl list-machines --no-legend --full`: tab-separated `MACHINE IP METADATA`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+# ---------------------------------------------------------------- v2 cluster-health
+
+
+@dataclass(frozen=True)
+class MemberHealth:
+    member: str  # member id (v2) or endpoint URL (v3)
+    healthy: bool
+    url: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ClusterHealth:
+    """A cluster's health as one etcdctl invocation saw it."""
+
+    members: tuple[MemberHealth, ...] = ()
+    summary: str | None = None  # healthy | degraded | unavailable, as printed (None when absent)
+    error: str | None = None  # why the health could not be determined (e.g. no member answered)
+
+    @property
+    def healthy(self) -> bool:
+        """Every member healthy. Does not trust etcd2's "healthy if any" summary."""
+        return self.error is None and bool(self.members) and all(m.healthy for m in self.members)
+
+    @property
+    def unhealthy_members(self) -> list[MemberHealth]:
+        return [m for m in self.members if not m.healthy]
+
+
+_V2_MEMBER = re.compile(r"^member (?P<id>[0-9a-f]+) is (?P<state>healthy|unhealthy|unreachable): (?P<rest>.*)$")
+_V2_URL = re.compile(r"(?:from|\[)\s*(?P<url>https?://[^\s\]]+)")
+_V2_SUMMARY = re.compile(r"^cluster is (?P<summary>healthy|degraded|unavailable)\s*$")
+_V2_LIST_FAILED = "failed to list members"
+
+
+def parse_v2_cluster_health(stdout: str, stderr: str = "") -> ClusterHealth:
+    members: dict[str, MemberHealth] = {}
+    summary: str | None = None
+    error: str | None = None
+    for raw in stdout.splitlines():
+        line = raw.strip()
+        if m := _V2_MEMBER.match(line):
+            url_match = _V2_URL.search(m["rest"])
+            members[m["id"]] = MemberHealth(
+                member=m["id"],
+                healthy=m["state"] == "healthy",
+                url=url_match["url"] if url_match else "",
+                detail=m["state"] if m["state"] != "healthy" else "",
+            )
+        elif s := _V2_SUMMARY.match(line):
+            summary = s["summary"]
+        elif _V2_LIST_FAILED in line:
+            error = line
+    if error is None and not members:
+        error = first_error_line(stderr) or "no member health lines in etcdctl output"
+    elif error is not None:
+        error = f"{error}: {first_error_line(stderr)}" if first_error_line(stderr) else error
+    return ClusterHealth(members=tuple(members.values()), summary=summary, error=error)
+
+
+# ---------------------------------------------------------------- v3 endpoint health
+
+_V3_LINE = re.compile(r"^(?P<url>\S+) is (?P<state>healthy|unhealthy): (?P<rest>.*)$")
+
+
+def parse_v3_endpoint_health_json(stdout: str, stderr: str = "") -> ClusterHealth:
+    """`endpoint health --cluster -w json`: `[{"endpoint", "health", "took", "error"?}, …]` on stdout."""
+    data = _load_json(stdout)
+    members: list[MemberHealth] = []
+    if isinstance(data, list):
+        for item in data:
+            if not isinstance(item, dict) or not isinstance(item.get("endpoint"), str):
+                continue
+            healthy = item.get("health") is True or item.get("health") == "true"
+            error = item.get("error")
+            members.append(
+                MemberHealth(
+                    member=item["endpoint"],
+                    healthy=healthy,
+                    url=item["endpoint"],
+                    detail="" if healthy else str(error or "unhealthy"),
+                )
+            )
+    error_text = None if members else (first_error_line(stderr) or "no endpoint health in etcdctl output")
+    return ClusterHealth(members=tuple(members), error=error_text)
+
+
+def parse_v3_endpoint_health_lines(text: str) -> ClusterHealth:
+    """`endpoint health --cluster` without `-w json`: its lines arrive on stderr, between JSON log lines."""
+    members: list[MemberHealth] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if m := _V3_LINE.match(line):
+            healthy = m["state"] == "healthy"
+            members.append(
+                MemberHealth(member=m["url"], healthy=healthy, url=m["url"], detail="" if healthy else m["rest"])
+            )
+    error = None if members else (first_error_line(text) or "no endpoint health lines in etcdctl output")
+    return ClusterHealth(members=tuple(members), error=error)
+
+
+# ---------------------------------------------------------------- member list
+
+
+@dataclass(frozen=True)
+class Member:
+    id: str
+    name: str
+    peer_urls: tuple[str, ...] = ()
+    client_urls: tuple[str, ...] = ()
+    is_leader: bool | None = None  # v2 says; v3 member list does not
+    started: bool = True
+
+
+@dataclass(frozen=True)
+class MemberList:
+    members: tuple[Member, ...] = field(default=())
+    error: str | None = None
+
+    @property
+    def leader(self) -> Member | None:
+        return next((m for m in self.members if m.is_leader), None)
+
+
+_V2_MEMBER_LINE = re.compile(r"^(?P<id>[0-9a-f]+)(?P<unstarted>\[unstarted\])?:\s+(?P<rest>.*)$")
+_KV = re.compile(r"(\w+)=(\S*)")
+
+
+def _urls(text: str) -> tuple[str, ...]:
+    return tuple(u for u in (p.strip() for p in text.split(",")) if u)
+
+
+def parse_v2_member_list(stdout: str, stderr: str = "") -> MemberList:
+    members: list[Member] = []
+    for raw in stdout.splitlines():
+        m = _V2_MEMBER_LINE.match(raw.strip())
+        if not m:
+            continue
+        fields = dict(_KV.findall(m["rest"]))
+        members.append(
+            Member(
+                id=m["id"],
+                name=fields.get("name", ""),
+                peer_urls=_urls(fields.get("peerURLs", "")),
+                client_urls=_urls(fields.get("clientURLs", "")),
+                is_leader=fields.get("isLeader") == "true",
+                started=not m["unstarted"],
+            )
+        )
+    return MemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
+
+
+_V3_HEX_ID = re.compile(r"^[0-9a-f]+$")
+
+
+def parse_v3_member_list(stdout: str, stderr: str = "") -> MemberList:
+    """Plain `member list`: `id, started|unstarted, name, peer urls, client urls, is-learner`."""
+    members: list[Member] = []
+    for raw in stdout.splitlines():
+        parts = [p.strip() for p in raw.split(", ")]
+        if len(parts) < 5 or not _V3_HEX_ID.match(parts[0]) or parts[1] not in ("started", "unstarted"):
+            continue
+        members.append(
+            Member(
+                id=parts[0],
+                name=parts[2],
+                peer_urls=_urls(parts[3]),
+                client_urls=_urls(parts[4]),
+                started=parts[1] == "started",
+            )
+        )
+    return MemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
+
+
+def parse_v3_member_list_json(stdout: str, stderr: str = "") -> MemberList:
+    """`member list -w json`: ids are decimal there; shown as hex like the plain form. No name = unstarted."""
+    data = _load_json(stdout)
+    members: list[Member] = []
+    raw_members = data.get("members") if isinstance(data, dict) else None
+    for item in raw_members if isinstance(raw_members, list) else []:
+        if not isinstance(item, dict):
+            continue
+        name = item["name"] if isinstance(item.get("name"), str) else ""
+        members.append(
+            Member(
+                id=_hex_id(item.get("ID")),
+                name=name,
+                peer_urls=_str_tuple(item.get("peerURLs")),
+                client_urls=_str_tuple(item.get("clientURLs")),
+                started=bool(name),
+            )
+        )
+    return MemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    endpoint: str
+    member_id: str
+    leader_id: str  # "0" when the member knows no leader
+    version: str = ""
+
+
+def parse_v3_endpoint_status_json(stdout: str) -> list[EndpointStatus]:
+    """`endpoint status -w json`: `[{"Endpoint", "Status": {"header": {"member_id"}, "leader", "version"}}]`."""
+    data = _load_json(stdout)
+    statuses: list[EndpointStatus] = []
+    for item in data if isinstance(data, list) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("Status"), dict):
+            continue
+        status = item["Status"]
+        header = status.get("header") if isinstance(status.get("header"), dict) else {}
+        statuses.append(
+            EndpointStatus(
+                endpoint=str(item.get("Endpoint", "")),
+                member_id=_hex_id(header.get("member_id")),
+                leader_id=_hex_id(status.get("leader")),
+                version=str(status.get("version", "")),
+            )
+        )
+    return statuses
+
+
+# ---------------------------------------------------------------- fleet
+
+
+@dataclass(frozen=True)
+class FleetMachine:
+    machine: str
+    ip: str
+    metadata: str = ""
+
+
+def parse_fleet_machines(stdout: str) -> list[FleetMachine]:
+    """`fleetctl list-machines` rows (tab-separated; a `MACHINE IP METADATA` header is skipped if present)."""
+    machines: list[FleetMachine] = []
+    for raw in stdout.splitlines():
+        parts = [p for p in raw.strip().split("\t") if p]
+        if len(parts) < 2 or parts[0] == "MACHINE":
+            continue
+        machines.append(FleetMachine(parts[0], parts[1], parts[2] if len(parts) > 2 else ""))
+    return machines
+
+
+FLEET_ETCD_TROUBLE = ("etcd is unhealthy", "lost quorum", "googleapi: Error 503")
+
+
+def fleet_error(stdout: str, stderr: str) -> str | None:
+    """The line that explains a fleetctl failure, preferring its known etcd complaints."""
+    text = f"{stderr}\n{stdout}"
+    for line in text.splitlines():
+        if any(marker in line for marker in FLEET_ETCD_TROUBLE):
+            return line.strip()
+    return first_error_line(stderr)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _load_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _hex_id(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return format(value, "x")
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 40:
+        return format(int(value), "x")
+    return "0" if value is None else str(value)
+
+
+def _str_tuple(value: object) -> tuple[str, ...]:
+    return tuple(str(v) for v in value) if isinstance(value, list) else ()
+
+
+def first_error_line(text: str) -> str | None:
+    """The most telling line of a tool's stderr: an `Error:` line, else the first non-log, non-empty line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("Error:"):
+            return " ".join(line.split())
+    for line in lines:
+        if not line.startswith("{"):  # etcd's structured log lines are noise here
+            return line
+    return None

@@ -1,0 +1,51 @@
+"""Where the nodes of a health run come from: a lab directory (via Vagrant) or an OpenSSH config file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from coreos_lab.errors import BadInput, Unhealthy
+from coreos_lab.ssh import SSHTarget, parse_ssh_config
+
+
+def vagrant_ssh_config(lab_dir: Path, provider: str | None = None) -> str:
+    """`vagrant ssh-config` of every machine of the lab, through the one Vagrant adapter."""
+    from coreos_lab.vagrant import Vagrant, VagrantFailed
+
+    try:
+        return Vagrant(lab_dir, provider=provider, keep_logs=False, timeout=120).ssh_config()
+    except VagrantFailed as exc:
+        if "not yet ready for SSH" in exc.message:  # Vagrant's words for a machine not created or not running
+            raise Unhealthy(f"{lab_dir}: the lab's machines are not running", hint=f"run `lab up {lab_dir}`") from exc
+        raise
+
+
+@dataclass(frozen=True)
+class LabFacts:
+    """What a health run needs from a lab's configuration."""
+
+    distro: str
+    etcd_members: int
+
+
+def lab_facts(lab_dir: Path) -> LabFacts:
+    """The distro and the number of etcd members (the other machines are proxies) of the lab in `lab_dir`."""
+    from coreos_lab.config import load_config
+
+    config = load_config(lab_dir, check_mirror=False)
+    return LabFacts(config.distro, config.etcd_members)
+
+
+def targets_from_file(path: Path) -> list[SSHTarget]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise BadInput(f"{path}: cannot read ssh-config: {exc.strerror}") from exc
+    return parse_ssh_config(text, source=str(path))
+
+
+def targets_from_lab(lab_dir: Path, provider: str | None = None) -> list[SSHTarget]:
+    if not (lab_dir / "Vagrantfile").is_file():
+        raise BadInput(f"{lab_dir}: no Vagrantfile here", hint="render the lab first, or pass --ssh-config FILE")
+    return parse_ssh_config(vagrant_ssh_config(lab_dir, provider), source=f"vagrant ssh-config in {lab_dir}")

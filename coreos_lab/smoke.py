@@ -1,0 +1,350 @@
+"""`lab smoke`: bring a cluster up, prove it works, tear it down, report — for CI pipelines.
+
+Stages, each one JUnit test case: preflight → up → health (one case per node) → etcd round trip →
+fleet unit (CoreOS) → destroy. With an ssh-config the cluster already exists: only health and the
+functional stages run, and nothing is torn down. A failed stage skips the ones after it; teardown runs
+always (Ctrl-C and SIGTERM included), unless `keep_on_failure` and something failed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from coreos_lab.errors import ExitCode, LabError
+from coreos_lab.junit import TestCase, write_junit
+
+SUITE = "coreos-lab smoke"
+
+
+@dataclass
+class SmokeResult:
+    cases: list[TestCase]
+    exit_code: ExitCode
+    message: str
+    kept: Path | None = None  # the lab left running for inspection (keep-on-failure)
+
+    @property
+    def passed(self) -> bool:
+        return self.exit_code == ExitCode.OK
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "exit_code": int(self.exit_code),
+            "message": self.message,
+            "kept": str(self.kept) if self.kept else None,
+            "cases": [
+                {
+                    "name": c.name,
+                    "stage": c.classname,
+                    "outcome": c.outcome,
+                    "seconds": round(c.seconds, 3),
+                    "message": c.message,
+                }
+                for c in self.cases
+            ],
+        }
+
+
+class StageFailed(Exception):
+    """A stage failed; its case is recorded. Carries the exit code the whole run ends with."""
+
+    def __init__(self, exit_code: ExitCode, message: str):
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.message = message
+
+
+@dataclass
+class Recorder:
+    """Times stages and turns their outcome into test cases; `on_case` shows progress as cases finish."""
+
+    on_case: Callable[[TestCase], None] = lambda case: None
+    cases: list[TestCase] = field(default_factory=list)
+
+    def add(self, case: TestCase) -> None:
+        self.cases.append(case)
+        self.on_case(case)
+
+    @contextlib.contextmanager
+    def stage(self, name: str, *, log: Callable[[], str] | None = None) -> Iterator[list[str]]:
+        """Run a stage; the body may append a detail line to the yielded list. LabErrors fail the case
+        (and the run, via StageFailed); an interrupt marks it as an error and propagates."""
+        details: list[str] = []
+        start = time.monotonic()
+        try:
+            yield details
+        except LabError as exc:
+            tail = log() if log else ""
+            text = (
+                exc.message
+                + (f"\nhint: {exc.hint}" if exc.hint else "")
+                + (f"\n--- log tail ---\n{tail}" if tail else "")
+            )
+            self.add(TestCase(name, "smoke", time.monotonic() - start, "failed", exc.message.splitlines()[0], text))
+            raise StageFailed(exc.exit_code, f"{name}: {exc.message}") from exc
+        except KeyboardInterrupt:
+            self.add(TestCase(name, "smoke", time.monotonic() - start, "error", "interrupted", "interrupted"))
+            raise
+        self.add(TestCase(name, "smoke", time.monotonic() - start, "passed", "; ".join(details), "\n".join(details)))
+
+    def skip(self, names: Sequence[str], reason: str) -> None:
+        for name in names:
+            self.add(TestCase(name, "smoke", 0.0, "skipped", reason))
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """CI systems cancel with SIGTERM: treat it like Ctrl-C so teardown still runs."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# --------------------------------------------------------------------------------------------- stages
+
+
+def _health_stage(
+    rec: Recorder, targets: Sequence[Any], distro: str, checks: Sequence[str], members: int | None, timeout: float
+) -> None:
+    """One case per node. The wait ends at the deadline; a node still failing then fails its case."""
+    from coreos_lab.health import HealthTimeout, wait_healthy
+
+    start = time.monotonic()
+    try:
+        report = wait_healthy(targets, distro, checks, members, timeout=max(timeout, 1.0))
+    except HealthTimeout as exc:
+        report = exc.report
+    elapsed = time.monotonic() - start
+    for node in report.nodes:
+        summary = "; ".join(f"{c.name}: {c.status.value} ({c.detail})" for c in node.checks)
+        if node.healthy:
+            rec.add(TestCase(f"health {node.name}", "smoke.health", elapsed, "passed", summary, summary))
+        else:
+            failing = "; ".join(f"{c.name}: {c.detail}" for c in node.failing)
+            rec.add(TestCase(f"health {node.name}", "smoke.health", elapsed, "failed", failing, summary))
+    if not report.healthy:
+        names = ", ".join(sorted({n for n, _ in report.failing()}))
+        raise StageFailed(ExitCode.UNHEALTHY, f"health: not healthy after {timeout:g}s on {names}")
+
+
+def _functional_stages(
+    rec: Recorder,
+    targets: Sequence[Any],
+    distro: str,
+    checks: Sequence[str],
+    timeout: float,
+    etcd_nodes: Collection[str] | None,
+) -> None:
+    from coreos_lab import functional
+
+    with rec.stage("etcd round trip") as details:
+        first, last = _round_trip_ends(targets, distro, etcd_nodes)
+        details.append(functional.etcd_roundtrip(first, last, distro, timeout=min(timeout, 60.0)))
+    if distro == "coreos" and "fleet" in checks:
+        with rec.stage("fleet unit") as details:
+            details.append(functional.fleet_unit(targets[0], timeout=min(timeout, 120.0)))
+
+
+def run_against(
+    targets: Sequence[Any],
+    distro: str,
+    checks: Sequence[str],
+    members: int | None,
+    *,
+    timeout: float,
+    rec: Recorder,
+    etcd_nodes: Collection[str] | None = None,
+) -> None:
+    """Health and functional stages against running nodes; raises StageFailed on the first failure.
+    `etcd_nodes` names the etcd members when some nodes are proxies (None: every node is a member)."""
+    from coreos_lab.health import select_checks
+
+    selected = select_checks(distro, checks)
+    deadline = time.monotonic() + timeout
+    try:
+        _health_stage(rec, targets, distro, selected, members, timeout)
+    except StageFailed:
+        rec.skip(_functional_names(distro, selected), "health failed")
+        raise
+    _functional_stages(rec, targets, distro, selected, max(deadline - time.monotonic(), 5.0), etcd_nodes)
+
+
+def _round_trip_ends(targets: Sequence[Any], distro: str, etcd_nodes: Collection[str] | None) -> tuple[Any, Any]:
+    """First and last node; on Flatcar first and last etcd *member* (`etcd_nodes`, None: every node), since a
+    Flatcar proxy speaks only the v2 API and the round trip uses v3 there."""
+    if distro == "flatcar" and etcd_nodes is not None:
+        members = [t for t in targets if t.name in etcd_nodes]
+        if members:
+            return members[0], members[-1]
+    return targets[0], targets[-1]
+
+
+def _functional_names(distro: str, checks: Sequence[str]) -> list[str]:
+    return ["etcd round trip"] + (["fleet unit"] if distro == "coreos" and "fleet" in checks else [])
+
+
+# --------------------------------------------------------------------------------------------- entry points
+
+
+def smoke_ssh(
+    ssh_config: Path,
+    distro: str,
+    checks: Sequence[str] = (),
+    members: int | None = None,
+    *,
+    timeout: float = 300.0,
+    junit: Path | None = None,
+    on_case: Callable[[TestCase], None] = lambda case: None,
+) -> SmokeResult:
+    """Smoke an existing cluster reachable over SSH: no Vagrant, nothing created or destroyed."""
+    from coreos_lab.health.targets import targets_from_file
+
+    targets = targets_from_file(ssh_config)
+    rec = Recorder(on_case)
+    return _finish(rec, junit, lambda: run_against(targets, distro, checks, members, timeout=timeout, rec=rec))
+
+
+def smoke_lab(
+    lab_dir: Path | None,
+    *,
+    flags: dict[str, Any] | None = None,
+    checks: Sequence[str] = (),
+    timeout: float = 900.0,
+    junit: Path | None = None,
+    keep_on_failure: bool = False,
+    on_case: Callable[[TestCase], None] = lambda case: None,
+) -> SmokeResult:
+    """The whole path with Vagrant: (init) → preflight → up → health → functional → destroy.
+
+    Without `lab_dir` a throw-away lab is made (from `flags`) in a temporary directory and removed at the end;
+    a directory without lab.yaml gets one. Teardown always runs once anything was created, unless
+    `keep_on_failure` and the run failed (the kept lab is returned in the result).
+    """
+    import shutil
+    import tempfile
+
+    from coreos_lab import lifecycle
+    from coreos_lab.plan import LabPlan, load_plan
+
+    throwaway = lab_dir is None
+    where = Path(tempfile.mkdtemp(prefix="lab-smoke-")) if lab_dir is None else lab_dir
+    rec = Recorder(on_case)
+    deadline = time.monotonic() + timeout
+    plan: LabPlan | None = None
+    created = False
+
+    def left() -> float:
+        return max(deadline - time.monotonic(), 1.0)
+
+    def body() -> None:
+        nonlocal plan, created
+        pending = ["preflight", "up", "health", *_functional_names("coreos", checks or ["fleet"])]
+        try:
+            if not (where / "lab.yaml").exists():
+                from coreos_lab.labfile import init_lab
+
+                with rec.stage("init") as details:
+                    details.append(f"lab.yaml written in {init_lab(where, flags=flags or {}).path.parent}")
+            plan = load_plan(where)
+            pending = ["preflight", "up", "health", *_functional_names(plan.distro, checks or ["fleet"])]
+            with rec.stage("preflight") as details:
+                details.append(f"{len(lifecycle.preflight(plan))} prerequisites ok")
+            pending.remove("preflight")
+            # One server for the whole run: etcd members keep talking to discovery after `vagrant up` returns.
+            with lifecycle.serving_mirror(plan) as server:
+                with rec.stage("up", log=lambda: _log_tail(plan)) as details:
+                    try:
+                        result = lifecycle.up(plan, wait=False, timeout=left())
+                    finally:
+                        created = True  # even a failed up may have created machines: tear them down
+                    details.append(f"{len(result.started)} machines up in {result.seconds:.0f}s (server: {server})")
+                pending.remove("up")
+                targets = lifecycle.ssh_targets(plan)
+                pending.clear()
+                run_against(
+                    targets,
+                    plan.distro,
+                    checks,
+                    plan.etcd_members,
+                    timeout=left(),
+                    rec=rec,
+                    etcd_nodes=_etcd_nodes(where),
+                )
+        except StageFailed:
+            rec.skip([p for p in pending if p not in {c.name for c in rec.cases}], "an earlier stage failed")
+            raise
+
+    def teardown(failed: bool) -> Path | None:
+        if failed and keep_on_failure and created:
+            return where
+        if created and plan is not None:
+            with rec.stage("destroy", log=lambda: _log_tail(plan)) as details:
+                details.append(f"destroyed {', '.join(lifecycle.destroy(plan).destroyed) or 'nothing'}")
+        if throwaway:
+            shutil.rmtree(where, ignore_errors=True)
+        return None
+
+    return _finish(rec, junit, body, teardown)
+
+
+def _etcd_nodes(lab_dir: Path) -> set[str]:
+    from coreos_lab.config import load_config
+
+    return {n.name for n in load_config(lab_dir, check_mirror=False).nodes if n.etcd_member}
+
+
+def _log_tail(plan: Any, lines: int = 30) -> str:
+    """The end of the newest Vagrant log of the lab, for a failed case."""
+    logs = sorted(plan.log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime) if plan.log_dir.is_dir() else []
+    if not logs:
+        return ""
+    return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-lines:])
+
+
+def _finish(
+    rec: Recorder, junit: Path | None, body: Callable[[], None], teardown: Callable[[bool], Path | None] | None = None
+) -> SmokeResult:
+    """Run `body`, then `teardown(failed)` always; write the JUnit file in every case, interrupts included."""
+    started = datetime.now(UTC)
+    code, message, kept = ExitCode.OK, "smoke passed", None
+    interrupted = False
+    try:
+        with sigterm_as_interrupt():
+            try:
+                body()
+            except StageFailed as exc:
+                code, message = exc.exit_code, exc.message
+            except KeyboardInterrupt:
+                interrupted = True
+                code, message = ExitCode.INTERRUPTED, "interrupted"
+            finally:
+                if teardown is not None:
+                    kept = teardown(code != ExitCode.OK)
+    except StageFailed as exc:  # teardown itself failed
+        if code == ExitCode.OK:
+            code, message = exc.exit_code, exc.message
+    finally:
+        if junit is not None:
+            write_junit(junit, SUITE, rec.cases, started=started)
+    if interrupted:
+        raise KeyboardInterrupt
+    return SmokeResult(rec.cases, code, message, kept)

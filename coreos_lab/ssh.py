@@ -1,0 +1,244 @@
+"""SSH to cluster nodes with paramiko, configured from an OpenSSH config (what `vagrant ssh-config` prints).
+
+The config is read with `paramiko.SSHConfig` and mapped key by key (HostName, User, Port, IdentityFile,
+IdentitiesOnly, StrictHostKeyChecking, UserKnownHostsFile). Host keys are checked against a known_hosts file
+only when the config asks for it; otherwise (lab VMs: `StrictHostKeyChecking no`) they are accepted in
+memory. Nothing is ever written to the user's known_hosts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from coreos_lab.errors import BadInput, LabError
+from coreos_lab.proc import CommandResult
+
+if TYPE_CHECKING:
+    import paramiko
+
+# paramiko logs transport errors (e.g. a banner timeout) from its own thread; without a handler Python would
+# print them raw on stderr next to our report. They reach the root handler with --debug.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+DEFAULT_CONNECT_TIMEOUT = 10.0
+DEFAULT_COMMAND_TIMEOUT = 30.0
+
+_HOST_LINE = re.compile(r"^\s*Host\s+(.+?)\s*$", re.IGNORECASE)
+
+
+class SSHError(LabError):
+    """A node could not be reached, or the connection to it broke."""
+
+
+class CommandTimeout(SSHError):
+    """A command did not finish in time; the connection itself may still be fine."""
+
+
+@dataclass(frozen=True)
+class SSHTarget:
+    """One node as the OpenSSH config describes it."""
+
+    name: str
+    hostname: str
+    port: int = 22
+    user: str | None = None
+    identity_files: tuple[str, ...] = ()
+    identities_only: bool = False
+    strict_host_key_checking: str = "ask"  # yes | no | accept-new | ask (OpenSSH's default)
+    known_hosts_files: tuple[str, ...] = field(default=())
+
+    @property
+    def address(self) -> str:
+        return f"{self.user + '@' if self.user else ''}{self.hostname}:{self.port}"
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("yes", "true", "on")
+
+
+def parse_ssh_config(text: str, *, source: str = "ssh-config") -> list[SSHTarget]:
+    """The concrete hosts of an OpenSSH config, in file order (patterns like `*` only supply defaults)."""
+    import paramiko
+
+    try:
+        config = paramiko.SSHConfig.from_text(text)
+    except Exception as exc:  # paramiko raises several types for malformed lines
+        raise BadInput(f"{source}: cannot parse OpenSSH config: {exc}") from exc
+    names: list[str] = []
+    for line in text.splitlines():
+        match = _HOST_LINE.match(line)
+        if not match:
+            continue
+        for name in shlex.split(match.group(1)):
+            if not any(c in name for c in "*?!") and name not in names:
+                names.append(name)
+    targets = [_target(name, config.lookup(name), source) for name in names]
+    if not targets:
+        raise BadInput(f"{source}: no Host entries found", hint="expected the output of `vagrant ssh-config`")
+    return targets
+
+
+def _target(name: str, entry: Mapping[str, object], source: str) -> SSHTarget:
+    def one(key: str) -> str | None:
+        value = entry.get(key)
+        return str(value) if value is not None else None
+
+    def many(key: str) -> tuple[str, ...]:
+        value = entry.get(key)
+        if value is None:
+            return ()
+        items = value if isinstance(value, list) else str(value).split()
+        return tuple(os.path.expanduser(str(v).strip('"')) for v in items)
+
+    port_text = one("port") or "22"
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise BadInput(f"{source}: Host {name}: Port must be a number, not {port_text!r}") from None
+    return SSHTarget(
+        name=name,
+        hostname=one("hostname") or name,
+        port=port,
+        user=one("user"),
+        identity_files=many("identityfile"),
+        identities_only=_truthy(one("identitiesonly")),
+        strict_host_key_checking=(one("stricthostkeychecking") or "ask").lower(),
+        known_hosts_files=many("userknownhostsfile"),
+    )
+
+
+class _AcceptInMemory:
+    """Host key policy for lab VMs: accept the key for this connection only, never save it."""
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def shell_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """A command line for the remote shell with every word quoted (`env` via `env NAME=value …`)."""
+    words = [*(["env", *(f"{k}={v}" for k, v in env.items())] if env else []), *argv]
+    return shlex.join(words)
+
+
+class SSHSession:
+    """One connection to one node; commands run on it with a timeout, reconnecting once if it dropped."""
+
+    def __init__(self, target: SSHTarget, *, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT):
+        self.target = target
+        self.connect_timeout = connect_timeout
+        self._client: paramiko.SSHClient | None = None
+
+    def connect(self) -> None:
+        import paramiko
+
+        t = self.target
+        client = paramiko.SSHClient()
+        if t.strict_host_key_checking == "no":
+            client.set_missing_host_key_policy(_AcceptInMemory())  # type: ignore[arg-type]
+        else:
+            # Read-only: paramiko only writes known_hosts on save_host_keys(), which we never call.
+            files = [f for f in t.known_hosts_files if f != "/dev/null"] or [os.path.expanduser("~/.ssh/known_hosts")]
+            for path in files:
+                if os.path.exists(path):
+                    client.load_host_keys(path)
+            accept_new = t.strict_host_key_checking == "accept-new"
+            client.set_missing_host_key_policy(_AcceptInMemory() if accept_new else paramiko.RejectPolicy())  # type: ignore[arg-type]
+        keys = [k for k in t.identity_files if os.path.exists(k)]
+        sock = None
+        try:
+            # Our own TCP connect: paramiko's key exchange wait gives up silently at the same moment as its
+            # banner timeout and then fails auth with a misleading "No existing session"; a separate, slightly
+            # longer handshake timeout lets the real cause ("Error reading SSH protocol banner") through.
+            sock = socket.create_connection((t.hostname, t.port), timeout=self.connect_timeout)
+            client.connect(
+                t.hostname,
+                port=t.port,
+                username=t.user,
+                key_filename=keys or None,  # type: ignore[arg-type]  # paramiko accepts a list too
+                look_for_keys=not t.identities_only,
+                allow_agent=not t.identities_only,
+                sock=sock,
+                timeout=self.connect_timeout + 1,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+            )
+        except (paramiko.SSHException, OSError, EOFError, ValueError) as exc:
+            client.close()
+            if sock is not None:
+                sock.close()
+            raise SSHError(f"{t.name}: ssh to {t.address} failed: {_describe(exc)}") from exc
+        self._client = client
+
+    def _alive(self) -> bool:
+        transport = self._client.get_transport() if self._client else None
+        return bool(transport and transport.is_active())
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_COMMAND_TIMEOUT,
+    ) -> CommandResult:
+        """Run `argv` on the node; a non-zero exit is a result, not an error. Reconnects once."""
+        import paramiko
+
+        command = shell_command(argv, env)
+        for attempt in (1, 2):
+            if not self._alive():
+                self.close()
+                self.connect()
+            try:
+                return self._exec(command, list(argv), timeout)
+            except (paramiko.SSHException, EOFError, ConnectionError) as exc:
+                if attempt == 2:
+                    raise SSHError(f"{self.target.name}: running {argv[0]} failed: {_describe(exc)}") from exc
+                self.close()
+        raise AssertionError("unreachable")
+
+    def _exec(self, command: str, argv: list[str], timeout: float) -> CommandResult:
+        assert self._client is not None
+        deadline = time.monotonic() + timeout
+        _stdin, stdout, stderr = self._client.exec_command(command, timeout=timeout)
+        channel = stdout.channel
+        try:
+            # Outputs of health commands are small: reading stdout to EOF first cannot fill stderr's window.
+            out = stdout.read()
+            err = stderr.read()
+        except TimeoutError as exc:
+            channel.close()
+            raise CommandTimeout(f"{self.target.name}: {argv[0]} did not finish within {timeout:g}s") from exc
+        if not channel.status_event.wait(max(0.0, deadline - time.monotonic())):
+            channel.close()
+            raise CommandTimeout(f"{self.target.name}: {argv[0]} did not finish within {timeout:g}s")
+        return CommandResult(
+            argv, channel.recv_exit_status(), out.decode("utf-8", "replace"), err.decode("utf-8", "replace")
+        )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def __enter__(self) -> SSHSession:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:  # "connection refused", "no route to host", …
+        return exc.strerror.lower()
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,262 @@
+"""`lab health` against real nodes: sshd + etcd 3.4 in network namespaces (tests/harness/netns.py).
+
+The namespaces have no systemd and no fleet, so these tests select the etcd checks (`--check etcd
+--check members`), except one that runs the units and fleet checks against stand-in `systemctl` and
+`fleetctl` scripts (mocks of what cannot run here; see FAKE_SYSTEMCTL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness.cli import LabRun, lab
+from harness.netns import NetnsCluster, netns_cluster
+
+from coreos_lab.errors import ExitCode
+
+pytestmark = [pytest.mark.integration, pytest.mark.etcd, pytest.mark.netns]
+
+ETCD_CHECKS = ("--check", "etcd", "--check", "members")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
+    with netns_cluster(tmp_path / "nodes", 3) as c:
+        yield c
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A HOME of our own: proves nothing is written to the user's known_hosts."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+def health(cluster: NetnsCluster, tmp_path: Path, home: Path, *args: str, nodes: list[int] | None = None) -> LabRun:
+    config = cluster.write_ssh_config(tmp_path / "ssh_config", nodes)
+    return lab("health", "--ssh-config", config, *args, env={"HOME": str(home)}, timeout=120)
+
+
+@pytest.mark.parametrize("distro", ["coreos", "flatcar"])
+def test_three_nodes_healthy(cluster: NetnsCluster, tmp_path: Path, home: Path, distro: str) -> None:
+    cluster.start_all_etcd()
+    run = health(cluster, tmp_path, home, "--distro", distro, *ETCD_CHECKS, "--json")
+    assert run.returncode == ExitCode.OK, run.stderr
+    report = run.json()
+    assert report["healthy"] is True
+    assert list(report["nodes"]) == ["core-01", "core-02", "core-03"]
+    for node in report["nodes"].values():
+        assert node["checks"]["etcd"] == {"status": "pass", "detail": "3 of 3 members healthy"}
+        assert node["checks"]["members"]["status"] == "pass"
+        assert "core-01, core-02, core-03" in node["checks"]["members"]["detail"]
+        assert "leader core-0" in node["checks"]["members"]["detail"]
+    assert not (home / ".ssh" / "known_hosts").exists()
+
+
+def test_human_table_on_stderr(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_all_etcd()
+    run = health(cluster, tmp_path, home, "--distro", "coreos", *ETCD_CHECKS)
+    assert run.returncode == ExitCode.OK, run.stderr
+    assert run.stdout == ""
+    assert "core-03" in run.stderr and "healthy: 3 nodes" in run.stderr
+
+
+def test_wrong_member_count_fails_members_check(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_all_etcd()
+    run = health(cluster, tmp_path, home, "--distro", "flatcar", "--members", "5", *ETCD_CHECKS, "--json")
+    assert run.returncode == ExitCode.UNHEALTHY
+    members = run.json()["nodes"]["core-02"]["checks"]["members"]
+    assert members["status"] == "fail" and "3 members, expected 5" in members["detail"]
+
+
+@pytest.mark.parametrize("distro", ["coreos", "flatcar"])
+def test_killed_etcd_is_named(cluster: NetnsCluster, tmp_path: Path, home: Path, distro: str) -> None:
+    cluster.start_all_etcd()
+    cluster.kill_etcd(2)
+    run = health(cluster, tmp_path, home, "--distro", distro, *ETCD_CHECKS, "--json")
+    assert run.returncode == ExitCode.UNHEALTHY
+    nodes = run.json()["nodes"]
+    assert run.json()["healthy"] is False
+    # The node whose etcd is gone cannot answer at all ...
+    assert nodes["core-02"]["checks"]["etcd"]["status"] == "fail"
+    assert "not answering" in nodes["core-02"]["checks"]["etcd"]["detail"]
+    # ... and the others see the cluster degraded and say which member is missing.
+    for name in ("core-01", "core-03"):
+        etcd = nodes[name]["checks"]["etcd"]
+        assert etcd["status"] == "fail"
+        assert "2 of 3 healthy" in etcd["detail"] and "172.17.8.102" in etcd["detail"]
+        assert nodes[name]["checks"]["members"]["status"] == "pass"  # still 3 members and a leader
+    assert "core-02 etcd:" in run.stderr
+
+
+def test_wait_until_a_late_member_joins(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    token = cluster.new_token(3)
+    cluster.start_etcd(1, cluster.etcd_env(1, discovery=token))
+    cluster.start_etcd(2, cluster.etcd_env(2, discovery=token))  # both wait in discovery for the third
+    config = cluster.write_ssh_config(tmp_path / "ssh_config")
+    argv = [sys.executable, "-m", "coreos_lab", "health", "--ssh-config", str(config), "--distro", "coreos"]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [*argv, *ETCD_CHECKS, "--wait", "60", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "HOME": str(home)},
+    )
+    try:
+        time.sleep(3)
+        assert proc.poll() is None, "health returned before the third member existed"
+        cluster.start_etcd(3, cluster.etcd_env(3, discovery=token))
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == ExitCode.OK, err
+    assert time.monotonic() - started < 60
+    assert json.loads(out)["healthy"] is True
+    assert "core-03: etcd: etcd not answering" in err  # the per-node state while waiting (stderr is not a terminal)
+
+
+def test_wait_deadline_exits_5_with_the_failing_checks(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    # A static cluster of three with only two started: it has quorum, but core-03 never answers.
+    cluster.start_etcd(1)
+    cluster.start_etcd(2)
+    cluster.wait_etcd([1, 2])
+    started = time.monotonic()
+    run = health(cluster, tmp_path, home, "--distro", "coreos", *ETCD_CHECKS, "--wait", "3", "--json")
+    assert run.returncode == ExitCode.TIMEOUT
+    assert time.monotonic() - started < 15
+    report = run.json()
+    assert report["healthy"] is False
+    assert report["nodes"]["core-03"]["checks"]["etcd"]["status"] == "fail"
+    assert "deadline of 3s passed" in run.stderr and "core-03 etcd:" in run.stderr
+
+
+def test_unreachable_node_fails_alone_and_quickly(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_all_etcd()
+    cluster.stop_sshd(3)  # core-03's etcd still serves its peers; only SSH to it is gone
+    config = cluster.write_ssh_config(tmp_path / "ssh_config")
+    # And a node that does not exist at all: nobody answers ARP for it on the bridge.
+    config.write_text(config.read_text() + "Host ghost\n  HostName 172.17.8.199\n  User root\n  IdentitiesOnly yes\n")
+    started = time.monotonic()
+    run = lab(
+        "health",
+        "--ssh-config",
+        config,
+        "--distro",
+        "coreos",
+        "--members",
+        "3",
+        "--connect-timeout",
+        "2",
+        *ETCD_CHECKS,
+        "--json",
+        env={"HOME": str(home)},
+    )
+    elapsed = time.monotonic() - started
+    assert run.returncode == ExitCode.UNHEALTHY
+    nodes = run.json()["nodes"]
+    assert nodes["core-01"]["healthy"] and nodes["core-02"]["healthy"]
+    for name in ("core-03", "ghost"):
+        for check in nodes[name]["checks"].values():
+            assert check["status"] == "fail" and "ssh to root@172.17.8." in check["detail"]
+    assert "refused" in nodes["core-03"]["checks"]["etcd"]["detail"].lower()
+    assert elapsed < 10
+
+
+# Stand-ins: systemd and fleet cannot run in a namespace, so these scripts answer in the real tools' formats
+# (`systemctl is-active` prints the state and exits 3 when not active; fleetctl as recorded in
+# tests/fixtures/fleet). They read their answers from files a test writes. etcd and SSH stay real.
+FAKE_SYSTEMCTL = """#!/bin/sh
+[ "$1" = is-active ] || exit 1
+state=$(cat "$(dirname "$0")/unit-$2" 2>/dev/null || echo inactive)
+echo "$state"
+[ "$state" = active ]
+"""
+FAKE_FLEETCTL = """#!/bin/sh
+[ "$*" = "list-machines --no-legend --full" ] || exit 1
+if [ -f "$(dirname "$0")/fleet-error" ]; then cat "$(dirname "$0")/fleet-error" >&2; exit 1; fi
+cat "$(dirname "$0")/fleet-machines"
+"""
+
+
+def test_units_and_fleet_checks_with_stand_in_tools(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_all_etcd()
+    machines = "".join(f"{i:032x}\t{cluster.nodes[i].ip}\t-\n" for i in sorted(cluster.nodes))
+    for i, node in cluster.nodes.items():
+        cluster.install_tool(i, "systemctl", FAKE_SYSTEMCTL)
+        cluster.install_tool(i, "fleetctl", FAKE_FLEETCTL)
+        (node.bin / "unit-etcd2").write_text("active\n")
+        (node.bin / "unit-fleet").write_text("active\n")
+        (node.bin / "fleet-machines").write_text(machines)
+
+    run = health(cluster, tmp_path, home, "--distro", "coreos", "--json")  # every check
+    assert run.returncode == ExitCode.OK, run.stderr
+    node = run.json()["nodes"]["core-01"]["checks"]
+    assert node["units"] == {"status": "pass", "detail": "etcd2: active, fleet: active"}
+    assert node["fleet"]["status"] == "pass" and "172.17.8.103" in node["fleet"]["detail"]
+
+    bad = cluster.nodes[2].bin
+    (bad / "unit-fleet").write_text("failed\n")
+    (bad / "fleet-error").write_text(
+        "Error retrieving list of active machines: googleapi: Error 503: fleet server unable to communicate with etcd\n"
+    )
+    (cluster.nodes[3].bin / "fleet-machines").write_text(machines.splitlines(keepends=True)[0])
+    run = health(cluster, tmp_path, home, "--distro", "coreos", "--json")
+    assert run.returncode == ExitCode.UNHEALTHY
+    nodes = run.json()["nodes"]
+    assert nodes["core-02"]["checks"]["units"] == {"status": "fail", "detail": "etcd2: active, fleet: failed"}
+    assert "Error 503" in nodes["core-02"]["checks"]["fleet"]["detail"]
+    assert nodes["core-03"]["checks"]["fleet"]["detail"].startswith("fleet sees 1 of 3 machines")
+    assert nodes["core-01"]["healthy"] is True
+
+    run = health(cluster, tmp_path, home, "--distro", "flatcar", "--json")
+    flatcar = run.json()["nodes"]["core-01"]["checks"]
+    assert flatcar["fleet"] == {"status": "skip", "detail": "fleet does not run on flatcar"}
+    assert flatcar["units"] == {"status": "fail", "detail": "etcd-member: inactive"}
+
+
+def test_leftovers_of_a_crashed_run_are_removed(tmp_path: Path) -> None:
+    fake = 4000000 + os.getpid() % 100000  # above pid_max's default: no live process has this PID
+    ns, bridge = f"clab-{fake}-1", f"clab{fake}br"
+    try:
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+        subprocess.run(["ip", "link", "add", bridge, "type", "bridge"], check=True)
+        with netns_cluster(tmp_path / "nodes", 1):
+            assert ns not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+            assert subprocess.run(["ip", "link", "show", bridge], capture_output=True).returncode != 0
+    finally:
+        subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
+        subprocess.run(["ip", "link", "delete", bridge], capture_output=True)
+
+
+# Stand-in for an etcd2-era etcdctl (≤ 3.2 cannot run here): same member lines as 3.4's v2 output, but the
+# summary says "cluster is healthy" as soon as any member is, and it exits 0.
+FAKE_ETCD2_CLUSTER_HEALTH = """#!/bin/sh
+[ "$1" = cluster-health ] || exec /usr/bin/etcdctl "$@"
+echo "member 25d6ce33763c5524 is unreachable: [http://172.17.8.102:2379] are all unreachable"
+echo "member 6ae27f9fa2984b1d is healthy: got healthy result from http://172.17.8.101:2379"
+echo "member ff32f4b39b9c47bd is healthy: got healthy result from http://172.17.8.103:2379"
+echo "cluster is healthy"
+"""
+
+
+def test_etcd2_healthy_if_any_summary_is_not_trusted(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    cluster.start_all_etcd()
+    cluster.install_tool(1, "etcdctl", FAKE_ETCD2_CLUSTER_HEALTH)
+    run = health(cluster, tmp_path, home, "--distro", "coreos", "--check", "etcd", "--json")
+    assert run.returncode == ExitCode.UNHEALTHY
+    etcd = run.json()["nodes"]["core-01"]["checks"]["etcd"]
+    assert etcd["status"] == "fail"
+    assert etcd["detail"].startswith("etcdctl says healthy but not every member is: 2 of 3 healthy")
+    assert "http://172.17.8.102:2379 unreachable" in etcd["detail"]
+    assert run.json()["nodes"]["core-02"]["healthy"] is True  # the real etcdctl there

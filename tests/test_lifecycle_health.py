@@ -1,0 +1,41 @@
+"""`lab up` waits for health over real SSH to real etcd members.
+
+The machines cannot be VirtualBox VMs here, so `vagrant` is the stand-in (tests/harness/standin_vagrant.py)
+whose `ssh-config` describes nodes of the namespace harness: real sshd and real etcd 3.4 per node. The
+namespaces have no systemd, so the unit check can never pass there: `lab up` must keep checking over SSH
+until its deadline and then exit 5 naming the failing check of each node, while the etcd checks pass.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from harness.cli import lab
+from harness.lifecycle_labs import install_standins, make_lab
+from harness.netns import netns_cluster
+
+from coreos_lab.errors import ExitCode
+
+pytestmark = [pytest.mark.integration, pytest.mark.netns, pytest.mark.etcd]
+
+
+def test_up_waits_for_health_until_the_deadline(tmp_path: Path) -> None:
+    with netns_cluster(tmp_path / "nodes", 3) as cluster:
+        cluster.start_all_etcd()  # waits until the members are healthy
+        # The harness's bridge holds 172.17.8.0/24 on this host: the lab itself uses another subnet.
+        lab_dir, env = make_lab(tmp_path, distro="flatcar", subnet="192.168.61.0/24")
+        env.update(install_standins(tmp_path, ["core-01", "core-02", "core-03"]))
+        env["STANDIN_SSH_CONFIG"] = str(cluster.write_ssh_config(tmp_path / "ssh_config"))
+        started = time.monotonic()
+        run = lab("up", lab_dir, "--timeout", "20", env=env)
+        elapsed = time.monotonic() - started
+    assert run.returncode == ExitCode.TIMEOUT, run.stderr
+    assert "not healthy after" in run.stderr and "core-01 units: etcd-member" in run.stderr
+    failing = run.stderr.split("not healthy after", 1)[1]
+    assert " etcd:" not in failing and " members:" not in failing  # etcd itself was found healthy over SSH
+    assert 15 < elapsed < 90
+    state = json.loads((lab_dir / ".lab" / "state.json").read_text())
+    assert state["cluster_created_at"] is not None  # the machines exist; only health is missing
