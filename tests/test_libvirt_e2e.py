@@ -113,3 +113,18 @@ def test_lab_up_health_halt_up_destroy(tmp_path: Path, libvirt_ns: LibvirtNamesp
         if (lab_.dir / ".vagrant").exists():
             lab_("destroy", lab_.dir, "--force", timeout=600)
         libvirt_ns.clean()
+
+
+def test_lab_smoke_on_libvirt_writes_junit(tmp_path: Path, libvirt_ns: LibvirtNamespace, tiny_box: Path) -> None:
+    """`lab smoke --provider libvirt`: a throw-away lab up, proven, torn down, reported as JUnit."""
+    lab_ = Lab(libvirt_ns, tmp_path)
+    lab_.ok("mirror", "import", tiny_box, "--name", "flatcar-stable", "--version", "1.0.0", "--provider", "libvirt")
+    junit = tmp_path / "reports" / "smoke.xml"
+    try:
+        lab_.ok("smoke", "--nodes", "3", "--distro", "flatcar", "--provider", "libvirt", "--junit", junit,
+                timeout=1200)  # fmt: skip
+        text = junit.read_text()
+        assert "<testsuite" in text and 'failures="0"' in text and 'errors="0"' in text
+        assert libvirt_ns.leftovers() == {"domains": [], "volumes": [], "networks": []}
+    finally:
+        libvirt_ns.clean()
