@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -164,9 +165,14 @@ class LibvirtNamespace:
             _stop(self.libvirtd_pid)
             _stop(self.virtlogd_pid)
             # libvirt's dnsmasq (one per network) outlives the daemon; its pid files name them.
-            for pidfile in Path("/run/libvirt/network").glob("*.pid"):
+            network_run = Path("/run/libvirt/network")
+            for pidfile in network_run.glob("*.pid"):
                 _stop(_pid_from(pidfile))
                 pidfile.unlink(missing_ok=True)
+            # Per-network runtime directories of the networks that lived in the namespace.
+            for leftover in network_run.glob("*"):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
             subprocess.run(["ip", "netns", "del", self.name], check=False, capture_output=True)
             for f in self.run_dir.glob("*"):
                 f.unlink(missing_ok=True)
