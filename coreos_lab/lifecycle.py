@@ -182,9 +182,11 @@ def up(
     plan: LabPlan,
     *,
     wait: bool = True,
+    checks: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
     on_event: NodeEvent = _ignore,
 ) -> UpResult:
+    """Bring the lab up; with `wait`, until the health `checks` pass (default: all of the distro's)."""
     started_at = time.monotonic()
     deadline = started_at + timeout
     for node in plan.nodes:
@@ -213,7 +215,7 @@ def up(
             _up_machines(plan, todo, deadline=deadline, on_event=on_event)
         health = None
         if wait:
-            health = wait_healthy(plan, timeout=max(deadline - time.monotonic(), 1.0), on_event=on_event)
+            health = wait_healthy(plan, checks=checks, timeout=max(deadline - time.monotonic(), 1.0), on_event=on_event)
         after = vagrant.status()
     return UpResult(
         lab_dir=plan.lab_dir,
@@ -274,7 +276,7 @@ def ssh_targets(plan: LabPlan) -> list[Any]:
     return targets_from_lab(plan.lab_dir, plan.provider)
 
 
-def wait_healthy(plan: LabPlan, *, timeout: float, on_event: NodeEvent = _ignore) -> Any:
+def wait_healthy(plan: LabPlan, *, checks: Sequence[str] = (), timeout: float, on_event: NodeEvent = _ignore) -> Any:
     """Wait until the cluster is healthy (the health module's checks over SSH to every machine)."""
     from coreos_lab.health import wait_healthy as wait_until_healthy
 
@@ -288,7 +290,7 @@ def wait_healthy(plan: LabPlan, *, timeout: float, on_event: NodeEvent = _ignore
         else:
             on_event(node.name, "checking", "; ".join(f"{c.name}: {c.detail}" for c in node.failing))
 
-    return wait_until_healthy(targets, plan.distro, (), plan.etcd_members, timeout=timeout, on_update=on_update)
+    return wait_until_healthy(targets, plan.distro, checks, plan.etcd_members, timeout=timeout, on_update=on_update)
 
 
 # -- render and state (owned by render / state; called at the moments lifecycle knows about) --------------------

@@ -39,3 +39,18 @@ def test_up_waits_for_health_until_the_deadline(tmp_path: Path) -> None:
     assert 15 < elapsed < 90
     state = json.loads((lab_dir / ".lab" / "state.json").read_text())
     assert state["cluster_created_at"] is not None  # the machines exist; only health is missing
+
+
+def test_up_with_selected_checks_is_healthy(tmp_path: Path) -> None:
+    """`--check` selects what `up` waits for, as in `lab health`: here the etcd checks, which pass over SSH."""
+    with netns_cluster(tmp_path / "nodes", 3) as cluster:
+        cluster.start_all_etcd()
+        lab_dir, env = make_lab(tmp_path, distro="coreos", subnet="192.168.61.0/24")
+        env.update(install_standins(tmp_path, ["core-01", "core-02", "core-03"]))
+        env["STANDIN_SSH_CONFIG"] = str(cluster.write_ssh_config(tmp_path / "ssh_config"))
+        env["HOME"] = str(tmp_path)
+        run = lab("up", lab_dir, "--check", "etcd", "--check", "members", "--timeout", "60", "--json", env=env)
+    assert run.returncode == ExitCode.OK, run.stderr
+    health = run.json()["health"]
+    assert health["healthy"] is True and health["checks"] == ["etcd", "members"]
+    assert sorted(health["nodes"]) == ["core-01", "core-02", "core-03"]

@@ -49,16 +49,23 @@ def _render_nodes(nodes: list[Any]) -> None:
 @dir_argument
 @click.option("--no-wait", is_flag=True, help="Do not wait for the cluster to be healthy.")
 @click.option(
+    "--check",
+    "checks",
+    multiple=True,
+    type=click.Choice(["units", "etcd", "members", "fleet"]),
+    help="Wait for only this health check (repeatable; as in `lab health`). Default: all for the distro.",
+)
+@click.option(
     "--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True, help="Seconds for the whole run."
 )
 @json_option
-def up(lab_dir: Path | None, no_wait: bool, timeout: float, as_json: bool) -> None:
+def up(lab_dir: Path | None, no_wait: bool, checks: tuple[str, ...], timeout: float, as_json: bool) -> None:
     """Bring the lab's machines up (preflight, mirror, render, vagrant up, health)."""
     from coreos_lab import console, lifecycle
 
     plan = _plan(lab_dir)
     with NodeProgress(plan.nodes, live=console.stderr_is_terminal() and not as_json) as progress:
-        result = lifecycle.up(plan, wait=not no_wait, timeout=timeout, on_event=progress.update)
+        result = lifecycle.up(plan, wait=not no_wait, checks=checks, timeout=timeout, on_event=progress.update)
     if as_json:
         console.print_json(result.as_dict())
         return
