@@ -5,9 +5,9 @@ its bridges and dnsmasq, the VMs and their networks, and `lab` itself with its e
 server. The box is the tiny CoreOS-like box built offline from Debian packages (tests/harness/libvirt_box.py),
 imported into the mirror and added by `lab up` through it, exactly as a real box.
 
-The lab is a Flatcar-style one (etcd v3 as etcd-member, no fleet): the box runs real etcd 3.4 but has no
-fleet, and `lab up` waits for every health check of its distro. The box applies CoreOS `coreos.etcd2`
-user-data the same way (covered by test_libvirt_box.py).
+The end-to-end lab is a CoreOS one (the default distro: `coreos.etcd2` user-data, etcd v2 API); the box runs
+real etcd 3.4 but has no fleet, so `lab up` waits for the etcd checks (`--check etcd --check members`). The
+smoke test below uses a Flatcar lab (etcd-member drop-in, v3 API), so both distros' paths run for real.
 """
 
 from __future__ import annotations
@@ -71,18 +71,22 @@ class Lab:
         return sorted((row[0], row[2]) for row in rows)
 
 
+ETCD_CHECKS = ("--check", "etcd", "--check", "members")  # no fleet on the tiny box
+
+
 def test_lab_up_health_halt_up_destroy(tmp_path: Path, libvirt_ns: LibvirtNamespace, tiny_box: Path) -> None:
     lab_ = Lab(libvirt_ns, tmp_path)
     port = free_port()
-    lab_.ok("mirror", "import", tiny_box, "--name", "flatcar-stable", "--version", "1.0.0", "--provider", "libvirt")
+    lab_.ok("mirror", "import", tiny_box, "--name", "coreos-stable", "--version", "1.0.0", "--provider", "libvirt")
     try:
         lab_.ok(
-            "init", lab_.dir, "--nodes", "3", "--distro", "flatcar", "--provider", "libvirt", "--libvirt-driver", "auto",
+            "init", lab_.dir, "--nodes", "3", "--distro", "coreos", "--provider", "libvirt", "--libvirt-driver", "auto",
             "--mirror-url", f"http://127.0.0.1:{port}", "--memory", "512",
         )  # fmt: skip
-        up = lab_.ok("up", lab_.dir, "--json").json()
+        up = lab_.ok("up", lab_.dir, *ETCD_CHECKS, "--json").json()
         assert up["server"] == "embedded"
         assert sorted(up["started"]) == list(NODES)
+        assert up["health"]["healthy"] is True and up["health"]["distro"] == "coreos"
         token = lab_.state()["token"]["token"]
         user_data = (lab_.dir / "user-data" / "core-01.yaml").read_text()
         assert f"http://192.168.121.1:{port}/{token}" in user_data  # guests reach the host at the gateway
@@ -97,7 +101,7 @@ def test_lab_up_health_halt_up_destroy(tmp_path: Path, libvirt_ns: LibvirtNamesp
         assert len(domains) == 3
         assert all("shut off" in libvirt_ns.virsh("domstate", d).stdout for d in domains)
 
-        again = lab_.ok("up", lab_.dir, "--json").json()
+        again = lab_.ok("up", lab_.dir, *ETCD_CHECKS, "--json").json()
         assert sorted(again["started"]) == list(NODES)
         assert lab_.state()["token"]["token"] == token  # same cluster, same token: etcd keeps its data
         assert lab_.members() == members  # the same three members, not re-registered ones
