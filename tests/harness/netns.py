@@ -377,11 +377,17 @@ class NetnsCluster:
         if wait:
             self.wait_etcd()
 
-    def kill_etcd(self, i: int) -> None:
+    def kill_etcd(self, i: int, *, settle: float = 20.0) -> None:
+        """Kill node i's etcd, then wait up to `settle` seconds until the others answer /health again: if the
+        killed member led, the rest elect a new leader first, and until then every member looks unhealthy."""
         node = self.nodes[i]
         if node.etcd is not None and node.etcd.poll() is None:
             node.etcd.kill()
             node.etcd.wait(10)
+        others = [n for n in self.nodes.values() if n.index != i and n.etcd is not None and n.etcd.poll() is None]
+        deadline = time.monotonic() + settle
+        while time.monotonic() < deadline and not all(_etcd_healthy(n.ip) for n in others):
+            time.sleep(0.2)
 
     # ------------------------------------------------------------------ teardown
 
