@@ -10,6 +10,7 @@ import pytest
 
 if TYPE_CHECKING:
     from harness.libvirt_ns import LibvirtNamespace
+    from harness.netns import NetnsCluster
 
 
 @pytest.fixture
@@ -17,6 +18,15 @@ def mirror_root(tmp_path: Path) -> Path:
     root = tmp_path / "boxes"
     root.mkdir()
     return root
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
+    """Three nodes in network namespaces with sshd up, etcd not started (tests/harness/netns.py)."""
+    from harness.netns import netns_cluster
+
+    with netns_cluster(tmp_path / "nodes", 3) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,6 @@ from coreos_lab.errors import ExitCode
 pytestmark = [pytest.mark.integration, pytest.mark.etcd, pytest.mark.netns]
 
 ETCD_CHECKS = ("--check", "etcd", "--check", "members")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
-    with netns_cluster(tmp_path / "nodes", 3) as c:
-        yield c
 
 
 @pytest.fixture

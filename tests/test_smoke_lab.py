@@ -16,7 +16,6 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -84,12 +83,6 @@ def _no_tokens(root: Path) -> bool:
         return store.tokens() == []
     finally:
         store.close()
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
-    with netns_cluster(tmp_path / "nodes", 3) as c:
-        yield c
 
 
 @pytest.mark.integration

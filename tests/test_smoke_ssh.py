@@ -8,24 +8,17 @@ from __future__ import annotations
 
 import subprocess
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness.cli import lab
-from harness.netns import NetnsCluster, netns_cluster
+from harness.netns import NetnsCluster
 
 from coreos_lab.errors import ExitCode
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd, pytest.mark.netns]
 
 ETCD_CHECKS = ("--check", "etcd", "--check", "members")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
-    with netns_cluster(tmp_path / "nodes", 3) as c:
-        yield c
 
 
 def _cases(junit: Path) -> dict[str, ET.Element]:
