@@ -158,6 +158,9 @@ class SSHSession:
             # banner timeout and then fails auth with a misleading "No existing session"; a separate, slightly
             # longer handshake timeout lets the real cause ("Error reading SSH protocol banner") through.
             sock = socket.create_connection((t.hostname, t.port), timeout=self.connect_timeout)
+            # Without TCP_NODELAY, Nagle holds each small SSH packet until the peer's delayed ACK (~40 ms):
+            # every command round trip then costs ~50 ms instead of ~4 ms (OpenSSH's client sets it too).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.connect(
                 t.hostname,
                 port=t.port,
