@@ -25,6 +25,7 @@ from coreos_lab.errors import BadInput
 
 CONFIG_FILE = "lab.yaml"
 MAX_NODES = 99  # node names are <prefix>-01 … <prefix>-99
+DEFAULT_ETCD_MEMBERS = 3  # a larger lab runs etcd as a proxy on the other nodes: quorum stays cheap
 
 DISTROS = ("coreos", "flatcar")
 CHANNELS = {"coreos": ("alpha", "beta", "stable"), "flatcar": ("alpha", "beta", "stable", "lts")}
@@ -588,7 +589,7 @@ def _check_scalars(
 def _fill_dependent_defaults(lab_dir: Path, values: dict[str, Any], sources: dict[str, str]) -> None:
     """Defaults that depend on other settings (their source stays "default")."""
     if values["etcd.members"] is None:
-        values["etcd.members"] = min(3, values["nodes"])
+        values["etcd.members"] = min(DEFAULT_ETCD_MEMBERS, values["nodes"])
     if values["mirror.guest_host"] is None:
         values["mirror.guest_host"] = PROVIDER_GUEST_HOSTS.get(values["provider"], "")  # bad provider: reported
         management = _parse_subnet(str(values["libvirt.management_network"]))

@@ -290,7 +290,15 @@ def wait_healthy(plan: LabPlan, *, checks: Sequence[str] = (), timeout: float, o
         else:
             on_event(node.name, "checking", "; ".join(f"{c.name}: {c.detail}" for c in node.failing))
 
-    return wait_until_healthy(targets, plan.distro, checks, plan.etcd_members, timeout=timeout, on_update=on_update)
+    return wait_until_healthy(
+        targets,
+        plan.distro,
+        checks,
+        plan.etcd_members,
+        timeout=timeout,
+        on_update=on_update,
+        etcd_nodes=plan.etcd_nodes,
+    )
 
 
 # -- render and state (owned by render / state; called at the moments lifecycle knows about) --------------------

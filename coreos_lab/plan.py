@@ -27,6 +27,7 @@ class LabPlan:
     subnet: ipaddress.IPv4Network | None = None
     host_ports: tuple[int, ...] = ()  # forwarded ports the lab binds on the host
     etcd_members: int | None = None
+    etcd_nodes: tuple[str, ...] | None = None  # the machines that are etcd members (the others run a proxy)
     mirror_root: Path | None = None
     guest_host: str | None = None  # the host's address as guests reach it (mirror.guest_host)
 
@@ -93,6 +94,7 @@ def plan_from_config(cfg: Any) -> LabPlan:
         subnet=subnet if isinstance(subnet, ipaddress.IPv4Network) else None,
         host_ports=host_ports,
         etcd_members=cfg.etcd_members,
+        etcd_nodes=tuple(n.name for n in cfg.nodes if n.etcd_member),
         mirror_root=cfg.mirror_root,
         guest_host=cfg.guest_host or None,
     )

@@ -123,14 +123,20 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _health_stage(
-    rec: Recorder, targets: Sequence[Any], distro: str, checks: Sequence[str], members: int | None, timeout: float
+    rec: Recorder,
+    targets: Sequence[Any],
+    distro: str,
+    checks: Sequence[str],
+    members: int | None,
+    timeout: float,
+    etcd_nodes: Collection[str] | None,
 ) -> None:
     """One case per node. The wait ends at the deadline; a node still failing then fails its case."""
     from coreos_lab.health import HealthTimeout, wait_healthy
 
     start = time.monotonic()
     try:
-        report = wait_healthy(targets, distro, checks, members, timeout=max(timeout, 1.0))
+        report = wait_healthy(targets, distro, checks, members, timeout=max(timeout, 1.0), etcd_nodes=etcd_nodes)
     except HealthTimeout as exc:
         report = exc.report
     elapsed = time.monotonic() - start
@@ -181,7 +187,7 @@ def run_against(
     selected = select_checks(distro, checks)
     deadline = time.monotonic() + timeout
     try:
-        _health_stage(rec, targets, distro, selected, members, timeout)
+        _health_stage(rec, targets, distro, selected, members, timeout, etcd_nodes)
     except StageFailed:
         rec.skip(_functional_names(distro, selected), "health failed")
         raise
@@ -287,7 +293,7 @@ def smoke_lab(
                     plan.etcd_members,
                     timeout=left(),
                     rec=rec,
-                    etcd_nodes=_etcd_nodes(where),
+                    etcd_nodes=plan.etcd_nodes,
                 )
         except StageFailed:
             rec.skip([p for p in pending if p not in {c.name for c in rec.cases}], "an earlier stage failed")
@@ -304,12 +310,6 @@ def smoke_lab(
         return None
 
     return _finish(rec, junit, body, teardown)
-
-
-def _etcd_nodes(lab_dir: Path) -> set[str]:
-    from coreos_lab.config import load_config
-
-    return {n.name for n in load_config(lab_dir, check_mirror=False).nodes if n.etcd_member}
 
 
 def _log_tail(plan: Any, lines: int = 30) -> str:

@@ -102,6 +102,25 @@ def test_lab_dir_that_is_no_lab_is_usage_error(tmp_path: Path, mirror_root: Path
     assert "Vagrantfile" in run.stderr
 
 
+def test_proxy_must_name_a_host_of_the_ssh_config(tmp_path: Path, mirror_root: Path) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text("Host core-01\n  HostName 127.0.0.1\nHost core-02\n  HostName 127.0.0.2\n")
+    run = lab("health", "--ssh-config", config, "--distro", "flatcar", "--proxy", "core-09")
+    assert run.returncode == ExitCode.USAGE
+    assert "--proxy core-09: no such Host" in run.stderr and "core-01, core-02" in run.stderr
+    lab_dir = write_lab(tmp_path / "lab", mirror_root)
+    run = lab("health", lab_dir, "--proxy", "core-02")  # a lab names its proxies in lab.yaml
+    assert run.returncode == ExitCode.USAGE
+    assert "--proxy goes with --ssh-config" in run.stderr
+
+
+def test_lab_facts_name_the_etcd_members(tmp_path: Path, mirror_root: Path) -> None:
+    from coreos_lab.health.targets import lab_facts
+
+    facts = lab_facts(write_lab(tmp_path, mirror_root, nodes=5))
+    assert (facts.etcd_members, facts.etcd_nodes) == (3, ("core-01", "core-02", "core-03"))
+
+
 def test_unknown_check_is_usage_error(tmp_path: Path) -> None:
     config = tmp_path / "ssh_config"
     config.write_text("Host a\n  HostName 127.0.0.1\n")

@@ -31,7 +31,15 @@ _CHECK_NAMES = ("units", "etcd", "members", "fleet")  # coreos_lab.health.CHECK_
 @click.option(
     "--members",
     type=click.IntRange(min=1),
-    help="Expected etcd members (default: the lab's etcd.members; with --ssh-config, the number of nodes).",
+    help="Expected etcd members (default: the lab's etcd.members; with --ssh-config, the hosts that are no --proxy).",
+)
+@click.option(
+    "--proxy",
+    "proxies",
+    multiple=True,
+    metavar="HOST",
+    help="With --ssh-config: a Host that runs etcd as a proxy (repeatable; a lab's configuration says so itself). "
+    "Flatcar proxies are then asked in v2 right away instead of waiting out a v3 probe.",
 )
 @click.option(
     "--check",
@@ -48,6 +56,7 @@ def health(
     ssh_config: Path | None,
     distro: str | None,
     members: int | None,
+    proxies: tuple[str, ...],
     checks: tuple[str, ...],
     wait: float | None,
     connect_timeout: float,
@@ -67,15 +76,24 @@ def health(
         if distro is None:
             raise BadInput("--ssh-config needs --distro (coreos or flatcar)")
         targets = targets_from_file(ssh_config)
+        names = [t.name for t in targets]
+        unknown = [p for p in proxies if p not in names]
+        if unknown:
+            raise BadInput(f"--proxy {unknown[0]}: no such Host in {ssh_config} (hosts: {', '.join(names)})")
+        etcd_nodes = [n for n in names if n not in proxies] if proxies else None
+        members = members or (len(etcd_nodes) if etcd_nodes else None)
     else:
+        if proxies:
+            raise BadInput("--proxy goes with --ssh-config; a lab's configuration names its proxies itself")
         lab_dir = lab_dir or Path(".")
         facts = lab_facts(lab_dir)
         distro = distro or facts.distro
         members = members or facts.etcd_members
+        etcd_nodes = list(facts.etcd_nodes)
         targets = targets_from_lab(lab_dir)
 
     if wait is None:
-        report = check_cluster(targets, distro, checks, members, connect_timeout=connect_timeout)
+        report = check_cluster(targets, distro, checks, members, connect_timeout=connect_timeout, etcd_nodes=etcd_nodes)
         code = ExitCode.OK if report.healthy else ExitCode.UNHEALTHY
     else:
         live = _LiveState([t.name for t in targets])
@@ -89,6 +107,7 @@ def health(
                     timeout=wait,
                     on_update=live.update,
                     connect_timeout=connect_timeout,
+                    etcd_nodes=etcd_nodes,
                 )
             code = ExitCode.OK
         except HealthTimeout as exc:

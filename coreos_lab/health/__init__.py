@@ -9,7 +9,7 @@ Public API (for `lab health`, `lab up` and smoke tests):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from coreos_lab.errors import BadInput, Timeout
@@ -63,7 +63,7 @@ def select_checks(distro: str, requested: Iterable[str] = ()) -> tuple[str, ...]
 def check_node(target: SSHTarget, checks: Sequence[str], ctx: CheckContext, *, connect_timeout: float) -> NodeReport:
     """Run `checks` on one node over one SSH connection. A lost node fails its checks; it never raises."""
     results: list[CheckResult] = []
-    ctx = ctx.for_node()
+    ctx = ctx.for_node(target.name)
     session = SSHSession(target, connect_timeout=connect_timeout)
     broken: str | None = None
     try:
@@ -92,16 +92,20 @@ def check_cluster(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     on_node: NodeCallback | None = None,
+    etcd_nodes: Collection[str] | None = None,
 ) -> HealthReport:
     """Check every node concurrently (one thread per node: paramiko blocks). `expected_members` defaults to
-    the number of targets; `on_node` is called from worker threads as each node's report is ready."""
+    the number of targets; `on_node` is called from worker threads as each node's report is ready.
+    `etcd_nodes` names the etcd members when the configuration tells them (the other nodes are proxies);
+    None: not known, Flatcar nodes are probed."""
     if not targets:
         raise BadInput("no nodes to check")
     selected = select_checks(distro, checks)
     expected = len(targets) if expected_members is None else expected_members
     if expected < 1:
         raise BadInput(f"expected etcd members must be at least 1, not {expected}")
-    ctx = CheckContext(distro, expected, len(targets), command_timeout)
+    proxies = frozenset(t.name for t in targets if etcd_nodes is not None and t.name not in etcd_nodes)
+    ctx = CheckContext(distro, expected, len(targets), command_timeout, proxies)
     started = time.monotonic()
 
     def one(target: SSHTarget) -> NodeReport:
@@ -127,6 +131,7 @@ def wait_healthy(
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     first_delay: float = 0.5,
     max_delay: float = 5.0,
+    etcd_nodes: Collection[str] | None = None,
 ) -> HealthReport:
     """Re-check with exponential backoff until healthy; `HealthTimeout` with the last report at the deadline.
 
@@ -145,6 +150,7 @@ def wait_healthy(
             connect_timeout=min(connect_timeout, left),
             command_timeout=min(command_timeout, left),
             on_node=on_update,
+            etcd_nodes=etcd_nodes,
         )
         if report.healthy:
             return report

@@ -27,14 +27,15 @@ class LabFacts:
 
     distro: str
     etcd_members: int
+    etcd_nodes: tuple[str, ...]  # the machines that are members; the others run etcd as a proxy
 
 
 def lab_facts(lab_dir: Path) -> LabFacts:
-    """The distro and the number of etcd members (the other machines are proxies) of the lab in `lab_dir`."""
+    """The distro and the etcd members (the other machines are proxies) of the lab in `lab_dir`."""
     from coreos_lab.config import load_config
 
     config = load_config(lab_dir, check_mirror=False)
-    return LabFacts(config.distro, config.etcd_members)
+    return LabFacts(config.distro, config.etcd_members, tuple(n.name for n in config.nodes if n.etcd_member))
 
 
 def targets_from_file(path: Path) -> list[SSHTarget]:
