@@ -33,6 +33,7 @@ from coreos_lab.doctor import (
     fetch_box_metadata,
 )
 from coreos_lab.errors import BadInput, ExitCode, LabError, Timeout, ToolMissing
+from coreos_lab.fsutil import atomic_write_text
 from coreos_lab.plan import LabPlan
 from coreos_lab.vagrant import MachineStatus, Vagrant
 
@@ -212,6 +213,7 @@ def up(
                 )
             # From here on machines exist: the token belongs to this cluster and is never reused.
             mark_created(plan)
+            _own_management_network(plan)
             _up_machines(plan, todo, deadline=deadline, on_event=on_event)
         health = None
         if wait:
@@ -419,9 +421,36 @@ def destroy(plan: LabPlan, *, on_event: NodeEvent = _ignore) -> DestroyResult:
     if created:
         vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
         vagrant.destroy(on_progress=_progress(on_event, created, "destroying"))
+    _release_management_network(plan)
     state = LabState.load(plan.lab_dir)
     state.mark_destroyed()
     return DestroyResult(plan.lab_dir, created, retired)
+
+
+def _management_network_record(plan: LabPlan) -> Path:
+    return plan.state_dir / "libvirt-network"  # the UUID of the management network this lab defined
+
+
+def _own_management_network(plan: LabPlan) -> None:
+    """libvirt: define the management network before vagrant-libvirt would, without dnsmasq's ping delay
+    (see coreos_lab.libvirt); remembered so that `destroy` removes it again."""
+    if plan.provider != "libvirt" or not plan.management_network:
+        return
+    from coreos_lab.libvirt import create_management_network
+
+    uuid = create_management_network(plan.management_network)
+    if uuid:
+        atomic_write_text(_management_network_record(plan), uuid + "\n")
+
+
+def _release_management_network(plan: LabPlan) -> None:
+    record = _management_network_record(plan)
+    if not record.is_file():
+        return
+    from coreos_lab.libvirt import remove_management_network
+
+    remove_management_network(record.read_text().strip())
+    record.unlink()
 
 
 def ssh_command(plan: LabPlan, name: str, command: Sequence[str] = ()) -> tuple[list[str], dict[str, str]]:

@@ -30,6 +30,7 @@ class LabPlan:
     etcd_nodes: tuple[str, ...] | None = None  # the machines that are etcd members (the others run a proxy)
     mirror_root: Path | None = None
     guest_host: str | None = None  # the host's address as guests reach it (mirror.guest_host)
+    management_network: str | None = None  # libvirt: the management network's subnet
 
     @property
     def mirror_host(self) -> str:
@@ -97,4 +98,5 @@ def plan_from_config(cfg: Any) -> LabPlan:
         etcd_nodes=tuple(n.name for n in cfg.nodes if n.etcd_member),
         mirror_root=cfg.mirror_root,
         guest_host=cfg.guest_host or None,
+        management_network=str(cfg.values["libvirt.management_network"]) if cfg.provider == "libvirt" else None,
     )

@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from harness.libvirt_ns import LibvirtNamespace
 
 from coreos_lab import libvirt
 from coreos_lab.libvirt import _boot_under_kvm, _guest_kernel, kvm_check, management_gateway
@@ -55,3 +56,42 @@ def test_kvm_check_is_cached_per_host(tmp_path: Path, monkeypatch: pytest.Monkey
     assert second == first
     assert libvirt.resolve_driver("auto") == ("kvm" if first.usable else "qemu")
     assert libvirt.resolve_driver("qemu") == "qemu"
+
+
+def test_management_network_is_vagrant_libvirts_without_the_dhcp_ping() -> None:
+    import xml.etree.ElementTree as ET
+
+    ns = {"dnsmasq": "http://libvirt.org/schemas/network/dnsmasq/1.0"}
+    for subnet, gateway, mask, first, last in [
+        ("192.168.121.0/24", "192.168.121.1", "255.255.255.0", "192.168.121.2", "192.168.121.254"),
+        ("10.77.0.0/16", "10.77.0.1", "255.255.0.0", "10.77.0.2", "10.77.255.254"),
+    ]:
+        root = ET.fromstring(libvirt.management_network_xml(subnet))
+        assert root.findtext("name") == "vagrant-libvirt"
+        assert root.find("forward").get("mode") == "nat"  # type: ignore[union-attr]
+        ip = root.find("ip")
+        assert ip is not None and (ip.get("address"), ip.get("netmask")) == (gateway, mask)
+        dhcp_range = ip.find("dhcp/range")
+        assert dhcp_range is not None and (dhcp_range.get("start"), dhcp_range.get("end")) == (first, last)
+        options = [o.get("value") for o in root.findall("dnsmasq:options/dnsmasq:option", ns)]
+        assert options == ["no-ping"]
+
+
+@pytest.mark.integration
+@pytest.mark.libvirt
+def test_management_network_is_created_once_and_removed_only_by_its_uuid(libvirt_ns: LibvirtNamespace) -> None:
+    """Against the real libvirtd of the test namespace: the network runs with dnsmasq's no-ping, an existing
+    network is left alone, and removal needs the UUID of the network created."""
+    libvirt_ns.clean()
+    uuid = libvirt.create_management_network("192.168.121.0/24")
+    try:
+        assert uuid
+        assert "vagrant-libvirt" in libvirt_ns.names("net-list", "--name")  # defined and started
+        assert "no-ping" in Path("/var/lib/libvirt/dnsmasq/vagrant-libvirt.conf").read_text()
+        assert libvirt.create_management_network("192.168.121.0/24") is None  # exists: not ours to touch
+        assert libvirt.remove_management_network("00000000-0000-0000-0000-000000000000") is False
+        assert "vagrant-libvirt" in libvirt_ns.names("net-list", "--all", "--name")
+        assert libvirt.remove_management_network(uuid) is True
+        assert "vagrant-libvirt" not in libvirt_ns.names("net-list", "--all", "--name")
+    finally:
+        libvirt_ns.clean()
