@@ -11,12 +11,12 @@ import json
 import os
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from harness.cli import LabRun, lab
+from harness import processes
+from harness.cli import LabRun, lab, start_lab
 from harness.netns import NetnsCluster, netns_cluster
 
 from coreos_lab.errors import ExitCode
@@ -97,24 +97,18 @@ def test_wait_until_a_late_member_joins(cluster: NetnsCluster, tmp_path: Path, h
     cluster.start_etcd(1, cluster.etcd_env(1, discovery=token))
     cluster.start_etcd(2, cluster.etcd_env(2, discovery=token))  # both wait in discovery for the third
     config = cluster.write_ssh_config(tmp_path / "ssh_config")
-    argv = [sys.executable, "-m", "coreos_lab", "health", "--ssh-config", str(config), "--distro", "coreos"]
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [*argv, *ETCD_CHECKS, "--wait", "60", "--json"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "HOME": str(home)},
-    )
+    proc = start_lab(
+        "health", "--ssh-config", config, "--distro", "coreos", *ETCD_CHECKS, "--wait", "60", "--json",
+        env={"HOME": str(home)},
+    )  # fmt: skip
     try:
         time.sleep(3)
         assert proc.poll() is None, "health returned before the third member existed"
         cluster.start_etcd(3, cluster.etcd_env(3, discovery=token))
         out, err = proc.communicate(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        processes.kill(proc)
     assert proc.returncode == ExitCode.OK, err
     assert time.monotonic() - started < 60
     assert json.loads(out)["healthy"] is True

@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 
 import pytest
-from harness.cli import lab
+from harness import processes
+from harness.cli import lab, start_lab
 from harness.lifecycle_labs import install_standins, make_lab
 
 from coreos_lab.errors import ExitCode
@@ -162,22 +163,12 @@ def test_up_with_the_box_only_in_vagrant_needs_no_mirror_copy(tmp_path: Path) ->
 def test_interrupted_up_stops_its_vagrant_processes_and_exits_130(
     tmp_path: Path, standin_lab: tuple[Path, dict]
 ) -> None:
-    import os
     import signal
-    import subprocess
-    import sys
     import time
 
     lab_dir, env = standin_lab
     env["STANDIN_UP_SECONDS"] = "60"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "coreos_lab", "up", str(lab_dir), "--no-wait"],
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_lab("up", lab_dir, "--no-wait", env=env)
     try:
         logs = [lab_dir / ".lab" / "logs" / f"up-{name}.log" for name in NODES]
         deadline = time.monotonic() + 60
@@ -189,9 +180,7 @@ def test_interrupted_up_stops_its_vagrant_processes_and_exits_130(
         process.send_signal(signal.SIGINT)  # to lab only, not its process group: lab must pass it on
         _, stderr = process.communicate(timeout=30)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        processes.kill(process)
     assert process.returncode == ExitCode.INTERRUPTED, stderr
     assert time.monotonic() - started < 20  # the 60 s ups were stopped, not waited for
     for log in logs:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from harness import processes
 from harness.cli import lab
 from harness.upstream import FixtureServer, ReleaseUpstream, SigningKeys, keys, upstream
 
@@ -191,9 +192,7 @@ def test_ctrl_c_leaves_a_resumable_part(mirror_root: Path, upstream: ReleaseUpst
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        processes.kill(proc)
     assert proc.returncode == ExitCode.INTERRUPTED, stderr
     store = MirrorStore(mirror_root)
     part = store.part_path(BoxKey("flatcar-stable", "3815.2.0", "virtualbox"))
@@ -263,9 +262,7 @@ def test_two_fetches_of_the_same_box_take_turns(mirror_root: Path, upstream: Rel
         outputs = [p.communicate(timeout=120) for p in procs]
     finally:
         for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
+            processes.kill(p)
     assert [p.returncode for p in procs] == [0, 0], outputs
     actions = sorted(json.loads(out)["action"] for out, _ in outputs)
     assert actions == ["added", "unchanged"]

@@ -10,18 +10,16 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 import yaml
+from harness import processes
 from harness.boxes import add_box
-from harness.cli import lab
+from harness.cli import lab, start_lab
 from harness.lifecycle_labs import install_standins, make_lab
 from harness.netns import NetnsCluster, netns_cluster
 
@@ -161,14 +159,7 @@ def test_interrupted_smoke_still_tears_down_and_reports(tmp_path: Path) -> None:
     closed.write_text("".join(f"Host {n}\n  HostName 127.0.0.1\n  Port 9\n  User core\n\n" for n in NODES))
     env["STANDIN_SSH_CONFIG"] = str(closed)
     junit = tmp_path / "smoke.xml"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "coreos_lab", "smoke", str(lab_dir), *ETCD_CHECKS, "--junit", str(junit)],
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_lab("smoke", lab_dir, *ETCD_CHECKS, "--junit", junit, env=env)
     try:
         assert process.stderr is not None
         seen = []
@@ -182,9 +173,7 @@ def test_interrupted_smoke_still_tears_down_and_reports(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         _, rest = process.communicate(timeout=60)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        processes.kill(process)
     assert process.returncode == ExitCode.INTERRUPTED, "".join(seen) + rest
     assert verbs(tmp_path)[-1] == "destroy"
     assert not any((lab_dir / ".vagrant" / "machines").glob("*/*/id"))

@@ -22,6 +22,10 @@ class LabRun:
         return json.loads(self.stdout)
 
 
+def _argv(args: Sequence[str | os.PathLike[str]], prefix: Sequence[str]) -> list[str]:
+    return [*prefix, sys.executable, "-m", "coreos_lab", *(os.fspath(a) for a in args)]
+
+
 def lab(
     *args: str | os.PathLike[str],
     cwd: Path | str | None = None,
@@ -31,13 +35,10 @@ def lab(
     prefix: Sequence[str] = (),
 ) -> LabRun:
     """`prefix` runs it through another command first, e.g. `ip netns exec NS`."""
-    full_env = dict(os.environ)
-    if env:
-        full_env.update(env)
     proc = subprocess.run(
-        [*prefix, sys.executable, "-m", "coreos_lab", *map(os.fspath, args)],
+        _argv(args, prefix),
         cwd=cwd,
-        env=full_env,
+        env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -45,3 +46,16 @@ def lab(
         stdin=None if input is not None else subprocess.DEVNULL,
     )
     return LabRun(proc.returncode, proc.stdout, proc.stderr)
+
+
+def start_lab(*args: str | os.PathLike[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`lab` in the background, for tests that act while it runs (stdout and stderr piped, no stdin); stop it
+    with `harness.processes.kill` in a `finally`."""
+    return subprocess.Popen(
+        _argv(args, ()),
+        env={**os.environ, **(env or {})},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
