@@ -22,6 +22,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from coreos_lab.errors import BadInput
+from coreos_lab.libvirt import DRIVERS as LIBVIRT_DRIVERS
+from coreos_lab.libvirt import MANAGEMENT_NETWORK, management_gateway
 
 CONFIG_FILE = "lab.yaml"
 MAX_NODES = 99  # node names are <prefix>-01 … <prefix>-99
@@ -33,8 +35,7 @@ CHANNELS = {"coreos": ("alpha", "beta", "stable"), "flatcar": ("alpha", "beta", 
 USER_DATA_DIRS = {"coreos": "/var/lib/coreos-vagrant", "flatcar": "/var/lib/flatcar-vagrant"}
 # The host as seen from a guest, per provider: VirtualBox NAT maps the host's loopback to 10.0.2.2; libvirt
 # guests reach it at the management network's gateway (vagrant-libvirt's default network shown here).
-PROVIDER_GUEST_HOSTS = {"virtualbox": "10.0.2.2", "libvirt": "192.168.121.1"}
-LIBVIRT_DRIVERS = ("auto", "kvm", "qemu")
+PROVIDER_GUEST_HOSTS = {"virtualbox": "10.0.2.2", "libvirt": management_gateway()}
 PROVIDERS = tuple(PROVIDER_GUEST_HOSTS)
 DISCOVERY_MODES = ("local", "public", "static")
 REBOOT_STRATEGIES = ("off", "reboot", "etcd-lock", "best-effort")
@@ -105,7 +106,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "libvirt.management_network",
         str,
-        "192.168.121.0/24",
+        MANAGEMENT_NETWORK,
         "vagrant-libvirt's management network (NAT + DHCP); guests reach the host at its first address",
     ),
     Setting(
@@ -594,7 +595,7 @@ def _fill_dependent_defaults(lab_dir: Path, values: dict[str, Any], sources: dic
         values["mirror.guest_host"] = PROVIDER_GUEST_HOSTS.get(values["provider"], "")  # bad provider: reported
         management = _parse_subnet(str(values["libvirt.management_network"]))
         if values["provider"] == "libvirt" and management is not None:
-            values["mirror.guest_host"] = str(next(management.hosts()))
+            values["mirror.guest_host"] = management_gateway(str(management))
     if values["mirror.root"] is None:
         from coreos_lab.paths import default_mirror_root
 

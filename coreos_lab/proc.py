@@ -31,6 +31,11 @@ class CommandResult:
         return self.returncode == 0
 
 
+def _environment(env: Mapping[str, str] | None, extra_env: Mapping[str, str] | None) -> dict[str, str]:
+    """`env` (default: ours) with `extra_env` on top."""
+    return {**(os.environ if env is None else env), **(extra_env or {})}
+
+
 def which(tool: str, *, hint: str | None = None) -> str:
     """The path of `tool` on PATH, or `ToolMissing` naming it."""
     path = shutil.which(tool)
@@ -54,9 +59,7 @@ def run(
     `env` replaces the environment; `extra_env` is added to the current one (the usual need).
     """
     args = [os.fspath(a) for a in argv]
-    full_env = dict(os.environ if env is None else env)
-    if extra_env:
-        full_env.update(extra_env)
+    full_env = _environment(env, extra_env)
     log.debug("run: %s (cwd=%s)", args, cwd)
     try:
         completed = subprocess.run(
@@ -108,9 +111,7 @@ def stream(
     merged output and `stderr` is empty. Never raises on a non-zero exit: the caller knows what it means.
     """
     args = [os.fspath(a) for a in argv]
-    full_env = dict(os.environ)
-    if extra_env:
-        full_env.update(extra_env)
+    full_env = _environment(None, extra_env)
     log.debug("stream: %s (cwd=%s)", args, cwd)
     lines: list[str] = []
     try:

@@ -171,13 +171,13 @@ def ssh(words: tuple[str, ...]) -> None:
 @json_option
 def doctor(lab_dir: Path | None, provider: str | None, as_json: bool) -> int | None:
     """Check every prerequisite of a lab; each finding ok / warn / fail with a fix. Exit 0 when nothing fails."""
-    from coreos_lab import console
+    from coreos_lab import console, lifecycle
     from coreos_lab.doctor import diagnose
     from coreos_lab.paths import default_mirror_root
 
     directory = (lab_dir or Path.cwd()).resolve()
     plan = _plan(directory) if (directory / "lab.yaml").is_file() else None
-    root = plan.mirror_root if plan and plan.mirror_root else default_mirror_root()
+    root = lifecycle.mirror_root_of(plan) if plan else default_mirror_root()
     report = diagnose(plan, provider=provider, mirror_root=root)
     if as_json:
         console.print_json(report.as_dict())
