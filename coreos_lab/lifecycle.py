@@ -186,13 +186,16 @@ def up(
     checks: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
     on_event: NodeEvent = _ignore,
+    preflight_done: bool = False,
 ) -> UpResult:
-    """Bring the lab up; with `wait`, until the health `checks` pass (default: all of the distro's)."""
+    """Bring the lab up; with `wait`, until the health `checks` pass (default: all of the distro's).
+    `preflight_done`: the caller has just run `preflight` itself (smoke reports it as a stage of its own)."""
     started_at = time.monotonic()
     deadline = started_at + timeout
-    for node in plan.nodes:
-        on_event(node, "waiting", "preflight")
-    preflight(plan)
+    if not preflight_done:
+        for node in plan.nodes:
+            on_event(node, "waiting", "preflight")
+        preflight(plan)
     with serving_mirror(plan) as server:
         rendered = render(plan)
         vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)

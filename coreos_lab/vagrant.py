@@ -66,9 +66,7 @@ class MachineLine:
     @property
     def text(self) -> str:
         """What a person would have read: the message of a `ui` line, or the data joined."""
-        if self.kind == "ui" and len(self.data) >= 2:
-            return self.data[1]
-        if self.kind == "error-exit" and len(self.data) >= 2:
+        if self.kind in ("ui", "error-exit") and len(self.data) >= 2:
             return self.data[1]
         return ", ".join(self.data)
 
