@@ -72,8 +72,8 @@ def parse_v2_cluster_health(stdout: str, stderr: str = "") -> ClusterHealth:
             error = line
     if error is None and not members:
         error = first_error_line(stderr) or "no member health lines in etcdctl output"
-    elif error is not None:
-        error = f"{error}: {first_error_line(stderr)}" if first_error_line(stderr) else error
+    elif error is not None and (why := first_error_line(stderr)):
+        error = f"{error}: {why}"
     return ClusterHealth(members=tuple(members.values()), summary=summary, error=error)
 
 
@@ -145,6 +145,11 @@ _V2_MEMBER_LINE = re.compile(r"^(?P<id>[0-9a-f]+)(?P<unstarted>\[unstarted\])?:\
 _KV = re.compile(r"(\w+)=(\S*)")
 
 
+def _member_list(members: list[Member], stderr: str) -> MemberList:
+    """The members parsed, or why there are none."""
+    return MemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
+
+
 def _urls(text: str) -> tuple[str, ...]:
     return tuple(u for u in (p.strip() for p in text.split(",")) if u)
 
@@ -166,7 +171,7 @@ def parse_v2_member_list(stdout: str, stderr: str = "") -> MemberList:
                 started=not m["unstarted"],
             )
         )
-    return MemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
+    return _member_list(members, stderr)
 
 
 _V3_HEX_ID = re.compile(r"^[0-9a-f]+$")
@@ -188,7 +193,7 @@ def parse_v3_member_list(stdout: str, stderr: str = "") -> MemberList:
                 started=parts[1] == "started",
             )
         )
-    return MemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
+    return _member_list(members, stderr)
 
 
 def parse_v3_member_list_json(stdout: str, stderr: str = "") -> MemberList:
@@ -209,7 +214,7 @@ def parse_v3_member_list_json(stdout: str, stderr: str = "") -> MemberList:
                 started=bool(name),
             )
         )
-    return MemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
+    return _member_list(members, stderr)
 
 
 @dataclass(frozen=True)
