@@ -75,6 +75,13 @@ def test_remote_command_words_are_quoted() -> None:
     )
 
 
+def test_cli_offers_exactly_the_health_checks() -> None:
+    from coreos_lab.cli.options import CHECK_NAMES as CLI_CHECK_NAMES
+    from coreos_lab.health import CHECK_NAMES
+
+    assert CLI_CHECK_NAMES == CHECK_NAMES
+
+
 def test_check_selection() -> None:
     assert select_checks("coreos") == ("units", "etcd", "members", "fleet")
     assert select_checks("flatcar", ["members", "etcd"]) == ("etcd", "members")

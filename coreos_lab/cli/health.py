@@ -8,15 +8,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from coreos_lab.cli.options import json_option
+from coreos_lab.cli.options import check_option, json_option
 from coreos_lab.errors import BadInput, ExitCode
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from coreos_lab.health import HealthReport, NodeReport
-
-_CHECK_NAMES = ("units", "etcd", "members", "fleet")  # coreos_lab.health.CHECK_NAMES, without importing it
 
 
 @click.command()
@@ -41,13 +39,7 @@ _CHECK_NAMES = ("units", "etcd", "members", "fleet")  # coreos_lab.health.CHECK_
     help="With --ssh-config: a Host that runs etcd as a proxy (repeatable; a lab's configuration says so itself). "
     "Flatcar proxies are then asked in v2 right away instead of waiting out a v3 probe.",
 )
-@click.option(
-    "--check",
-    "checks",
-    multiple=True,
-    type=click.Choice(_CHECK_NAMES),
-    help="Run only this check (repeatable). Default: all for the distro.",
-)
+@check_option("Run only this check (repeatable). Default: all for the distro.")
 @click.option("--wait", "wait", type=click.FloatRange(min=0), help="Re-check until healthy, for up to SECONDS.")
 @click.option("--connect-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True, help="Seconds.")
 @json_option

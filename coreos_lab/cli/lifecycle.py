@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from coreos_lab.cli.options import json_option
+from coreos_lab.cli.options import check_option, json_option
 from coreos_lab.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -48,13 +48,7 @@ def _render_nodes(nodes: list[Any]) -> None:
 @click.command()
 @dir_argument
 @click.option("--no-wait", is_flag=True, help="Do not wait for the cluster to be healthy.")
-@click.option(
-    "--check",
-    "checks",
-    multiple=True,
-    type=click.Choice(["units", "etcd", "members", "fleet"]),
-    help="Wait for only this health check (repeatable; as in `lab health`). Default: all for the distro.",
-)
+@check_option("Wait for only this health check (repeatable; as in `lab health`). Default: all for the distro.")
 @click.option(
     "--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True, help="Seconds for the whole run."
 )

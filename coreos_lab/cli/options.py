@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 
+FC = TypeVar("FC", bound=Callable[..., object])
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document on stdout.")
+
+# coreos_lab.health.CHECK_NAMES, spelled out so that building the CLI does not import the health package
+# (tests/test_health.py keeps the two equal).
+CHECK_NAMES = ("units", "etcd", "members", "fleet")
+
+
+def check_option(help: str) -> Callable[[FC], FC]:
+    """`--check NAME`, repeatable, into `checks`: the health checks a command runs or waits for."""
+    return click.option("--check", "checks", multiple=True, type=click.Choice(CHECK_NAMES), help=help)
+
 
 root_option = click.option(
     "--root",

@@ -7,14 +7,12 @@ from typing import TYPE_CHECKING
 
 import click
 
-from coreos_lab.cli.options import json_option
+from coreos_lab.cli.options import check_option, json_option
 from coreos_lab.errors import BadInput
 
 if TYPE_CHECKING:
     from coreos_lab.junit import TestCase
     from coreos_lab.smoke import SmokeResult
-
-_CHECK_NAMES = ("units", "etcd", "members", "fleet")
 
 
 @click.command()
@@ -32,7 +30,7 @@ _CHECK_NAMES = ("units", "etcd", "members", "fleet")
 @click.option("--channel", help="Channel of a throw-away lab.")
 @click.option("--provider", help="Vagrant provider of a throw-away lab (virtualbox, libvirt).")
 @click.option("--members", type=click.IntRange(min=1), help="Expected etcd members (with --ssh-config).")
-@click.option("--check", "checks", multiple=True, type=click.Choice(_CHECK_NAMES), help="Health checks (repeatable).")
+@check_option("Health checks (repeatable).")
 @click.option(
     "--timeout", type=click.FloatRange(min=1), default=900.0, show_default=True, help="Seconds for the whole run."
 )
