@@ -22,7 +22,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from coreos_lab import proc
-from coreos_lab.errors import LabError
+from coreos_lab.errors import LabError, Timeout
+from coreos_lab.fsutil import atomic_write_text
+from coreos_lab.paths import cache_home
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +71,7 @@ def _guest_kernel() -> Path | None:
 
 
 def _cache_file() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "coreos-lab" / "kvm-check.json"
+    return cache_home() / "kvm-check.json"
 
 
 def _cache_key(qemu: str, kernel: Path) -> str:
@@ -107,8 +108,6 @@ def kvm_check(*, use_cache: bool = True, timeout: float = KVM_CHECK_SECONDS) -> 
         except (OSError, ValueError, KeyError):
             pass
     result = _boot_under_kvm(qemu, kernel, timeout)
-    from coreos_lab.fsutil import atomic_write_text
-
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache, json.dumps({"key": key, **result.as_dict()}))
@@ -118,9 +117,6 @@ def kvm_check(*, use_cache: bool = True, timeout: float = KVM_CHECK_SECONDS) -> 
 
 
 def _boot_under_kvm(qemu: str, kernel: Path, timeout: float, accel: str = "kvm") -> KvmCheck:
-    from coreos_lab.errors import Timeout
-    from coreos_lab.proc import run
-
     with tempfile.TemporaryDirectory(prefix="lab-kvm-") as tmp:
         serial = Path(tmp) / "serial.txt"
         # panic=-1 reboots at once on the expected panic and -no-reboot turns that into QEMU exiting.
@@ -131,7 +127,7 @@ def _boot_under_kvm(qemu: str, kernel: Path, timeout: float, accel: str = "kvm")
         ]  # fmt: skip
         started = time.monotonic()
         try:
-            result = run(argv, check=False, timeout=timeout)
+            result = proc.run(argv, check=False, timeout=timeout)
         except Timeout:
             return KvmCheck(
                 False,
@@ -169,11 +165,8 @@ def vagrant_libvirt_plugin(env: dict[str, str] | None = None) -> str | None:
     vagrant = shutil.which("vagrant")
     if vagrant is None:
         return None
-    from coreos_lab.errors import LabError
-    from coreos_lab.proc import run
-
     try:
-        out = run([vagrant, "plugin", "list"], env=env, check=False, timeout=60).stdout
+        out = proc.run([vagrant, "plugin", "list"], env=env, check=False, timeout=60).stdout
     except LabError:
         return None
     for line in out.splitlines():

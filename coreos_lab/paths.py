@@ -28,6 +28,11 @@ def data_home() -> Path:
     return Path(base) / "coreos-lab"
 
 
+def cache_home() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "coreos-lab"
+
+
 def default_mirror_root() -> Path:
     """Precedence: $LAB_MIRROR_ROOT, else `./boxes` when the current directory has one (a checkout of this
     project, or a user's lab folder), else the per-user data directory."""
