@@ -31,6 +31,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness import processes
+
 if TYPE_CHECKING:
     from coreos_lab.server import EmbeddedServer
 
@@ -54,17 +56,6 @@ def node_name(index: int) -> str:
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout)
 
 
 def _kill_namespace_pids(namespace: str) -> None:
@@ -271,7 +262,7 @@ class NetnsCluster:
         return path
 
     def stop_sshd(self, i: int) -> None:
-        _stop(self.nodes[i].sshd)
+        processes.stop(self.nodes[i].sshd, timeout=5.0)
 
     def ssh_config(self, indexes: Sequence[int] | None = None) -> str:
         """An OpenSSH config for the nodes, shaped like `vagrant ssh-config`'s."""
@@ -395,8 +386,8 @@ class NetnsCluster:
         if self.discovery_server is not None:
             self.discovery_server.stop()
         for node in self.nodes.values():
-            _stop(node.etcd)
-            _stop(node.sshd)
+            processes.stop(node.etcd, timeout=5.0)
+            processes.stop(node.sshd, timeout=5.0)
         for node in self.nodes.values():
             _kill_namespace_pids(node.namespace)  # anything else a test started inside it
             _ip("link", "delete", node.veth, check=False)
