@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from coreos_lab.errors import LabError
+from coreos_lab.errors import LabError, Timeout
 from coreos_lab.paths import DEFAULT_HOST, DEFAULT_PORT, discovery_dir
 
 if TYPE_CHECKING:
@@ -161,18 +161,19 @@ class EmbeddedServer:
     def start(self) -> EmbeddedServer:
         self._thread = threading.Thread(target=self._run, name="lab-server", daemon=True)
         self._thread.start()
-        self._ready.wait(timeout=30)
+        if not self._ready.wait(timeout=30):
+            raise Timeout(f"the embedded server did not start listening on {self.host}:{self.port} within 30 s")
         if self._error is not None:
             raise self._error
         return self
 
     def _run(self) -> None:
-        from aiohttp import web
-
         loop = asyncio.new_event_loop()
         self._loop = loop
         asyncio.set_event_loop(loop)
         try:
+            from aiohttp import web
+
             app = build_app(self.mirror_root, base_url=self.base_url)
             runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(runner.setup())

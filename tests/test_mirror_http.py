@@ -11,6 +11,7 @@ import http.client
 import json
 import os
 import socket
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
@@ -289,3 +290,12 @@ def test_index_lists_boxes_with_copy_paste_commands(client: Client) -> None:
     assert "vagrant box add http://mirror.example:9000/coreos-stable" in page
     assert "vagrant box add --box-version 1.1.0 http://mirror.example:9000/coreos-stable" in page
     assert "vagrant box add http://mirror.example:9000/flatcar-stable" in page
+
+
+def test_a_server_that_cannot_start_says_so_instead_of_a_url_with_port_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server thread imports aiohttp lazily (for the CLI's start-up time); a failure there reaches start()."""
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # `from aiohttp import web` now raises ImportError
+    with pytest.raises(ImportError):
+        EmbeddedServer(tmp_path, host="127.0.0.1", port=0).start()
