@@ -278,9 +278,11 @@ class Vagrant:
 
     def ssh_config(self, name: str | None = None) -> str:
         """The OpenSSH config of one machine, or of every running one (`vagrant ssh-config [NAME]`)."""
-        # --machine-readable would wrap the config in ui lines; the plain output is the config itself.
+        # --machine-readable would wrap the config in ui lines; the plain output is the config itself. Only
+        # stdout, though: stderr may hold Vagrant's own log (VAGRANT_LOG) or a plugin's Ruby warnings.
         args = ["ssh-config", name] if name else ["ssh-config"]
-        return self._run(args, log_name=f"ssh-config-{name}" if name else "ssh-config", machine_readable=False)
+        log_name = f"ssh-config-{name}" if name else "ssh-config"
+        return self._run(args, log_name=log_name, machine_readable=False, stdout_only=True)
 
     def box_list(self) -> list[InstalledBox]:
         return parse_box_list(parse_machine_readable(self._run(["box", "list"], log_name="box")))
@@ -351,7 +353,9 @@ class Vagrant:
         log_name: str,
         on_progress: ProgressCallback | None = None,
         machine_readable: bool = True,
+        stdout_only: bool = False,
     ) -> str:
+        """Run `vagrant ARGS`, logging its output; returns stdout+stderr merged, or with `stdout_only` stdout."""
         argv = [self.executable(), *args]
         if machine_readable:
             argv.append("--machine-readable")
@@ -379,8 +383,14 @@ class Vagrant:
                     log.write(f"{prefix}{parsed.kind}: {', '.join(parsed.data)}\n")
                 log.flush()  # a user may be following the log while Vagrant works
 
-            result = proc.stream(argv, on_line, cwd=self.lab_dir, extra_env=self.env, timeout=self.timeout)
+            if stdout_only:
+                result = proc.run(argv, cwd=self.lab_dir, extra_env=self.env, timeout=self.timeout, check=False)
+                for raw in (result.stdout + result.stderr).splitlines():
+                    on_line(raw)
+            else:
+                result = proc.stream(argv, on_line, cwd=self.lab_dir, extra_env=self.env, timeout=self.timeout)
             log.write(f"== exit {result.returncode}\n")
         if result.returncode != 0:
-            raise error_from_output(argv, result.returncode, result.stdout, provider=self.provider, log_path=log_path)
+            output = result.stdout + result.stderr
+            raise error_from_output(argv, result.returncode, output, provider=self.provider, log_path=log_path)
         return result.stdout

@@ -42,13 +42,14 @@ def test_up_waits_for_health_until_the_deadline(tmp_path: Path) -> None:
 
 
 def test_up_with_selected_checks_is_healthy(tmp_path: Path) -> None:
-    """`--check` selects what `up` waits for, as in `lab health`: here the etcd checks, which pass over SSH."""
+    """`--check` selects what `up` waits for, as in `lab health`: here the etcd checks, which pass over SSH.
+    With Vagrant's own log switched on (its lines go to stderr), as when a user debugs Vagrant."""
     with netns_cluster(tmp_path / "nodes", 3) as cluster:
         cluster.start_all_etcd()
         lab_dir, env = make_lab(tmp_path, distro="coreos", subnet="192.168.61.0/24")
         env.update(install_standins(tmp_path, ["core-01", "core-02", "core-03"]))
         env["STANDIN_SSH_CONFIG"] = str(cluster.write_ssh_config(tmp_path / "ssh_config"))
-        env["HOME"] = str(tmp_path)
+        env.update(HOME=str(tmp_path), VAGRANT_LOG="info", VAGRANT_LOG_TIMESTAMP="1")
         run = lab("up", lab_dir, "--check", "etcd", "--check", "members", "--timeout", "60", "--json", env=env)
     assert run.returncode == ExitCode.OK, run.stderr
     health = run.json()["health"]

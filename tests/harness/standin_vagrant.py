@@ -8,7 +8,7 @@ end) as JSON lines in $STANDIN_CALLS so tests can check order and concurrency.
 
 Knobs: STANDIN_MACHINES (comma-separated names), STANDIN_FAIL (a machine whose `up` fails),
 STANDIN_UP_SECONDS (how long an `up` takes),
-STANDIN_SSH_CONFIG (a file `vagrant ssh-config` prints).
+STANDIN_SSH_CONFIG (a file `vagrant ssh-config` prints); VAGRANT_LOG adds a log line on stderr, as Vagrant's.
 """
 
 from __future__ import annotations
@@ -50,6 +50,11 @@ def boxes_file() -> Path:
 
 
 def main(argv: list[str]) -> int:
+    if os.environ.get("VAGRANT_LOG"):
+        # Like Vagrant, whose log (VAGRANT_LOG=info, a user debugging it) goes to stderr, timestamped on request.
+        timestamped = os.environ.get("VAGRANT_LOG_TIMESTAMP")
+        prefix = time.strftime("%Y-%m-%d %H:%M:%S [ INFO] ") if timestamped else " INFO global: "
+        print(f"{prefix}Vagrant version: 2.3.4", file=sys.stderr, flush=True)
     words = [a for a in argv if not a.startswith("--")]
     command = words[0] if words else ""
     if argv[:1] == ["--version"]:
