@@ -17,7 +17,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,13 +199,17 @@ def up(
     with serving_mirror(plan) as server:
         rendered = render(plan)
         vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
-        before = {s.name: s for s in vagrant.status()}
+        # Two independent Vagrant start-ups (each ~1.5 s of Ruby): run them side by side.
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="vagrant-query") as pool:
+            has_box = pool.submit(vagrant.has_box, plan.box_name, plan.box_version, plan.provider)
+            before = {s.name: s for s in vagrant.status()}
+            box_added = has_box.result()
         todo = [n for n in plan.nodes if not (n in before and before[n].running)]
         for node in plan.nodes:
             if node not in todo:
                 on_event(node, "running", "already running")
         if todo:
-            if not vagrant.has_box(plan.box_name, plan.box_version, plan.provider):
+            if not box_added:
                 for node in todo:
                     on_event(node, "box", f"adding {plan.box_name} {plan.box_version or ''}".strip())
                 vagrant.box_add(
@@ -221,7 +225,11 @@ def up(
         health = None
         if wait:
             health = wait_healthy(plan, checks=checks, timeout=max(deadline - time.monotonic(), 1.0), on_event=on_event)
-        after = vagrant.status()
+    # `vagrant up` succeeded for every machine it started, so each is running now: no second `vagrant status`.
+    after = [
+        replace(status, state="running", description="running") if status.name in todo else status
+        for status in before.values()
+    ]
     return UpResult(
         lab_dir=plan.lab_dir,
         server=server,
