@@ -86,8 +86,8 @@ def test_partial_downloads_are_reported_but_do_not_fail(mirror_root: Path) -> No
     assert notes == {"partial download": str(part), "no record": str(orphan)}
 
 
-def test_an_empty_mirror_verifies(tmp_path: Path) -> None:
-    run = verify(tmp_path / "none")
+def test_an_empty_mirror_verifies(mirror_root: Path) -> None:
+    run = verify(mirror_root)
     assert run.returncode == 0
     assert run.json()["checked"] == 0
 
@@ -113,3 +113,23 @@ def test_staging_lets_one_writer_at_a_time_and_a_waiter_sees_the_commit(mirror_r
     thread.join(10)
     assert seen_by_second[0] is not None and seen_by_second[1] == 0  # a fresh, empty part
     assert not store.part_path(key).exists()  # the empty part was removed on exit
+
+
+def test_a_named_root_that_does_not_exist_is_refused_by_list_and_verify(tmp_path: Path) -> None:
+    """A typo in --root or $LAB_MIRROR_ROOT must not read as an empty mirror (serve refuses it too)."""
+    missing = tmp_path / "no-such-mirror"
+    for run in (
+        lab("mirror", "list", "--root", missing),
+        lab("mirror", "verify", env={"LAB_MIRROR_ROOT": str(missing)}),
+    ):
+        assert run.returncode == ExitCode.USAGE, run.stderr
+        assert f"mirror root {missing} does not exist" in run.stderr
+    assert not missing.exists()
+
+
+def test_the_default_root_before_any_import_is_an_empty_mirror(tmp_path: Path) -> None:
+    """Nothing imported yet: the per-user default root does not exist, and that is no error."""
+    env = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data"), "LAB_MIRROR_ROOT": ""}
+    run = lab("mirror", "list", "--json", cwd=tmp_path, env=env)
+    assert run.returncode == ExitCode.OK, run.stderr
+    assert run.json() == {"root": str(tmp_path / "data" / "coreos-lab" / "boxes"), "boxes": []}

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from coreos_lab.cli.options import json_option, resolve_root, root_option
+from coreos_lab.cli.options import json_option, resolve_existing_root, resolve_root, root_option
 from coreos_lab.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -129,7 +129,7 @@ def list_(root: Path | None, base_url: str | None, as_json: bool) -> None:
     from coreos_lab import console
     from coreos_lab.store import MirrorStore
 
-    store = MirrorStore(resolve_root(root))
+    store = MirrorStore(resolve_existing_root(root))
     rows = [e.as_dict(_base(base_url)) for e in store.entries()]
     if as_json:
         console.print_json({"root": str(store.root), "boxes": rows})
@@ -167,7 +167,7 @@ def verify(root: Path | None, as_json: bool) -> ExitCode:
     from coreos_lab.progress import TerminalReporter
     from coreos_lab.store import MirrorStore
 
-    report = verify_store(MirrorStore(resolve_root(root)), TerminalReporter())
+    report = verify_store(MirrorStore(resolve_existing_root(root)), TerminalReporter())
     if as_json:
         console.print_json(report.as_dict())
     else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -34,3 +35,14 @@ def resolve_root(root: Path | None) -> Path:
     from coreos_lab.paths import default_mirror_root
 
     return root if root is not None else default_mirror_root()
+
+
+def resolve_existing_root(root: Path | None) -> Path:
+    """The mirror root a command only reads. One the user named (--root, $LAB_MIRROR_ROOT) must exist, or a typo
+    would read as an empty mirror; the default one may not exist yet (nothing imported so far)."""
+    from coreos_lab.mirror_http import check_root
+
+    resolved = resolve_root(root)
+    if root is not None or os.environ.get("LAB_MIRROR_ROOT"):
+        check_root(resolved)
+    return resolved
