@@ -93,10 +93,13 @@ def test_killed_etcd_is_named(cluster: NetnsCluster, tmp_path: Path, home: Path,
 
 
 def test_wait_until_a_late_member_joins(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    """Several rounds over one SSH connection per node: sshd accepts each node's connection once."""
     token = cluster.new_token(3)
     cluster.start_etcd(1, cluster.etcd_env(1, discovery=token))
     cluster.start_etcd(2, cluster.etcd_env(2, discovery=token))  # both wait in discovery for the third
     config = cluster.write_ssh_config(tmp_path / "ssh_config")
+    sshd_log = cluster.nodes[1].workdir / "sshd.log"
+    accepted_before = sshd_log.read_text().count("Accepted publickey")
     started = time.monotonic()
     proc = start_lab(
         "health", "--ssh-config", config, "--distro", "coreos", *ETCD_CHECKS, "--wait", "60", "--json",
@@ -113,6 +116,8 @@ def test_wait_until_a_late_member_joins(cluster: NetnsCluster, tmp_path: Path, h
     assert time.monotonic() - started < 60
     assert json.loads(out)["healthy"] is True
     assert "core-03: etcd: etcd not answering" in err  # the per-node state while waiting (stderr is not a terminal)
+    # Rounds at 0, 0.5 and 1.5 s had run before core-03's etcd started at 3 s; the node's sshd saw one login.
+    assert sshd_log.read_text().count("Accepted publickey") - accepted_before == 1
 
 
 def test_wait_deadline_exits_5_with_the_failing_checks(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:

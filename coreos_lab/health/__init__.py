@@ -60,11 +60,23 @@ def select_checks(distro: str, requested: Iterable[str] = ()) -> tuple[str, ...]
     return tuple(c for c in CHECK_NAMES if not wanted or c in wanted)
 
 
-def check_node(target: SSHTarget, checks: Sequence[str], ctx: CheckContext, *, connect_timeout: float) -> NodeReport:
-    """Run `checks` on one node over one SSH connection. A lost node fails its checks; it never raises."""
+def check_node(
+    target: SSHTarget,
+    checks: Sequence[str],
+    ctx: CheckContext,
+    *,
+    connect_timeout: float,
+    session: SSHSession | None = None,
+) -> NodeReport:
+    """Run `checks` on one node over one SSH connection: `session` (left open for the caller's next round), else
+    a connection of its own. A lost node fails its checks; it never raises."""
     results: list[CheckResult] = []
     ctx = ctx.for_node(target.name)
-    session = SSHSession(target, connect_timeout=connect_timeout)
+    own_session = session is None
+    if session is None:
+        session = SSHSession(target, connect_timeout=connect_timeout)
+    else:
+        session.connect_timeout = connect_timeout
     broken: str | None = None
     try:
         for name in checks:
@@ -79,7 +91,8 @@ def check_node(target: SSHTarget, checks: Sequence[str], ctx: CheckContext, *, c
                 broken = exc.message
                 results.append(CheckResult(name, Status.FAIL, broken))
     finally:
-        session.close()
+        if own_session or broken is not None:
+            session.close()  # a broken connection is made anew by the next round
     return NodeReport(target.name, target.address, tuple(results))
 
 
@@ -93,11 +106,12 @@ def check_cluster(
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     on_node: NodeCallback | None = None,
     etcd_nodes: Collection[str] | None = None,
+    sessions: Sequence[SSHSession] | None = None,
 ) -> HealthReport:
     """Check every node concurrently (one thread per node: paramiko blocks). `expected_members` defaults to
     the number of targets; `on_node` is called from worker threads as each node's report is ready.
     `etcd_nodes` names the etcd members when the configuration tells them (the other nodes are proxies);
-    None: not known, Flatcar nodes are probed."""
+    None: not known, Flatcar nodes are probed. `sessions`: one connection per target, in order, to reuse."""
     if not targets:
         raise BadInput("no nodes to check")
     selected = select_checks(distro, checks)
@@ -108,14 +122,14 @@ def check_cluster(
     ctx = CheckContext(distro, expected, len(targets), command_timeout, proxies)
     started = time.monotonic()
 
-    def one(target: SSHTarget) -> NodeReport:
-        report = check_node(target, selected, ctx, connect_timeout=connect_timeout)
+    def one(target: SSHTarget, session: SSHSession | None) -> NodeReport:
+        report = check_node(target, selected, ctx, connect_timeout=connect_timeout, session=session)
         if on_node is not None:
             on_node(report)
         return report
 
     with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="health") as pool:
-        nodes = tuple(pool.map(one, targets))
+        nodes = tuple(pool.map(one, targets, sessions if sessions is not None else [None] * len(targets)))
     return HealthReport(distro, expected, selected, nodes, time.monotonic() - started)
 
 
@@ -135,28 +149,35 @@ def wait_healthy(
 ) -> HealthReport:
     """Re-check with exponential backoff until healthy; `HealthTimeout` with the last report at the deadline.
 
-    Connect and command timeouts shrink to the time left, so a round never runs far past the deadline.
+    Connect and command timeouts shrink to the time left, so a round never runs far past the deadline. Each
+    node's connection stays open from round to round: a new one costs a key exchange, slow on emulated guests.
     """
     checks = tuple(checks)
     deadline = time.monotonic() + timeout
     delay = first_delay
-    while True:
-        left = max(deadline - time.monotonic(), 1.0)
-        report = check_cluster(
-            targets,
-            distro,
-            checks,
-            expected_members,
-            connect_timeout=min(connect_timeout, left),
-            command_timeout=min(command_timeout, left),
-            on_node=on_update,
-            etcd_nodes=etcd_nodes,
-        )
-        if report.healthy:
-            return report
-        left = deadline - time.monotonic()
-        if left <= 0:
-            failing = "; ".join(f"{node} {c.name}: {c.detail}" for node, c in report.failing())
-            raise HealthTimeout(f"not healthy after {timeout:g}s: {failing}", report)
-        time.sleep(min(delay, left))
-        delay = min(delay * 2, max_delay)
+    sessions = [SSHSession(t, connect_timeout=connect_timeout) for t in targets]
+    try:
+        while True:
+            left = max(deadline - time.monotonic(), 1.0)
+            report = check_cluster(
+                targets,
+                distro,
+                checks,
+                expected_members,
+                connect_timeout=min(connect_timeout, left),
+                command_timeout=min(command_timeout, left),
+                on_node=on_update,
+                etcd_nodes=etcd_nodes,
+                sessions=sessions,
+            )
+            if report.healthy:
+                return report
+            left = deadline - time.monotonic()
+            if left <= 0:
+                failing = "; ".join(f"{node} {c.name}: {c.detail}" for node, c in report.failing())
+                raise HealthTimeout(f"not healthy after {timeout:g}s: {failing}", report)
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, max_delay)
+    finally:
+        for session in sessions:
+            session.close()
