@@ -23,6 +23,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from harness.ports import free_port
+
 NGINX_CONF = """daemon off;
 worker_processes 1;
 pid {root}/nginx.pid;
@@ -38,12 +42,6 @@ http {{
   server {{ listen 127.0.0.1:{port}; root {root}/www; }}
 }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def publish(www: Path, size: int, base: str) -> str:

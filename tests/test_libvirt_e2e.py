@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 from pathlib import Path
 
 import pytest
 from harness.cli import LabRun, lab
 from harness.libvirt_ns import LibvirtNamespace
+from harness.ports import free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -32,12 +32,6 @@ pytestmark = [
 ]
 
 NODES = ("core-01", "core-02", "core-03")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Lab:

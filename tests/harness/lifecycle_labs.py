@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 import sys
 from pathlib import Path
@@ -12,14 +11,9 @@ import yaml
 
 from coreos_lab.store import MirrorStore
 from harness.boxes import add_box
+from harness.ports import free_port
 
 STANDIN = Path(__file__).with_name("standin_vagrant.py")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_lab(
