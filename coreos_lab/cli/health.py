@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -88,16 +87,27 @@ def health(
         report = check_cluster(targets, distro, checks, members, connect_timeout=connect_timeout, etcd_nodes=etcd_nodes)
         code = ExitCode.OK if report.healthy else ExitCode.UNHEALTHY
     else:
-        live = _LiveState([t.name for t in targets])
+        from rich.text import Text
+
+        from coreos_lab.cli.live import NodeStates
+
+        names = [t.name for t in targets]
+        live = console.stderr_is_terminal()
         try:
-            with live:
+            with NodeStates(names, ("node", "state"), ("checking…",), live=live, transient=True) as states:
+
+                def on_update(node: NodeReport) -> None:
+                    state = "healthy" if node.healthy else "; ".join(f"{c.name}: {c.detail}" for c in node.failing)
+                    cell = Text(state, style="green" if node.healthy else "yellow")
+                    states.update(node.name, (cell,), change=state, line=f"{node.name}: {state}")
+
                 report = wait_healthy(
                     targets,
                     distro,
                     checks,
                     members,
                     timeout=wait,
-                    on_update=live.update,
+                    on_update=on_update,
                     connect_timeout=connect_timeout,
                     etcd_nodes=etcd_nodes,
                 )
@@ -140,50 +150,3 @@ def _table(report: HealthReport) -> Table:
             cells.append(Text(status, style=_STYLE.get(status, "")))
         table.add_row(Text(node.name), Text(node.address), *cells)
     return table
-
-
-class _LiveState:
-    """Per-node state while waiting: a rich Live table on a terminal, else one stderr line per change."""
-
-    def __init__(self, names: list[str]):
-        from coreos_lab import console
-
-        self._state = dict.fromkeys(names, "checking…")
-        self._lock = threading.Lock()
-        self._live = None
-        if console.stderr_is_terminal():
-            from rich.live import Live
-
-            self._live = Live(self._render(), console=console.err(), transient=True, refresh_per_second=4)
-
-    def _render(self) -> Table:
-        from rich.table import Table
-        from rich.text import Text
-
-        table = Table(box=None, pad_edge=False)
-        table.add_column("node")
-        table.add_column("state")
-        for name, state in self._state.items():
-            table.add_row(Text(name), Text(state, style="green" if state == "healthy" else "yellow"))
-        return table
-
-    def update(self, node: NodeReport) -> None:
-        from coreos_lab import console
-
-        state = "healthy" if node.healthy else "; ".join(f"{c.name}: {c.detail}" for c in node.failing)
-        with self._lock:
-            changed = self._state.get(node.name) != state
-            self._state[node.name] = state
-            if self._live is not None:
-                self._live.update(self._render())
-            elif changed:
-                console.info(f"{node.name}: {state}")
-
-    def __enter__(self) -> _LiveState:
-        if self._live is not None:
-            self._live.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.stop()

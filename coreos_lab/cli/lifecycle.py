@@ -56,10 +56,18 @@ def _render_nodes(nodes: list[Any]) -> None:
 def up(lab_dir: Path | None, no_wait: bool, checks: tuple[str, ...], timeout: float, as_json: bool) -> None:
     """Bring the lab's machines up (preflight, mirror, render, vagrant up, health)."""
     from coreos_lab import console, lifecycle
+    from coreos_lab.cli.live import NodeStates
 
     plan = _plan(lab_dir)
-    with NodeProgress(plan.nodes, live=console.stderr_is_terminal() and not as_json) as progress:
-        result = lifecycle.up(plan, wait=not no_wait, checks=checks, timeout=timeout, on_event=progress.update)
+    headers = ("machine", "phase", "last message")
+    live = console.stderr_is_terminal() and not as_json
+    with NodeStates(plan.nodes, headers, ("waiting", ""), live=live, transient=False) as progress:
+
+        def on_event(node: str, phase: str, detail: str) -> None:
+            line = f"{node}: {phase}" + (f" ({detail})" if detail and phase != "creating" else "")
+            progress.update(node, (phase, detail[:100]), change=phase, line=line)
+
+        result = lifecycle.up(plan, wait=not no_wait, checks=checks, timeout=timeout, on_event=on_event)
     if as_json:
         console.print_json(result.as_dict())
         return
@@ -68,7 +76,7 @@ def up(lab_dir: Path | None, no_wait: bool, checks: tuple[str, ...], timeout: fl
             f"the mirror + discovery server ran only for this command; etcd may still be bootstrapping: "
             f"run `lab mirror serve` at {plan.mirror_url} until `lab health` is green"
         )
-    if not progress.live_enabled:  # the live table already shows the final state
+    if not progress.live:  # the live table already shows the final state
         _render_nodes(result.nodes)
     state = "healthy" if result.health is not None else "up (health not checked: --no-wait)"
     console.success(f"{len(plan.nodes)} machine(s) {state} in {result.seconds:.0f}s")
@@ -183,50 +191,6 @@ def doctor(lab_dir: Path | None, provider: str | None, as_json: bool) -> int | N
             if finding.fix and finding.level != "ok":
                 console.err().print(f"      fix: {finding.fix}", style="cyan", markup=False)
     return None if report.ok else ExitCode.MISSING_TOOL
-
-
-class NodeProgress:
-    """Per-machine progress of `lab up`: a live table on a terminal, else one line per phase change."""
-
-    def __init__(self, nodes: tuple[str, ...], *, live: bool):
-        self.rows: dict[str, tuple[str, str]] = {n: ("waiting", "") for n in nodes}
-        self.live_enabled = live
-        self._live: Any = None
-
-    def __enter__(self) -> NodeProgress:
-        if self.live_enabled:
-            from rich.live import Live
-
-            from coreos_lab import console
-
-            self._live = Live(self._table(), console=console.err(), refresh_per_second=4)
-            self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.__exit__(None, None, None)
-
-    def update(self, node: str, phase: str, detail: str) -> None:
-        previous = self.rows.get(node, ("", ""))[0]
-        self.rows[node] = (phase, detail)
-        if self._live is not None:
-            self._live.update(self._table())
-        elif phase != previous:
-            from coreos_lab import console
-
-            console.info(f"{node}: {phase}" + (f" ({detail})" if detail and phase != "creating" else ""))
-
-    def _table(self) -> Any:
-        from rich.table import Table
-        from rich.text import Text
-
-        table = Table(box=None)
-        for column in ("machine", "phase", "last message"):
-            table.add_column(column)
-        for node, (phase, detail) in self.rows.items():
-            table.add_row(node, phase, Text(detail[:100]))
-        return table
 
 
 def register(root: click.Group) -> None:
