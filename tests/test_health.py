@@ -202,3 +202,30 @@ def test_lab_whose_machines_are_not_running_is_unhealthy(tmp_path: Path, mirror_
     run = lab("health", lab_dir, env=env)
     assert run.returncode == ExitCode.UNHEALTHY, run.stderr
     assert "not running" in run.stderr and "lab up" in run.stderr
+
+
+def test_wait_starts_no_round_that_the_deadline_would_cut_short(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A round cut short would fail its checks on our own shortened timeouts: the last full round is reported.
+    The rounds are stood in for (0.4 s each, always a real-looking failure); the real ones run in
+    test_health_netns.py."""
+    import time
+
+    import coreos_lab.health as health
+    from coreos_lab.health.report import CheckResult, HealthReport, NodeReport, Status
+
+    rounds: list[tuple[float, float]] = []  # (command timeout given, seconds left before the deadline)
+    deadline = time.monotonic() + 1.5
+
+    def one_round(targets, distro, checks, expected, *, command_timeout, **kw):  # type: ignore[no-untyped-def]
+        rounds.append((command_timeout, deadline - time.monotonic()))
+        time.sleep(0.4)
+        failed = CheckResult("etcd", Status.FAIL, f"round {len(rounds)}: cluster is unavailable")
+        return HealthReport(distro, expected, ("etcd",), (NodeReport("core-01", "10.0.0.1", (failed,)),))
+
+    monkeypatch.setattr(health, "check_cluster", one_round)
+    targets = parse_ssh_config("Host core-01\n  HostName 10.0.0.1\n")
+    with pytest.raises(health.HealthTimeout) as caught:
+        health.wait_healthy(targets, "coreos", ["etcd"], 3, timeout=1.5, first_delay=0.05)
+    assert time.monotonic() <= deadline + 0.05  # no round ran past the deadline
+    assert len(rounds) >= 2 and all(left >= 0.4 for _, left in rounds)
+    assert f"round {len(rounds)}: cluster is unavailable" in caught.value.message

@@ -149,8 +149,10 @@ def wait_healthy(
 ) -> HealthReport:
     """Re-check with exponential backoff until healthy; `HealthTimeout` with the last report at the deadline.
 
-    Connect and command timeouts shrink to the time left, so a round never runs far past the deadline. Each
-    node's connection stays open from round to round: a new one costs a key exchange, slow on emulated guests.
+    Connect and command timeouts shrink to the time left, so a round never runs far past the deadline; a round
+    that would not fit before it, judged by the last one, is not started: its checks would fail on our own
+    shortened timeouts and hide the real failures of the last full round. Each node's connection stays open
+    from round to round: a new one costs a key exchange, slow on emulated guests.
     """
     checks = tuple(checks)
     deadline = time.monotonic() + timeout
@@ -159,6 +161,7 @@ def wait_healthy(
     try:
         while True:
             left = max(deadline - time.monotonic(), 1.0)
+            round_started = time.monotonic()
             report = check_cluster(
                 targets,
                 distro,
@@ -172,11 +175,12 @@ def wait_healthy(
             )
             if report.healthy:
                 return report
+            round_seconds = time.monotonic() - round_started
             left = deadline - time.monotonic()
-            if left <= 0:
+            if left <= round_seconds:
                 failing = "; ".join(f"{node} {c.name}: {c.detail}" for node, c in report.failing())
                 raise HealthTimeout(f"not healthy after {timeout:g}s: {failing}", report)
-            time.sleep(min(delay, left))
+            time.sleep(min(delay, left - round_seconds))
             delay = min(delay * 2, max_delay)
     finally:
         for session in sessions:
