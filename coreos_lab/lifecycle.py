@@ -14,9 +14,10 @@
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,7 @@ def up(
         for node in plan.nodes:
             if node not in todo:
                 on_event(node, "running", "already running")
+        targets = None  # the machines' SSH targets, when fetched early
         if todo:
             if not box_added:
                 for node in todo:
@@ -221,10 +223,13 @@ def up(
             # From here on machines exist: the token belongs to this cluster and is never reused.
             mark_created(plan)
             _own_management_network(plan)
-            _up_machines(plan, todo, deadline=deadline, on_event=on_event)
+            with _TargetsOnceBooted(plan, todo, on_event, enabled=wait) as early:
+                _up_machines(plan, todo, deadline=deadline, on_event=early.on_event)
+                targets = early.targets()
         health = None
         if wait:
-            health = wait_healthy(plan, checks=checks, timeout=max(deadline - time.monotonic(), 1.0), on_event=on_event)
+            left = max(deadline - time.monotonic(), 1.0)
+            health = wait_healthy(plan, checks=checks, timeout=left, on_event=on_event, targets=targets)
     # `vagrant up` succeeded for every machine it started, so each is running now: no second `vagrant status`.
     after = [
         replace(status, state="running", description="running") if status.name in todo else status
@@ -282,6 +287,46 @@ def _up_machines(plan: LabPlan, names: Sequence[str], *, deadline: float, on_eve
         raise UpFailed({n: failures[n] for n in names if n in failures}, len(names))
 
 
+class _TargetsOnceBooted:
+    """`vagrant ssh-config` started as soon as every machine being brought up has booted, while Vagrant still
+    sets hostnames, networks and provisioners: its 2-4 s of Ruby then no longer delay the first health round.
+    Vagrant prints "Machine booted and ready!" (its core's wait-for-communicator step, for every provider)."""
+
+    BOOTED = "Machine booted and ready!"
+
+    def __init__(self, plan: LabPlan, machines: Sequence[str], on_event: NodeEvent, *, enabled: bool):
+        self.plan = plan
+        self.waiting = set(machines) if enabled else set()
+        self.forward = on_event
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssh-config")
+        self._future: Future[list[Any]] | None = None
+        self._lock = threading.Lock()
+
+    def on_event(self, node: str, phase: str, detail: str) -> None:
+        self.forward(node, phase, detail)
+        if self.BOOTED not in detail:
+            return
+        with self._lock:
+            self.waiting.discard(node)
+            if not self.waiting and self._future is None:
+                self._future = self._pool.submit(ssh_targets, self.plan)
+
+    def targets(self) -> list[Any] | None:
+        """The early `vagrant ssh-config`, if it ran and worked (else the caller asks again)."""
+        if self._future is None:
+            return None
+        try:
+            return self._future.result()
+        except LabError:
+            return None
+
+    def __enter__(self) -> _TargetsOnceBooted:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True)
+
+
 def ssh_targets(plan: LabPlan) -> list[Any]:
     """The lab's machines as SSH targets (`vagrant ssh-config`)."""
     from coreos_lab.health.targets import targets_from_lab
@@ -289,11 +334,19 @@ def ssh_targets(plan: LabPlan) -> list[Any]:
     return targets_from_lab(plan.lab_dir, plan.provider)
 
 
-def wait_healthy(plan: LabPlan, *, checks: Sequence[str] = (), timeout: float, on_event: NodeEvent = _ignore) -> Any:
-    """Wait until the cluster is healthy (the health module's checks over SSH to every machine)."""
+def wait_healthy(
+    plan: LabPlan,
+    *,
+    checks: Sequence[str] = (),
+    timeout: float,
+    on_event: NodeEvent = _ignore,
+    targets: list[Any] | None = None,
+) -> Any:
+    """Wait until the cluster is healthy (the health module's checks over SSH to every machine); `targets`:
+    the machines' SSH targets when the caller has them already."""
     from coreos_lab.health import wait_healthy as wait_until_healthy
 
-    targets = ssh_targets(plan)
+    targets = targets if targets is not None else ssh_targets(plan)
     for target in targets:
         on_event(target.name, "checking", "health")
 

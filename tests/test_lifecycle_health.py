@@ -55,3 +55,21 @@ def test_up_with_selected_checks_is_healthy(tmp_path: Path) -> None:
     health = run.json()["health"]
     assert health["healthy"] is True and health["checks"] == ["etcd", "members"]
     assert sorted(health["nodes"]) == ["core-01", "core-02", "core-03"]
+
+
+def test_ssh_config_is_read_while_vagrant_still_provisions(tmp_path: Path) -> None:
+    """`vagrant ssh-config` runs once every machine has booted, not after the ups: the first health round
+    does not wait for its Ruby start-up."""
+    with netns_cluster(tmp_path / "nodes", 3) as cluster:
+        cluster.start_all_etcd()
+        lab_dir, env = make_lab(tmp_path, distro="coreos", subnet="192.168.61.0/24")
+        env.update(install_standins(tmp_path, ["core-01", "core-02", "core-03"]))
+        env.update(STANDIN_SSH_CONFIG=str(cluster.write_ssh_config(tmp_path / "ssh_config")), HOME=str(tmp_path))
+        env["STANDIN_PROVISION_SECONDS"] = "3"
+        run = lab("up", lab_dir, "--check", "etcd", "--check", "members", "--timeout", "60", "--json", env=env)
+    assert run.returncode == ExitCode.OK, run.stderr
+    calls = [json.loads(line) for line in (tmp_path / "calls.jsonl").read_text().splitlines()]
+    ups = [c for c in calls if c["argv"][0] == "up"]
+    ssh_configs = [c for c in calls if c["argv"][0] == "ssh-config"]
+    assert len(ssh_configs) == 1
+    assert ssh_configs[0]["start"] < min(c["end"] for c in ups) - 1  # while all three were still provisioning

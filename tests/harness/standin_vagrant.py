@@ -7,7 +7,7 @@ machine state the way Vagrant does (`.vagrant/machines/NAME/PROVIDER/id`). It re
 end) as JSON lines in $STANDIN_CALLS so tests can check order and concurrency.
 
 Knobs: STANDIN_MACHINES (comma-separated names), STANDIN_FAIL (a machine whose `up` fails),
-STANDIN_UP_SECONDS (how long an `up` takes),
+STANDIN_UP_SECONDS (how long an `up` takes to boot), STANDIN_PROVISION_SECONDS (and then to provision),
 STANDIN_SSH_CONFIG (a file `vagrant ssh-config` prints); VAGRANT_LOG adds a log line on stderr, as Vagrant's.
 """
 
@@ -101,6 +101,8 @@ def main(argv: list[str]) -> int:
         (directory / "id").write_text(f"standin-{name}")
         (directory / "halted").unlink(missing_ok=True)
         emit(name, "ui", "info", f"==> {name}: Machine booted and ready!")
+        time.sleep(float(os.environ.get("STANDIN_PROVISION_SECONDS", "0")))  # what Vagrant does after boot
+        emit(name, "ui", "info", f"==> {name}: Running provisioner: shell...")
         return 0
     if command == "halt":
         for name in words[1:] or machines():
