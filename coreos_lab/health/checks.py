@@ -1,7 +1,8 @@
 """The checks run on each node over SSH, per distro (DESIGN §5).
 
 - units: the distro's units active, one `systemctl is-active` each (with several units it exits 0 if *any*
-  is active).
+  is active). When it finds the etcd unit stopped, the etcd checks of that node skip (etcdctl would only wait
+  out its dial timeout) and say why; the node is unhealthy through the units check.
 - etcd: the cluster's health as this node sees it — v2 `cluster-health` on CoreOS (verdict from the member
   lines, since etcd2 says "cluster is healthy" if any member is), v3 `endpoint health --cluster -w json` on
   Flatcar (v2 on a Flatcar machine that runs etcd as a v2 proxy: the proxy has no v3 API).
@@ -25,6 +26,9 @@ _V2 = {"ETCDCTL_API": "2"}
 _V3 = {"ETCDCTL_API": "3"}
 _V3_DIAL = "3s"  # etcdctl's default dial timeout is 2 s; a loaded lab VM may need a little longer
 _V3_PROBE_DIAL, _V3_PROBE_COMMAND = "2s", "3s"  # for the local member only: no raft round, no other machine
+# `systemctl is-active` states of a unit that is not running (yet). Anything else — active, or no systemctl
+# at all — leaves the etcd checks to find out for themselves.
+_STOPPED_STATES = frozenset({"inactive", "failed", "activating", "deactivating"})
 
 
 @dataclass
@@ -32,6 +36,7 @@ class NodeFacts:
     """What one check learned about a node that the next can use."""
 
     v2_only: bool = False  # local etcd has no v3 API (a Flatcar machine running etcd as a v2 proxy)
+    etcd_unit_down: str = ""  # the units check found the etcd unit stopped: "etcd-member is inactive"
     known_proxy: bool = False  # the lab's configuration says so: no need to probe for the v3 API
     local_status: parsers.EndpointStatus | None = None  # v3 `endpoint status` of the local member
 
@@ -69,6 +74,9 @@ def check_units(session: SSHSession, ctx: CheckContext) -> CheckResult:
         states.append((unit, state or (result.stderr.strip().splitlines() or ["unknown"])[-1]))
     detail = ", ".join(f"{unit}: {state}" for unit, state in states)
     ok = all(state == "active" for _, state in states)
+    etcd_unit, etcd_state = states[0]
+    if etcd_state in _STOPPED_STATES:
+        ctx.node.etcd_unit_down = f"{etcd_unit} is {etcd_state}"
     return _pass("units", detail) if ok else _fail("units", detail)
 
 
@@ -98,7 +106,16 @@ def _v3_local_status(session: SSHSession, ctx: CheckContext) -> tuple[parsers.En
     return None, parsers.first_error_line(result.stderr) or f"etcdctl exit {result.returncode}"
 
 
+def _etcd_not_running(name: str, ctx: CheckContext) -> CheckResult | None:
+    """With the etcd unit known to be stopped, etcdctl would only wait out its dial timeout (2-3 s): say so."""
+    if not ctx.node.etcd_unit_down:
+        return None
+    return CheckResult(name, Status.SKIP, f"not asked: {ctx.node.etcd_unit_down}")
+
+
 def check_etcd(session: SSHSession, ctx: CheckContext) -> CheckResult:
+    if (stopped := _etcd_not_running("etcd", ctx)) is not None:
+        return stopped
     note = ""
     if ctx.distro == "coreos":
         health = _v2_cluster_health(session, ctx)
@@ -131,6 +148,8 @@ def check_etcd(session: SSHSession, ctx: CheckContext) -> CheckResult:
 
 
 def check_members(session: SSHSession, ctx: CheckContext) -> CheckResult:
+    if (stopped := _etcd_not_running("members", ctx)) is not None:
+        return stopped
     listing: parsers.MemberList | None = None
     leader: parsers.Member | None = None
     if ctx.distro == "flatcar" and not ctx.node.v2_only:
