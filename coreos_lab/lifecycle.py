@@ -296,7 +296,8 @@ class _TargetsOnceBooted:
 
     def __init__(self, plan: LabPlan, machines: Sequence[str], on_event: NodeEvent, *, enabled: bool):
         self.plan = plan
-        self.waiting = set(machines) if enabled else set()
+        self.enabled = enabled  # only worth it when health follows
+        self.waiting = set(machines)
         self.forward = on_event
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ssh-config")
         self._future: Future[list[Any]] | None = None
@@ -304,7 +305,7 @@ class _TargetsOnceBooted:
 
     def on_event(self, node: str, phase: str, detail: str) -> None:
         self.forward(node, phase, detail)
-        if self.BOOTED not in detail:
+        if not self.enabled or self.BOOTED not in detail:
             return
         with self._lock:
             self.waiting.discard(node)

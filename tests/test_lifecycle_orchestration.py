@@ -56,6 +56,7 @@ def test_up_orders_steps_and_starts_machines_concurrently(tmp_path: Path, standi
     # the ups' success, not from a second `vagrant status`
     assert order[0] == "--version" and sorted(order[1:3]) == ["box list", "status"] and order[3] == "box add"
     assert order.count("status") == 1
+    assert "ssh-config" not in order  # read early only for the health wait, which --no-wait skips
     ups = [c for c in calls(tmp_path) if c["argv"][0] == "up"]
     assert sorted(c["argv"][1] for c in ups) == NODES
     assert max(c["start"] for c in ups) < min(c["end"] for c in ups), "the three ups did not overlap"
