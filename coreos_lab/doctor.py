@@ -209,15 +209,22 @@ def check_mirror(ctx: DoctorContext) -> Iterable[Finding]:
         )
 
 
+def vagrant_has_box(plan: LabPlan) -> bool:
+    """Whether Vagrant already has the lab's box (name, version, provider): `vagrant box list`."""
+    from coreos_lab.vagrant import Vagrant
+
+    vagrant = Vagrant(plan.lab_dir, provider=plan.provider, keep_logs=False)
+    return vagrant.has_box(plan.box_name, plan.box_version, plan.provider)
+
+
 def check_vagrant_box(ctx: DoctorContext) -> Iterable[Finding]:
     from coreos_lab.errors import LabError
-    from coreos_lab.vagrant import Vagrant
 
     if ctx.plan is None or "vagrant_version" not in ctx.facts:
         return
     plan = ctx.plan
     try:
-        present = Vagrant(plan.lab_dir, keep_logs=False).has_box(plan.box_name, plan.box_version, plan.provider)
+        present = vagrant_has_box(plan)
     except LabError as exc:
         yield Finding("vagrant-box", "warn", f"could not list Vagrant's boxes: {exc.message}")
         return

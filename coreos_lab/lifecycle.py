@@ -32,6 +32,7 @@ from coreos_lab.doctor import (
     check_subnet,
     check_vagrant,
     fetch_box_metadata,
+    vagrant_has_box,
 )
 from coreos_lab.errors import BadInput, ExitCode, LabError, Timeout, ToolMissing
 from coreos_lab.fsutil import atomic_write_text
@@ -78,17 +79,12 @@ def preflight(plan: LabPlan) -> list[Finding]:
     findings: list[Finding] = []
     for check in checks:
         for finding in check(ctx):
-            if finding.level == "fail" and finding.check == "mirror-box" and _vagrant_has_box(plan):
+            if finding.level == "fail" and finding.check == "mirror-box" and vagrant_has_box(plan):
                 finding = Finding("mirror-box", "ok", f"{finding.detail}, but Vagrant already has it")
             findings.append(finding)
             if finding.level == "fail":
                 raise ToolMissing(finding.detail, hint=finding.fix)
     return findings
-
-
-def _vagrant_has_box(plan: LabPlan) -> bool:
-    vagrant = Vagrant(plan.lab_dir, provider=plan.provider, keep_logs=False)
-    return vagrant.has_box(plan.box_name, plan.box_version, plan.provider)
 
 
 def mirror_root_of(plan: LabPlan) -> Path:
