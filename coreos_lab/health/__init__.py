@@ -3,7 +3,8 @@
 Public API (for `lab health`, `lab up` and smoke tests):
 - `check_cluster(targets, distro, checks, expected_members) -> HealthReport`
 - `wait_healthy(targets, distro, checks, expected_members, timeout, on_update) -> HealthReport`, raising
-  `HealthTimeout` (exit 5, carrying the last report) when the deadline passes first.
+  `HealthTimeout` (exit 5, carrying the last report) when the deadline passes first. Its time comes from a
+  `Clock` (monotonic time and sleep; `SYSTEM_CLOCK` unless another is given).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Protocol
 
 from coreos_lab.errors import BadInput, Timeout
 from coreos_lab.health.checks import CHECK_NAMES, CHECKS, DISTROS, CheckContext
@@ -27,7 +29,9 @@ from coreos_lab.ssh import (
 __all__ = [
     "CHECK_NAMES",
     "DISTROS",
+    "SYSTEM_CLOCK",
     "CheckResult",
+    "Clock",
     "HealthReport",
     "HealthTimeout",
     "NodeReport",
@@ -39,6 +43,25 @@ __all__ = [
 ]
 
 NodeCallback = Callable[[NodeReport], None]
+
+
+class Clock(Protocol):
+    """Where waiting gets its time: seconds that only go forward, and a way to let them pass."""
+
+    def now(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+
+class SystemClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+SYSTEM_CLOCK: Clock = SystemClock()
 
 
 class HealthTimeout(Timeout):
@@ -146,22 +169,24 @@ def wait_healthy(
     first_delay: float = 0.5,
     max_delay: float = 5.0,
     etcd_nodes: Collection[str] | None = None,
+    clock: Clock = SYSTEM_CLOCK,
 ) -> HealthReport:
     """Re-check with exponential backoff until healthy; `HealthTimeout` with the last report at the deadline.
 
     Connect and command timeouts shrink to the time left, so a round never runs far past the deadline; a round
     that would not fit before it, judged by the last one, is not started: its checks would fail on our own
     shortened timeouts and hide the real failures of the last full round. Each node's connection stays open
-    from round to round: a new one costs a key exchange, slow on emulated guests.
+    from round to round: a new one costs a key exchange, slow on emulated guests. `clock` times the rounds, the
+    deadline and the pauses between rounds.
     """
     checks = tuple(checks)
-    deadline = time.monotonic() + timeout
+    deadline = clock.now() + timeout
     delay = first_delay
     sessions = [SSHSession(t, connect_timeout=connect_timeout) for t in targets]
     try:
         while True:
-            left = max(deadline - time.monotonic(), 1.0)
-            round_started = time.monotonic()
+            left = max(deadline - clock.now(), 1.0)
+            round_started = clock.now()
             report = check_cluster(
                 targets,
                 distro,
@@ -175,12 +200,12 @@ def wait_healthy(
             )
             if report.healthy:
                 return report
-            round_seconds = time.monotonic() - round_started
-            left = deadline - time.monotonic()
+            round_seconds = clock.now() - round_started
+            left = deadline - clock.now()
             if left <= round_seconds:
                 failing = "; ".join(f"{node} {c.name}: {c.detail}" for node, c in report.failing())
                 raise HealthTimeout(f"not healthy after {timeout:g}s: {failing}", report)
-            time.sleep(min(delay, left - round_seconds))
+            clock.sleep(min(delay, left - round_seconds))
             delay = min(delay * 2, max_delay)
     finally:
         for session in sessions:
