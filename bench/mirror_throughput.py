@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from harness.ports import free_port
 
-from coreos_lab.store import BoxKey, MirrorStore
+from coreos_lab.mirror.store import BoxKey, MirrorStore
 
 KEY = BoxKey("bench-stable", "1.0.0", "virtualbox")
 CHUNK = 16 * 1024 * 1024

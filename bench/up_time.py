@@ -29,7 +29,7 @@ CHILD = """
 import json, sys, time
 from pathlib import Path
 from coreos_lab import lifecycle
-from coreos_lab.plan import load_plan
+from coreos_lab.lab.plan import load_plan
 
 lab_dir, mode = Path(sys.argv[1]), sys.argv[2]
 if mode == "one-by-one":

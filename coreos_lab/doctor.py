@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from coreos_lab import proc
-from coreos_lab.plan import LabPlan
+from coreos_lab.lab.plan import LabPlan
 
 Level = Literal["ok", "warn", "fail"]
 
@@ -73,7 +73,7 @@ Check = Callable[[DoctorContext], Iterable[Finding]]
 
 def check_vagrant(ctx: DoctorContext) -> Iterable[Finding]:
     from coreos_lab.errors import LabError
-    from coreos_lab.vagrant import INSTALL_HINT, Vagrant
+    from coreos_lab.vagrant.adapter import INSTALL_HINT, Vagrant
 
     if shutil.which("vagrant") is None:
         yield Finding("vagrant", "fail", "vagrant not found on PATH", INSTALL_HINT)
@@ -211,7 +211,7 @@ def check_mirror(ctx: DoctorContext) -> Iterable[Finding]:
 
 def vagrant_has_box(plan: LabPlan) -> bool:
     """Whether Vagrant already has the lab's box (name, version, provider): `vagrant box list`."""
-    from coreos_lab.vagrant import Vagrant
+    from coreos_lab.vagrant.adapter import Vagrant
 
     vagrant = Vagrant(plan.lab_dir, provider=plan.provider, keep_logs=False)
     return vagrant.has_box(plan.box_name, plan.box_version, plan.provider)
@@ -451,7 +451,7 @@ def fetch_box_metadata(plan: LabPlan, timeout: float = 3.0) -> dict[str, Any] | 
 
 def local_box_versions(mirror_root: Path, name: str) -> set[tuple[str, str]]:
     """(version, provider) of every stored box called `name`."""
-    from coreos_lab.store import MirrorStore
+    from coreos_lab.mirror.store import MirrorStore
 
     if not mirror_root.is_dir():
         return set()
@@ -470,7 +470,7 @@ COMMON_CHECKS: list[Check] = [
 
 def check_libvirt(ctx: DoctorContext) -> Iterable[Finding]:
     """libvirtd listening, the vagrant-libvirt plugin, and whether KVM really runs guests (else: qemu driver)."""
-    from coreos_lab import libvirt
+    from coreos_lab.vagrant import libvirt
 
     socket_path = libvirt.libvirt_socket()
     if socket_path is None:

@@ -36,8 +36,8 @@ from coreos_lab.doctor import (
 )
 from coreos_lab.errors import BadInput, ExitCode, LabError, Timeout, ToolMissing
 from coreos_lab.fsutil import atomic_write_text
-from coreos_lab.plan import LabPlan
-from coreos_lab.vagrant import MachineStatus, Vagrant
+from coreos_lab.lab.plan import LabPlan
+from coreos_lab.vagrant.adapter import MachineStatus, Vagrant
 
 # How machines are brought up at the same time, per provider. VirtualBox's provider is not parallel inside
 # one Vagrant process, but separate `vagrant up NAME` processes are safe (Vagrant ≥ 1.4) once the box is
@@ -326,7 +326,7 @@ class _TargetsOnceBooted:
 
 def ssh_targets(plan: LabPlan) -> list[Any]:
     """The lab's machines as SSH targets (`vagrant ssh-config`)."""
-    from coreos_lab.health.targets import targets_from_lab
+    from coreos_lab.cluster.health.targets import targets_from_lab
 
     return targets_from_lab(plan.lab_dir, plan.provider)
 
@@ -341,7 +341,7 @@ def wait_healthy(
 ) -> Any:
     """Wait until the cluster is healthy (the health module's checks over SSH to every machine); `targets`:
     the machines' SSH targets when the caller has them already."""
-    from coreos_lab.health import wait_healthy as wait_until_healthy
+    from coreos_lab.cluster.health import wait_healthy as wait_until_healthy
 
     targets = targets if targets is not None else ssh_targets(plan)
     for target in targets:
@@ -369,14 +369,14 @@ def wait_healthy(
 
 def render(plan: LabPlan) -> dict[str, Any]:
     """Bring the generated files in line with lab.yaml; keeps the cluster's token, mints one for a new one."""
-    from coreos_lab.config import load_config
-    from coreos_lab.render import render_lab
+    from coreos_lab.lab.config import load_config
+    from coreos_lab.lab.render import render_lab
 
     return render_lab(load_config(plan.lab_dir, check_mirror=False)).as_dict()
 
 
 def mark_created(plan: LabPlan) -> None:
-    from coreos_lab.state import LabState
+    from coreos_lab.lab.state import LabState
 
     LabState.load(plan.lab_dir).mark_created()
 
@@ -414,7 +414,7 @@ def created_on_disk(plan: LabPlan, name: str) -> bool:
 def status(plan: LabPlan) -> LabStatus:
     """Every machine's state from `vagrant status`; when the provider is unusable here, from Vagrant's records
     on disk (a machine with no id file is not created, whatever the provider)."""
-    from coreos_lab.state import LabState
+    from coreos_lab.lab.state import LabState
 
     exists = LabState.load(plan.lab_dir).cluster_exists
     if not (plan.lab_dir / "Vagrantfile").is_file():
@@ -471,7 +471,7 @@ def destroy(plan: LabPlan, *, on_event: NodeEvent = _ignore) -> DestroyResult:
     later cluster could reuse (etcd would find the old members registered). The cluster counts as gone only
     once Vagrant succeeded; until then `up` refuses to render a new token for it.
     """
-    from coreos_lab.state import LabState
+    from coreos_lab.lab.state import LabState
 
     state = LabState.load(plan.lab_dir)
     retired = state.token is not None
@@ -494,10 +494,10 @@ def _management_network_record(plan: LabPlan) -> Path:
 
 def _own_management_network(plan: LabPlan) -> None:
     """libvirt: define the management network before vagrant-libvirt would, without dnsmasq's ping delay
-    (see coreos_lab.libvirt); remembered so that `destroy` removes it again."""
+    (see coreos_lab.vagrant.libvirt); remembered so that `destroy` removes it again."""
     if plan.provider != "libvirt" or not plan.management_network:
         return
-    from coreos_lab.libvirt import create_management_network
+    from coreos_lab.vagrant.libvirt import create_management_network
 
     uuid = create_management_network(plan.management_network)
     if uuid:
@@ -508,7 +508,7 @@ def _release_management_network(plan: LabPlan) -> None:
     record = _management_network_record(plan)
     if not record.is_file():
         return
-    from coreos_lab.libvirt import remove_management_network
+    from coreos_lab.vagrant.libvirt import remove_management_network
 
     remove_management_network(record.read_text().strip())
     record.unlink()

@@ -29,8 +29,8 @@ def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool
     """
     from aiohttp import web
 
-    from coreos_lab import mirror_http
     from coreos_lab.discovery import api as discovery_api
+    from coreos_lab.mirror import http as mirror_http
 
     app = web.Application()
     # Discovery first: its routes match only `/new` and 32-hex tokens, never a box name.

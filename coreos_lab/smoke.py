@@ -132,7 +132,7 @@ def _health_stage(
     etcd_nodes: Collection[str] | None,
 ) -> None:
     """One case per node. The wait ends at the deadline; a node still failing then fails its case."""
-    from coreos_lab.health import HealthTimeout, wait_healthy
+    from coreos_lab.cluster.health import HealthTimeout, wait_healthy
 
     start = time.monotonic()
     try:
@@ -160,7 +160,7 @@ def _functional_stages(
     timeout: float,
     etcd_nodes: Collection[str] | None,
 ) -> None:
-    from coreos_lab import functional
+    from coreos_lab.cluster import functional
 
     with rec.stage("etcd round trip") as details:
         first, last = _round_trip_ends(targets, distro, etcd_nodes)
@@ -182,7 +182,7 @@ def run_against(
 ) -> None:
     """Health and functional stages against running nodes; raises StageFailed on the first failure.
     `etcd_nodes` names the etcd members when some nodes are proxies (None: every node is a member)."""
-    from coreos_lab.health import select_checks
+    from coreos_lab.cluster.health import select_checks
 
     selected = select_checks(distro, checks)
     deadline = time.monotonic() + timeout
@@ -222,7 +222,7 @@ def smoke_ssh(
     on_case: Callable[[TestCase], None] = lambda case: None,
 ) -> SmokeResult:
     """Smoke an existing cluster reachable over SSH: no Vagrant, nothing created or destroyed."""
-    from coreos_lab.health.targets import targets_from_file
+    from coreos_lab.cluster.health.targets import targets_from_file
 
     targets = targets_from_file(ssh_config)
     rec = Recorder(on_case)
@@ -249,7 +249,7 @@ def smoke_lab(
     import tempfile
 
     from coreos_lab import lifecycle
-    from coreos_lab.plan import LabPlan, load_plan
+    from coreos_lab.lab.plan import LabPlan, load_plan
 
     throwaway = lab_dir is None
     where = Path(tempfile.mkdtemp(prefix="lab-smoke-")) if lab_dir is None else lab_dir
@@ -266,7 +266,7 @@ def smoke_lab(
         pending = ["preflight", "up", "health", *_functional_names("coreos", checks or ["fleet"])]
         try:
             if not (where / "lab.yaml").exists():
-                from coreos_lab.labfile import init_lab
+                from coreos_lab.lab.labfile import init_lab
 
                 with rec.stage("init") as details:
                     details.append(f"lab.yaml written in {init_lab(where, flags=flags or {}).path.parent}")

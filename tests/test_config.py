@@ -9,9 +9,9 @@ import pytest
 from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
 
-from coreos_lab.config import SETTINGS, load_config
 from coreos_lab.errors import BadInput, ExitCode
-from coreos_lab.labfile import init_lab
+from coreos_lab.lab.config import SETTINGS, load_config
+from coreos_lab.lab.labfile import init_lab
 
 
 @pytest.fixture

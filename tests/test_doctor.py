@@ -78,7 +78,7 @@ SUBNET_PROBE = """
 import ipaddress, json, sys
 from pathlib import Path
 from coreos_lab.doctor import DoctorContext, check_subnet
-from coreos_lab.plan import LabPlan
+from coreos_lab.lab.plan import LabPlan
 plan = LabPlan(Path('.'), ('core-01',), 'virtualbox', 'coreos', 'coreos-stable', None, 'http://127.0.0.1:8080',
                subnet=ipaddress.IPv4Network(sys.argv[1]))
 print(json.dumps([f.as_dict() for f in check_subnet(DoctorContext(plan, 'virtualbox', Path('.')))]))

@@ -15,8 +15,8 @@ import pytest
 from harness.boxes import make_box
 from harness.upstream import FixtureServer, ReleaseUpstream
 
-from coreos_lab.download import download
-from coreos_lab.upstream import session
+from coreos_lab.mirror.download import download
+from coreos_lab.mirror.upstream import session
 
 pytestmark = pytest.mark.integration
 

@@ -12,9 +12,9 @@ from harness.labs import mirror_with_boxes, write_lab
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coreos_lab.cluster.health import select_checks
+from coreos_lab.cluster.ssh import parse_ssh_config, shell_command
 from coreos_lab.errors import BadInput, ExitCode
-from coreos_lab.health import select_checks
-from coreos_lab.ssh import parse_ssh_config, shell_command
 
 # What `vagrant ssh-config` prints for a two-machine lab (coreos-vagrant), plus a wildcard block.
 VAGRANT_SSH_CONFIG = """\
@@ -79,7 +79,7 @@ def test_remote_command_words_are_quoted() -> None:
 
 def test_cli_offers_exactly_the_health_checks() -> None:
     from coreos_lab.cli.options import CHECK_NAMES as CLI_CHECK_NAMES
-    from coreos_lab.health import CHECK_NAMES
+    from coreos_lab.cluster.health import CHECK_NAMES
 
     assert CLI_CHECK_NAMES == CHECK_NAMES
 
@@ -124,7 +124,7 @@ def test_proxy_must_name_a_host_of_the_ssh_config(tmp_path: Path, mirror_root: P
 
 
 def test_lab_facts_name_the_etcd_members(tmp_path: Path, mirror_root: Path) -> None:
-    from coreos_lab.health.targets import lab_facts
+    from coreos_lab.cluster.health.targets import lab_facts
 
     facts = lab_facts(write_lab(tmp_path, mirror_root, nodes=5))
     assert (facts.etcd_members, facts.etcd_nodes) == (3, ("core-01", "core-02", "core-03"))
@@ -175,7 +175,7 @@ def test_unreachable_targets_fail_with_the_real_cause(tmp_path: Path) -> None:
     """A listener that never speaks SSH (banner timeout) and a closed port, both on loopback."""
     import socket
 
-    from coreos_lab.ssh import SSHError, SSHSession, SSHTarget
+    from coreos_lab.cluster.ssh import SSHError, SSHSession, SSHTarget
 
     with socket.socket() as mute, socket.socket() as closed:
         mute.bind(("127.0.0.1", 0))
@@ -231,7 +231,7 @@ class StandInRounds:
     kwargs: list[dict[str, Any]] = field(default_factory=list)
 
     def __call__(self, targets, distro, checks, expected, **kwargs):  # type: ignore[no-untyped-def]
-        from coreos_lab.health.report import CheckResult, HealthReport, NodeReport, Status
+        from coreos_lab.cluster.health.report import CheckResult, HealthReport, NodeReport, Status
 
         self.started.append(self.clock.now())
         self.kwargs.append(kwargs)
@@ -252,7 +252,7 @@ def clock() -> FakeClock:
 def _rounds(
     monkeypatch: pytest.MonkeyPatch, clock: FakeClock, seconds: float, healthy_from: int | None = None
 ) -> StandInRounds:
-    import coreos_lab.health as health
+    import coreos_lab.cluster.health as health
 
     rounds = StandInRounds(clock, seconds, healthy_from)
     monkeypatch.setattr(health, "check_cluster", rounds)
@@ -266,7 +266,7 @@ def test_wait_starts_no_round_that_the_deadline_would_cut_short(
     monkeypatch: pytest.MonkeyPatch, clock: FakeClock
 ) -> None:
     """A round cut short would fail its checks on our own shortened timeouts: the last full round is reported."""
-    import coreos_lab.health as health
+    import coreos_lab.cluster.health as health
 
     rounds = _rounds(monkeypatch, clock, seconds=0.4)
     with pytest.raises(health.HealthTimeout) as caught:
@@ -284,7 +284,7 @@ def test_wait_starts_no_round_that_the_deadline_would_cut_short(
 
 def test_wait_backs_off_and_returns_the_first_healthy_round(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
     """README: re-checks with backoff, 0.5 s doubling to 5 s; each node's connection is kept from round to round."""
-    import coreos_lab.health as health
+    import coreos_lab.cluster.health as health
 
     rounds = _rounds(monkeypatch, clock, seconds=0.0, healthy_from=7)
 

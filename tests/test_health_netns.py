@@ -19,8 +19,8 @@ from harness import processes
 from harness.cli import LabRun, lab, start_lab
 from harness.netns import NetnsCluster, netns_cluster
 
+from coreos_lab.cluster.ssh import SSHSession, parse_ssh_config
 from coreos_lab.errors import ExitCode
-from coreos_lab.ssh import SSHSession, parse_ssh_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd, pytest.mark.netns]
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coreos_lab.health import parsers
+from coreos_lab.cluster.health import parsers
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

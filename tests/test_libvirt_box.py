@@ -14,8 +14,8 @@ from harness.boxes import add_box
 from harness.cli import lab
 from harness.libvirt_box import GUEST_FILES, build_box
 
-from coreos_lab.render import etcd_environments
-from coreos_lab.store import MirrorStore
+from coreos_lab.lab.render import etcd_environments
+from coreos_lab.mirror.store import MirrorStore
 
 BUSYBOX = shutil.which("busybox")
 

@@ -10,9 +10,9 @@ from harness.boxes import add_box
 from harness.cli import lab
 from harness.labs import write_lab
 
-from coreos_lab.config import load_config
 from coreos_lab.errors import BadInput, ExitCode
-from coreos_lab.store import MirrorStore
+from coreos_lab.lab.config import load_config
+from coreos_lab.mirror.store import MirrorStore
 
 
 @pytest.fixture

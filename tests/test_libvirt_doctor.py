@@ -8,8 +8,8 @@ import pytest
 from harness.cli import lab
 from harness.libvirt_ns import LibvirtNamespace
 
-from coreos_lab import libvirt
 from coreos_lab.doctor import DoctorContext, check_libvirt
+from coreos_lab.vagrant import libvirt
 
 
 @pytest.mark.integration

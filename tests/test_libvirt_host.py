@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from harness.libvirt_ns import LibvirtNamespace
 
-from coreos_lab import libvirt
-from coreos_lab.libvirt import _boot_under_kvm, _guest_kernel, kvm_check, management_gateway
+from coreos_lab.vagrant import libvirt
+from coreos_lab.vagrant.libvirt import _boot_under_kvm, _guest_kernel, kvm_check, management_gateway
 
 
 def test_management_gateway_is_the_first_host_address() -> None:

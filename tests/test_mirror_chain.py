@@ -11,7 +11,7 @@ from harness.cli import lab
 from harness.mirror import mirror_server
 from harness.upstream import ReleaseUpstream, SigningKeys, keys, upstream
 
-from coreos_lab.store import MirrorStore
+from coreos_lab.mirror.store import MirrorStore
 
 __all__ = ["keys", "upstream"]  # the fixtures, imported for this module's tests
 

@@ -16,7 +16,7 @@ from harness.cli import lab
 from harness.upstream import FixtureServer, ReleaseUpstream, SigningKeys, keys, upstream
 
 from coreos_lab.errors import ExitCode
-from coreos_lab.store import BoxKey, MirrorStore
+from coreos_lab.mirror.store import BoxKey, MirrorStore
 
 __all__ = ["keys", "upstream"]  # the fixtures, imported for this module's tests
 

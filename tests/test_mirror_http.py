@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import pytest
 from harness.boxes import add_box
 
+from coreos_lab.mirror.store import MirrorStore
 from coreos_lab.server import EmbeddedServer
-from coreos_lab.store import MirrorStore
 
 BOX = "/coreos-stable/1.0.0/virtualbox-amd64.box"
 

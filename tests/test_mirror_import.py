@@ -14,7 +14,7 @@ from harness.boxes import make_box
 from harness.cli import lab
 
 from coreos_lab.errors import ExitCode
-from coreos_lab.store import BoxKey, MirrorStore
+from coreos_lab.mirror.store import BoxKey, MirrorStore
 
 
 def metadata_for(

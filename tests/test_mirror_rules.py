@@ -8,8 +8,8 @@ import pytest
 from harness.boxes import add_box
 
 from coreos_lab.errors import BadInput
-from coreos_lab.mirror_http import check_base_url, check_root, effective_headers, if_range_matches, render_index
-from coreos_lab.store import MirrorStore
+from coreos_lab.mirror.http import check_base_url, check_root, effective_headers, if_range_matches, render_index
+from coreos_lab.mirror.store import MirrorStore
 
 
 def test_effective_headers_decisions() -> None:

@@ -19,7 +19,7 @@ from harness.cli import lab
 from harness.mirror import mirror_server
 
 from coreos_lab.errors import ExitCode
-from coreos_lab.store import MirrorStore
+from coreos_lab.mirror.store import MirrorStore
 
 pytestmark = pytest.mark.integration
 

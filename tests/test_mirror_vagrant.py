@@ -17,7 +17,7 @@ import pytest
 from harness.boxes import add_box
 from harness.mirror import MirrorProcess, mirror_server
 
-from coreos_lab.store import BoxKey, MirrorStore
+from coreos_lab.mirror.store import BoxKey, MirrorStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.vagrant]
 

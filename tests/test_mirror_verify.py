@@ -9,7 +9,7 @@ from harness.boxes import add_box
 from harness.cli import lab
 
 from coreos_lab.errors import ExitCode
-from coreos_lab.store import BoxKey, MirrorStore
+from coreos_lab.mirror.store import BoxKey, MirrorStore
 
 
 def verify(root: Path):  # type: ignore[no-untyped-def]

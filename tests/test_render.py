@@ -17,11 +17,11 @@ import yaml
 from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
 
-from coreos_lab.config import load_config
 from coreos_lab.errors import BadInput, ExitCode, LabError
+from coreos_lab.lab.config import load_config
+from coreos_lab.lab.render import etcd_environment, etcd_environments, render_lab
+from coreos_lab.lab.state import LabState
 from coreos_lab.paths import discovery_dir
-from coreos_lab.render import etcd_environment, etcd_environments, render_lab
-from coreos_lab.state import LabState
 
 GOLDEN = Path(__file__).parent / "golden"
 UNIT = "[Unit]\nDescription=hello\n\n[Service]\nExecStart=/usr/bin/echo hello # not a comment\n"

@@ -20,8 +20,8 @@ from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
 from harness.netns import BRIDGE_IP, netns_cluster, node_ip
 
-from coreos_lab.config import load_config
-from coreos_lab.render import etcd_environments, render_lab
+from coreos_lab.lab.config import load_config
+from coreos_lab.lab.render import etcd_environments, render_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd, pytest.mark.netns]
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from harness.labs import mirror_with_boxes, write_lab
 
-from coreos_lab.config import load_config
-from coreos_lab.render import render_lab
+from coreos_lab.lab.config import load_config
+from coreos_lab.lab.render import render_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.vagrant]
 

@@ -24,7 +24,7 @@ from harness.lifecycle_labs import install_standins, make_lab
 from harness.netns import NetnsCluster, netns_cluster
 
 from coreos_lab.errors import ExitCode
-from coreos_lab.store import MirrorStore
+from coreos_lab.mirror.store import MirrorStore
 
 NODES = ["core-01", "core-02", "core-03"]
 ETCD_CHECKS = ("--check", "etcd", "--check", "members")

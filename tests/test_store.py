@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from coreos_lab.errors import BadInput
-from coreos_lab.store import BoxKey, MirrorStore, version_key
+from coreos_lab.mirror.store import BoxKey, MirrorStore, version_key
 
 
 def _stage(store: MirrorStore, key: BoxKey, data: bytes) -> tuple[Path, str]:

@@ -9,7 +9,7 @@ import pytest
 from harness.boxes import write_box
 
 from coreos_lab.errors import ToolMissing
-from coreos_lab.vagrant import Vagrant
+from coreos_lab.vagrant.adapter import Vagrant
 
 pytestmark = [pytest.mark.integration, pytest.mark.vagrant]
 
@@ -64,8 +64,8 @@ def test_box_add_pinned_version_from_the_mirror(lab_dir: Path, tmp_path: Path) -
     """The box is added the way `lab up` adds it: box metadata from the real mirror server, version pinned."""
     from harness.boxes import add_box
 
+    from coreos_lab.mirror.store import MirrorStore, metadata_url
     from coreos_lab.server import EmbeddedServer
-    from coreos_lab.store import MirrorStore, metadata_url
 
     store = MirrorStore(tmp_path / "boxes")
     add_box(store, "coreos-stable", "1.0.0")

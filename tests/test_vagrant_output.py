@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from coreos_lab.errors import ExitCode, ToolMissing
-from coreos_lab.vagrant import (
+from coreos_lab.vagrant.adapter import (
     VagrantFailed,
     decode,
     error_from_output,

@@ -13,7 +13,7 @@ from coreos_lab.errors import BadInput, ExitCode
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from coreos_lab.health import HealthReport, NodeReport
+    from coreos_lab.cluster.health import HealthReport, NodeReport
 
 
 @click.command()
@@ -58,8 +58,8 @@ def health(
     Exit 0 when healthy, 3 when not, 5 when --wait's deadline passed first.
     """
     from coreos_lab import console
-    from coreos_lab.health import HealthTimeout, check_cluster, wait_healthy
-    from coreos_lab.health.targets import lab_facts, targets_from_file, targets_from_lab
+    from coreos_lab.cluster.health import HealthTimeout, check_cluster, wait_healthy
+    from coreos_lab.cluster.health.targets import lab_facts, targets_from_file, targets_from_lab
 
     if ssh_config is not None:
         if lab_dir is not None:

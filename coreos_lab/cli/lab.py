@@ -11,7 +11,7 @@ import click
 from coreos_lab.cli.options import json_option
 
 # The settings every one of these commands takes as flags (precedence: … ← environment ← flags). Names and
-# help come from the settings table in coreos_lab.config; listed here so `--help` needs no import of it.
+# help come from the settings table in coreos_lab.lab.config; listed here so `--help` needs no import of it.
 _FLAGS: list[tuple[str, str, Any, str]] = [
     # (setting path, flag, click type, help)
     ("nodes", "--nodes", click.IntRange(1, 99), "Number of machines."),
@@ -62,7 +62,7 @@ def init(lab_dir: Path, force: bool, as_json: bool, **kwargs: Any) -> None:
     empty mirror nothing is written (fetch or import a box first).
     """
     from coreos_lab import console
-    from coreos_lab.labfile import init_lab
+    from coreos_lab.lab.labfile import init_lab
 
     result = init_lab(lab_dir, flags=collect_flags(kwargs), force=force)
     if as_json:
@@ -91,8 +91,8 @@ def render(lab_dir: Path, force: bool, as_json: bool, **kwargs: Any) -> None:
     cluster keeps its token. Files you edited since the last render are not overwritten unless --force.
     """
     from coreos_lab import console
-    from coreos_lab.config import load_config
-    from coreos_lab.render import render_lab
+    from coreos_lab.lab.config import load_config
+    from coreos_lab.lab.render import render_lab
 
     config = load_config(lab_dir, flags=collect_flags(kwargs))
     result = render_lab(config, force=force)
@@ -124,7 +124,7 @@ def config_(lab_dir: Path, as_json: bool, **kwargs: Any) -> None:
     Precedence: default ← lab.yaml ← environment LAB_* ← flag.
     """
     from coreos_lab import console
-    from coreos_lab.config import load_config
+    from coreos_lab.lab.config import load_config
 
     config = load_config(lab_dir, flags=collect_flags(kwargs))
     doc = config.as_dict()

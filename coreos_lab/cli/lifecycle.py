@@ -12,7 +12,7 @@ from coreos_lab.cli.options import check_option, json_option
 from coreos_lab.errors import ExitCode
 
 if TYPE_CHECKING:
-    from coreos_lab.plan import LabPlan
+    from coreos_lab.lab.plan import LabPlan
 
 dir_argument = click.argument(
     "lab_dir", metavar="[DIR]", required=False, type=click.Path(file_okay=False, path_type=Path)
@@ -20,7 +20,7 @@ dir_argument = click.argument(
 
 
 def _plan(lab_dir: Path | None) -> LabPlan:
-    from coreos_lab.plan import load_plan
+    from coreos_lab.lab.plan import load_plan
 
     return load_plan((lab_dir or Path.cwd()).resolve())
 

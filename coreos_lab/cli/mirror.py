@@ -11,8 +11,8 @@ from coreos_lab.cli.options import json_option, resolve_existing_root, resolve_r
 from coreos_lab.errors import ExitCode
 
 if TYPE_CHECKING:
-    from coreos_lab.mirror_fetch import FetchResult
-    from coreos_lab.mirror_import import ImportResult
+    from coreos_lab.mirror.fetch import FetchResult
+    from coreos_lab.mirror.importer import ImportResult
 
 base_url_option = click.option(
     "--base-url",
@@ -50,9 +50,9 @@ def import_(
     as_json: bool,
 ) -> None:
     """Add a box downloaded some other way (checked against --metadata's checksum when given)."""
-    from coreos_lab.mirror_import import import_box
+    from coreos_lab.mirror.importer import import_box
+    from coreos_lab.mirror.store import MirrorStore
     from coreos_lab.progress import TerminalReporter
-    from coreos_lab.store import MirrorStore
 
     result = import_box(
         MirrorStore(resolve_root(root)),
@@ -101,9 +101,9 @@ def fetch(
     as_json: bool,
 ) -> None:
     """Download a CoreOS/Flatcar Vagrant box from a release server, verified, resuming an interrupted one."""
-    from coreos_lab.mirror_fetch import fetch_box
+    from coreos_lab.mirror.fetch import fetch_box
+    from coreos_lab.mirror.store import MirrorStore
     from coreos_lab.progress import TerminalReporter
-    from coreos_lab.store import MirrorStore
 
     result = fetch_box(
         MirrorStore(resolve_root(root)),
@@ -127,7 +127,7 @@ def fetch(
 def list_(root: Path | None, base_url: str | None, as_json: bool) -> None:
     """One row per stored box, with the URLs `lab mirror serve` answers on."""
     from coreos_lab import console
-    from coreos_lab.store import MirrorStore
+    from coreos_lab.mirror.store import MirrorStore
 
     store = MirrorStore(resolve_existing_root(root))
     rows = [e.as_dict(_base(base_url)) for e in store.entries()]
@@ -163,9 +163,9 @@ def list_(root: Path | None, base_url: str | None, as_json: bool) -> None:
 def verify(root: Path | None, as_json: bool) -> ExitCode:
     """Re-hash every box against its record; exit 1 on any mismatch or damaged record."""
     from coreos_lab import console
-    from coreos_lab.mirror_verify import verify_store
+    from coreos_lab.mirror.store import MirrorStore
+    from coreos_lab.mirror.verify import verify_store
     from coreos_lab.progress import TerminalReporter
-    from coreos_lab.store import MirrorStore
 
     report = verify_store(MirrorStore(resolve_existing_root(root)), TerminalReporter())
     if as_json:

@@ -33,7 +33,7 @@ def serve(root: Path | None, host: str, port: int, base_url: str | None, live: b
     One access-log line per request goes to stderr.
     """
     from coreos_lab import console
-    from coreos_lab.mirror_http import check_base_url, check_root, describe
+    from coreos_lab.mirror.http import check_base_url, check_root, describe
     from coreos_lab.server import serve_forever
 
     mirror_root = check_root(resolve_root(root))

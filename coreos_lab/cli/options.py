@@ -13,7 +13,7 @@ FC = TypeVar("FC", bound=Callable[..., object])
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print exactly one JSON document on stdout.")
 
-# coreos_lab.health.CHECK_NAMES, spelled out so that building the CLI does not import the health package
+# coreos_lab.cluster.health.CHECK_NAMES, spelled out so that building the CLI does not import the health package
 # (tests/test_health.py keeps the two equal).
 CHECK_NAMES = ("units", "etcd", "members", "fleet")
 
@@ -40,7 +40,7 @@ def resolve_root(root: Path | None) -> Path:
 def resolve_existing_root(root: Path | None) -> Path:
     """The mirror root a command only reads. One the user named (--root, $LAB_MIRROR_ROOT) must exist, or a typo
     would read as an empty mirror; the default one may not exist yet (nothing imported so far)."""
-    from coreos_lab.mirror_http import check_root
+    from coreos_lab.mirror.http import check_root
 
     resolved = resolve_root(root)
     if root is not None or os.environ.get("LAB_MIRROR_ROOT"):

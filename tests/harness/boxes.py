@@ -8,7 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from coreos_lab.store import BoxEntry, BoxKey, MirrorStore
+from coreos_lab.mirror.store import BoxEntry, BoxKey, MirrorStore
 
 _OVF = """<?xml version="1.0"?>
 <Envelope ovf:version="1.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/1"

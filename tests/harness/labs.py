@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from coreos_lab.store import MirrorStore
+from coreos_lab.mirror.store import MirrorStore
 from harness.boxes import add_box
 
 # The boxes `mirror_with_boxes` stores: name → versions.

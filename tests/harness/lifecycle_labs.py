@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from coreos_lab.store import MirrorStore
+from coreos_lab.mirror.store import MirrorStore
 from harness.boxes import add_box
 from harness.ports import free_port
 

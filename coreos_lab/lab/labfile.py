@@ -9,9 +9,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from coreos_lab.config import CONFIG_FILE, LabConfig, build_config, fetch_hint, newest_version
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.fsutil import atomic_write_text
+from coreos_lab.lab.config import CONFIG_FILE, LabConfig, build_config, fetch_hint, newest_version
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def init_lab(
         flags["version"] = newest
     config = build_config(lab_dir, {}, origin=origin, flags=flags, environ=environ, check_mirror=True)
 
-    from coreos_lab.render import environment
+    from coreos_lab.lab.render import environment
 
     text = (
         environment(lab_dir).get_template("lab.yaml.j2").render(v=dict(config.values), v_sources=dict(config.sources))

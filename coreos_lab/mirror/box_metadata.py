@@ -10,9 +10,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from coreos_lab.checksums import check_checksum
 from coreos_lab.errors import BadInput
-from coreos_lab.store import DEFAULT_ARCH, BoxKey
+from coreos_lab.mirror.checksums import check_checksum
+from coreos_lab.mirror.store import DEFAULT_ARCH, BoxKey
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from coreos_lab.cluster.ssh import SSHTarget, parse_ssh_config
 from coreos_lab.errors import BadInput, Unhealthy
-from coreos_lab.ssh import SSHTarget, parse_ssh_config
 
 
 def vagrant_ssh_config(lab_dir: Path, provider: str | None = None) -> str:
     """`vagrant ssh-config` of every machine of the lab, through the one Vagrant adapter."""
-    from coreos_lab.vagrant import Vagrant, VagrantFailed
+    from coreos_lab.vagrant.adapter import Vagrant, VagrantFailed
 
     try:
         return Vagrant(lab_dir, provider=provider, keep_logs=False, timeout=120).ssh_config()
@@ -32,7 +32,7 @@ class LabFacts:
 
 def lab_facts(lab_dir: Path) -> LabFacts:
     """The distro and the etcd members (the other machines are proxies) of the lab in `lab_dir`."""
-    from coreos_lab.config import load_config
+    from coreos_lab.lab.config import load_config
 
     config = load_config(lab_dir, check_mirror=False)
     return LabFacts(config.distro, config.etcd_members, tuple(n.name for n in config.nodes if n.etcd_member))

@@ -56,7 +56,7 @@ class LabPlan:
 
     @property
     def metadata_url(self) -> str:
-        from coreos_lab.store import metadata_url
+        from coreos_lab.mirror.store import metadata_url
 
         return metadata_url(self.box_name, self.mirror_url)
 
@@ -75,7 +75,7 @@ def load_plan(lab_dir: Path) -> LabPlan:
     Whether the mirror has the box is left to the caller's preflight: that is a missing prerequisite
     (exit 4), not bad input.
     """
-    from coreos_lab.config import load_config
+    from coreos_lab.lab.config import load_config
 
     return plan_from_config(load_config(Path(lab_dir), check_mirror=False))
 

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from coreos_lab import box_metadata
-from coreos_lab.checksums import CHUNK, Hashers, file_digests
 from coreos_lab.errors import BadInput
+from coreos_lab.mirror import box_metadata
+from coreos_lab.mirror.checksums import CHUNK, Hashers, file_digests
+from coreos_lab.mirror.store import DEFAULT_ARCH, BoxEntry, BoxKey, MirrorStore
 from coreos_lab.progress import Reporter, SilentReporter
-from coreos_lab.store import DEFAULT_ARCH, BoxEntry, BoxKey, MirrorStore
 
 # Archive formats Vagrant unpacks, by their leading bytes.
 _MAGIC = {

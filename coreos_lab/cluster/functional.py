@@ -2,7 +2,7 @@
 
 - etcd round trip: a key written through etcd on the first node is read back on the last one, then removed.
 - fleet unit (CoreOS): a small unit started through fleet is seen `active running`, then destroyed.
-Both run over SSH (`coreos_lab.ssh`) with the etcdctl/fleetctl that the distro ships.
+Both run over SSH (`coreos_lab.cluster.ssh`) with the etcdctl/fleetctl that the distro ships.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import secrets
 import time
 from dataclasses import dataclass
 
+from coreos_lab.cluster.ssh import SSHSession, SSHTarget
 from coreos_lab.errors import Unhealthy
-from coreos_lab.ssh import SSHSession, SSHTarget
 
 SMOKE_PREFIX = "/coreos-lab/smoke"
 

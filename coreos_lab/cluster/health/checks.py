@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from coreos_lab.health import parsers
-from coreos_lab.health.report import CheckResult, Status
-from coreos_lab.ssh import DEFAULT_COMMAND_TIMEOUT, SSHSession
+from coreos_lab.cluster.health import parsers
+from coreos_lab.cluster.health.report import CheckResult, Status
+from coreos_lab.cluster.ssh import DEFAULT_COMMAND_TIMEOUT, SSHSession
 
 DISTROS = ("coreos", "flatcar")
 CHECK_NAMES = ("units", "etcd", "members", "fleet")

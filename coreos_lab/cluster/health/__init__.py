@@ -14,10 +14,9 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from coreos_lab.errors import BadInput, Timeout
-from coreos_lab.health.checks import CHECK_NAMES, CHECKS, DISTROS, CheckContext
-from coreos_lab.health.report import CheckResult, HealthReport, NodeReport, Status
-from coreos_lab.ssh import (
+from coreos_lab.cluster.health.checks import CHECK_NAMES, CHECKS, DISTROS, CheckContext
+from coreos_lab.cluster.health.report import CheckResult, HealthReport, NodeReport, Status
+from coreos_lab.cluster.ssh import (
     DEFAULT_COMMAND_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     CommandTimeout,
@@ -25,6 +24,7 @@ from coreos_lab.ssh import (
     SSHSession,
     SSHTarget,
 )
+from coreos_lab.errors import BadInput, Timeout
 
 __all__ = [
     "CHECK_NAMES",

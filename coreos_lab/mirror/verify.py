@@ -7,10 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from coreos_lab.checksums import file_digests
 from coreos_lab.errors import BadInput
+from coreos_lab.mirror.checksums import file_digests
+from coreos_lab.mirror.store import RECORD_SUFFIX, MirrorStore
 from coreos_lab.progress import Reporter, SilentReporter
-from coreos_lab.store import RECORD_SUFFIX, MirrorStore
 
 # Problems (fail the verification) and notes (do not).
 OK, MISMATCH, SIZE_MISMATCH, MISSING_BOX, DAMAGED_RECORD, UNREADABLE = (

@@ -22,8 +22,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from coreos_lab.errors import BadInput
-from coreos_lab.libvirt import DRIVERS as LIBVIRT_DRIVERS
-from coreos_lab.libvirt import MANAGEMENT_NETWORK, management_gateway
+from coreos_lab.vagrant.libvirt import DRIVERS as LIBVIRT_DRIVERS
+from coreos_lab.vagrant.libvirt import MANAGEMENT_NETWORK, management_gateway
 
 CONFIG_FILE = "lab.yaml"
 MAX_NODES = 99  # node names are <prefix>-01 … <prefix>-99
@@ -278,7 +278,7 @@ class LabConfig:
     @property
     def box_metadata_url(self) -> str:
         """Vagrant reads box metadata here (on the host side)."""
-        from coreos_lab.store import metadata_url
+        from coreos_lab.mirror.store import metadata_url
 
         return metadata_url(self.box_name, self.mirror_url)
 
@@ -552,7 +552,7 @@ def _check_scalars(
             where("channel"), f"{channel!r} is not a {distro} channel; choose one of {', '.join(CHANNELS[distro])}"
         )
     if values["version"] is not None:
-        from coreos_lab.store import VERSION_RE
+        from coreos_lab.mirror.store import VERSION_RE
 
         if not VERSION_RE.match(str(values["version"])):
             problems.add(where("version"), f"{values['version']!r} is not a box version (e.g. 3815.2.0)")
@@ -865,7 +865,7 @@ def _build_units(raw: Any, nodes: tuple[Node, ...], problems: _Problems) -> tupl
 
 
 def check_version_in_mirror(config: LabConfig, where: str) -> None:
-    from coreos_lab.store import BoxKey, MirrorStore
+    from coreos_lab.mirror.store import BoxKey, MirrorStore
 
     store = MirrorStore(config.mirror_root)
     key = BoxKey(config.box_name, config.version, config.provider)
@@ -886,7 +886,7 @@ def fetch_hint(distro: str, channel: str, version: str | None = None) -> str:
 
 def newest_version(mirror_root: Path, distro: str, channel: str, provider: str) -> str | None:
     """The newest version of `<distro>-<channel>` the mirror has for `provider`, if any."""
-    from coreos_lab.store import MirrorStore
+    from coreos_lab.mirror.store import MirrorStore
 
     entry = MirrorStore(mirror_root).latest(box_name(distro, channel), provider)
     return entry.version if entry is not None else None

@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
-from coreos_lab.checksums import CHUNK, Hashers
 from coreos_lab.errors import LabError
+from coreos_lab.mirror.checksums import CHUNK, Hashers
+from coreos_lab.mirror.upstream import CONNECT_TIMEOUT, READ_TIMEOUT, http_error, network_error
 from coreos_lab.progress import Reporter
-from coreos_lab.upstream import CONNECT_TIMEOUT, READ_TIMEOUT, http_error, network_error
 
 if TYPE_CHECKING:
     import requests

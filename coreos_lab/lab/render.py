@@ -25,10 +25,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from coreos_lab.config import LabConfig, Node, Unit
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.fsutil import atomic_write_text
-from coreos_lab.state import LabState, Token
+from coreos_lab.lab.config import LabConfig, Node, Unit
+from coreos_lab.lab.state import LabState, Token
 
 if TYPE_CHECKING:
     import jinja2
@@ -173,7 +173,7 @@ def libvirt_driver(config: LabConfig) -> str | None:
     """The concrete libvirt domain type for the Vagrantfile (`auto` resolved by test-booting under KVM)."""
     if config.provider != "libvirt":
         return None
-    from coreos_lab.libvirt import resolve_driver
+    from coreos_lab.vagrant.libvirt import resolve_driver
 
     return resolve_driver(str(config.values["libvirt.driver"]))
 

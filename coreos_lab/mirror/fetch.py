@@ -16,14 +16,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
-from coreos_lab import box_metadata, gpg
-from coreos_lab.checksums import file_digests
-from coreos_lab.download import download
 from coreos_lab.errors import BadInput
 from coreos_lab.fsutil import atomic_write_bytes
+from coreos_lab.mirror import box_metadata, gpg
+from coreos_lab.mirror.checksums import file_digests
+from coreos_lab.mirror.download import download
+from coreos_lab.mirror.store import BoxEntry, MirrorStore, check_version
+from coreos_lab.mirror.upstream import (
+    ReleaseChannel,
+    get_small,
+    parse_digests,
+    parse_version_txt,
+    release_channel,
+    session,
+)
 from coreos_lab.progress import Reporter, SilentReporter
-from coreos_lab.store import BoxEntry, MirrorStore, check_version
-from coreos_lab.upstream import ReleaseChannel, get_small, parse_digests, parse_version_txt, release_channel, session
 
 if TYPE_CHECKING:
     import requests

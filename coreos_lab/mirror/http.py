@@ -36,8 +36,8 @@ from aiohttp.abc import AbstractStreamWriter
 from multidict import CIMultiDict
 
 from coreos_lab.errors import BadInput
-from coreos_lab.store import BoxEntry, MirrorStore, version_key
-from coreos_lab.transfers import TransferTracker
+from coreos_lab.mirror.store import BoxEntry, MirrorStore, version_key
+from coreos_lab.mirror.transfers import TransferTracker
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 SEED_PATTERN = r"(?:coreos|flatcar)_production_vagrant\.json"

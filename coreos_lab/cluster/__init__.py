@@ -1,0 +1,1 @@
+"""A running cluster seen over SSH: sessions (`ssh`), health checks (`health`), functional checks."""

@@ -1,0 +1,1 @@
+"""One lab directory: lab.yaml (settings, model, validation), the plan of machines, .lab/ state, rendering."""

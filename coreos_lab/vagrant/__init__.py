@@ -1,0 +1,1 @@
+"""Vagrant: the one CLI adapter (`adapter`) and the providers' facts (`libvirt`, …)."""
