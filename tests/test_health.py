@@ -62,6 +62,30 @@ def test_defaults_come_from_wildcard_blocks_and_openssh() -> None:
     assert target.strict_host_key_checking == "ask" and not target.identities_only
 
 
+@pytest.mark.parametrize(("mode", "accepted"), [("no", True), ("accept-new", True), ("yes", False), ("ask", False)])
+def test_unknown_host_key_is_accepted_as_ssh_config_says_and_never_saved(
+    tmp_path: Path, mode: str, accepted: bool
+) -> None:
+    import paramiko
+
+    from coreos_lab.cluster.ssh import SSHTarget, host_key_policy, known_hosts_files
+
+    known = tmp_path / "known_hosts"
+    other = paramiko.ECDSAKey.generate()
+    known.write_text(f"other.example {other.get_name()} {other.get_base64()}\n")
+    target = SSHTarget("n", "node.example", strict_host_key_checking=mode, known_hosts_files=(str(known),))
+    assert known_hosts_files(target) == ([] if mode == "no" else [str(known)])
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(known))  # paramiko's AutoAddPolicy would now save a new key into this file
+    key = paramiko.ECDSAKey.generate()
+    if accepted:
+        host_key_policy(target).missing_host_key(client, "node.example", key)
+        assert client.get_host_keys().lookup("node.example") == {key.get_name(): key}
+    else:
+        assert isinstance(host_key_policy(target), paramiko.RejectPolicy)
+    assert known.read_text().splitlines() == [f"other.example {other.get_name()} {other.get_base64()}"]
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [("", "no Host entries"), ("Host *\n  User core\n", "no Host entries"), ("Host a\n  Port twenty\n", "Port")],

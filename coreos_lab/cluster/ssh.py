@@ -16,13 +16,11 @@ import socket
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+
+import paramiko
 
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.proc import CommandResult
-
-if TYPE_CHECKING:
-    import paramiko
 
 # paramiko logs transport errors (e.g. a banner timeout) from its own thread; without a handler Python would
 # print them raw on stderr next to our report. They reach the root handler with --debug.
@@ -66,8 +64,6 @@ def _truthy(value: str | None) -> bool:
 
 def parse_ssh_config(text: str, *, source: str = "ssh-config") -> list[SSHTarget]:
     """The concrete hosts of an OpenSSH config, in file order (patterns like `*` only supply defaults)."""
-    import paramiko
-
     try:
         config = paramiko.SSHConfig.from_text(text)
     except Exception as exc:  # paramiko raises several types for malformed lines
@@ -115,11 +111,34 @@ def _target(name: str, entry: Mapping[str, object], source: str) -> SSHTarget:
     )
 
 
-class _AcceptInMemory:
-    """Host key policy for lab VMs: accept the key for this connection only, never save it."""
+class AcceptForThisConnection(paramiko.MissingHostKeyPolicy):
+    """Accept a host key nobody knows yet, for this connection only; never write it anywhere.
+
+    Lab VMs get new host keys each time they are recreated, which is why `vagrant ssh-config` prints
+    `StrictHostKeyChecking no` and `UserKnownHostsFile /dev/null`: there is no key to check against, and a remembered
+    one would make the next lab's look like an attack. paramiko's own AutoAddPolicy would instead save the key into
+    the known_hosts file last loaded (the user's own, with `accept-new`).
+    """
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
         client.get_host_keys().add(hostname, key.get_name(), key)
+
+
+def host_key_policy(target: SSHTarget) -> paramiko.MissingHostKeyPolicy:
+    """What to do with a host key that no known_hosts file names, as OpenSSH's StrictHostKeyChecking says: accept
+    it for this connection (`no`, `accept-new`) or refuse it (`yes`, and `ask`: there is nobody to ask)."""
+    if target.strict_host_key_checking in ("no", "accept-new"):
+        return AcceptForThisConnection()
+    return paramiko.RejectPolicy()
+
+
+def known_hosts_files(target: SSHTarget) -> list[str]:
+    """The existing known_hosts files to check host keys against: none with `StrictHostKeyChecking no`, otherwise
+    UserKnownHostsFile (OpenSSH's default ~/.ssh/known_hosts)."""
+    if target.strict_host_key_checking == "no":
+        return []
+    files = [f for f in target.known_hosts_files if f != "/dev/null"] or [os.path.expanduser("~/.ssh/known_hosts")]
+    return [f for f in files if os.path.exists(f)]
 
 
 def shell_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
@@ -137,20 +156,11 @@ class SSHSession:
         self._client: paramiko.SSHClient | None = None
 
     def connect(self) -> None:
-        import paramiko
-
         t = self.target
         client = paramiko.SSHClient()
-        if t.strict_host_key_checking == "no":
-            client.set_missing_host_key_policy(_AcceptInMemory())  # type: ignore[arg-type]
-        else:
-            # Read-only: paramiko only writes known_hosts on save_host_keys(), which we never call.
-            files = [f for f in t.known_hosts_files if f != "/dev/null"] or [os.path.expanduser("~/.ssh/known_hosts")]
-            for path in files:
-                if os.path.exists(path):
-                    client.load_host_keys(path)
-            accept_new = t.strict_host_key_checking == "accept-new"
-            client.set_missing_host_key_policy(_AcceptInMemory() if accept_new else paramiko.RejectPolicy())  # type: ignore[arg-type]
+        for path in known_hosts_files(t):
+            client.load_host_keys(path)  # read only: paramiko writes known_hosts on save_host_keys(), never called here
+        client.set_missing_host_key_policy(host_key_policy(t))
         keys = [k for k in t.identity_files if os.path.exists(k)]
         sock = None
         try:
@@ -192,8 +202,6 @@ class SSHSession:
         timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> CommandResult:
         """Run `argv` on the node; a non-zero exit is a result, not an error. Reconnects once."""
-        import paramiko
-
         command = shell_command(argv, env)
         for attempt in (1, 2):
             if not self._alive():
