@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from harness.netns import netns_cluster
 
-from coreos_lab.lab.config import DEFAULT_ETCD_MEMBERS
+from coreos_lab.lab.settings import DEFAULT_ETCD_MEMBERS
 
 NODES = 9
 TARGET = 1.5

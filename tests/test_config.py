@@ -10,8 +10,9 @@ from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
 
 from coreos_lab.errors import BadInput, ExitCode
-from coreos_lab.lab.config import SETTINGS, load_config
+from coreos_lab.lab.config import load_config
 from coreos_lab.lab.labfile import init_lab
+from coreos_lab.lab.settings import SETTINGS
 
 
 @pytest.fixture

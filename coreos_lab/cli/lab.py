@@ -11,7 +11,7 @@ import click
 from coreos_lab.cli.options import json_option
 
 # The settings every one of these commands takes as flags (precedence: … ← environment ← flags). Names and
-# help come from the settings table in coreos_lab.lab.config; listed here so `--help` needs no import of it.
+# help come from the settings table in coreos_lab.lab.settings; listed here so `--help` needs no import of it.
 _FLAGS: list[tuple[str, str, Any, str]] = [
     # (setting path, flag, click type, help)
     ("nodes", "--nodes", click.IntRange(1, 99), "Number of machines."),

@@ -11,7 +11,9 @@ from typing import Any
 
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.fsutil import atomic_write_text
-from coreos_lab.lab.config import CONFIG_FILE, LabConfig, build_config, fetch_hint, newest_version
+from coreos_lab.lab.config import build_config, fetch_hint, newest_version
+from coreos_lab.lab.model import LabConfig
+from coreos_lab.lab.settings import CONFIG_FILE
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.fsutil import atomic_write_text
-from coreos_lab.lab.config import LabConfig, Node, Unit
+from coreos_lab.lab.model import LabConfig, Node, Unit
 from coreos_lab.lab.state import LabState, Token
 
 if TYPE_CHECKING:

@@ -1,0 +1,166 @@
+"""The typed result of loading a lab: `LabConfig`, its machines and the lists lab.yaml holds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from coreos_lab.lab.settings import SETTINGS_BY_PATH, STRUCTURED, USER_DATA_DIRS
+
+
+@dataclass(frozen=True)
+class ForwardedPort:
+    guest: int
+    host: int
+    protocol: str = "tcp"
+    node: str | None = None  # None: every machine (host ports auto-corrected by Vagrant)
+
+
+@dataclass(frozen=True)
+class SharedFolder:
+    host: str
+    guest: str
+
+
+@dataclass(frozen=True)
+class DropIn:
+    name: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    command: str | None = None
+    enable: bool | None = None
+    content: str | None = None
+    drop_ins: tuple[DropIn, ...] = ()
+    machines: tuple[str, ...] = ()  # empty: every machine
+
+
+@dataclass(frozen=True)
+class Node:
+    index: int  # 1-based
+    name: str
+    ip: str
+    etcd_member: bool
+    metadata: tuple[tuple[str, str], ...]
+
+    @property
+    def role(self) -> str:
+        return "etcd member" if self.etcd_member else "etcd proxy"
+
+    @property
+    def fleet_metadata(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.metadata)
+
+    @property
+    def user_data(self) -> str:
+        """The node's user-data file, relative to the lab directory."""
+        return f"user-data/{self.name}.yaml"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "name": self.name,
+            "ip": self.ip,
+            "etcd_member": self.etcd_member,
+            "metadata": dict(self.metadata),
+            "user_data": self.user_data,
+        }
+
+
+@dataclass(frozen=True)
+class LabConfig:
+    lab_dir: Path
+    values: Mapping[str, Any]  # every scalar setting by dotted path, resolved
+    sources: Mapping[str, str]  # dotted path → "default" | "lab.yaml" | "env LAB_…" | "flag --…"
+    nodes: tuple[Node, ...]
+    forwarded_ports: tuple[ForwardedPort, ...] = ()
+    shared_folders: tuple[SharedFolder, ...] = ()
+    units: tuple[Unit, ...] = ()
+    fleet_metadata: tuple[tuple[str, str], ...] = ()
+    structured: Mapping[str, Any] = field(default_factory=dict)  # lists/mappings as given, for display
+
+    def __getitem__(self, path: str) -> Any:
+        return self.values[path]
+
+    @property
+    def distro(self) -> str:
+        return str(self.values["distro"])
+
+    @property
+    def channel(self) -> str:
+        return str(self.values["channel"])
+
+    @property
+    def version(self) -> str:
+        return str(self.values["version"])
+
+    @property
+    def provider(self) -> str:
+        return str(self.values["provider"])
+
+    @property
+    def box_name(self) -> str:
+        return box_name(self.distro, self.channel)
+
+    @property
+    def etcd_members(self) -> int:
+        return int(self.values["etcd.members"])
+
+    @property
+    def discovery_mode(self) -> str:
+        return str(self.values["discovery.mode"])
+
+    @property
+    def mirror_url(self) -> str:
+        return str(self.values["mirror.url"]).rstrip("/")
+
+    @property
+    def mirror_root(self) -> Path:
+        return Path(self.values["mirror.root"])
+
+    @property
+    def guest_host(self) -> str:
+        return str(self.values["mirror.guest_host"])
+
+    @property
+    def box_metadata_url(self) -> str:
+        """Vagrant reads box metadata here (on the host side)."""
+        from coreos_lab.mirror.store import metadata_url
+
+        return metadata_url(self.box_name, self.mirror_url)
+
+    @property
+    def guest_mirror_url(self) -> str:
+        """The mirror server's base URL as guests reach it: same port and path, the guest-side host address."""
+        return guest_url(self.mirror_url, self.guest_host)
+
+    @property
+    def user_data_dir(self) -> str:
+        return USER_DATA_DIRS[self.distro]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lab_dir": str(self.lab_dir),
+            "box": {"name": self.box_name, "version": self.version, "metadata_url": self.box_metadata_url},
+            "settings": {p: {"value": self.values[p], "source": self.sources[p]} for p in SETTINGS_BY_PATH},
+            "structured": {
+                p: {"value": self.structured.get(p), "source": self.sources.get(p, "default")} for p in STRUCTURED
+            },
+            "nodes": [n.as_dict() for n in self.nodes],
+        }
+
+
+def box_name(distro: str, channel: str) -> str:
+    return f"{distro}-{channel}"
+
+
+def guest_url(host_url: str, guest_host: str) -> str:
+    parts = urlsplit(host_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return urlunsplit((parts.scheme, f"{guest_host}:{port}", parts.path.rstrip("/"), "", ""))
