@@ -42,7 +42,9 @@ class Unit:
 
 
 @dataclass(frozen=True)
-class Node:
+class Machine:
+    """One machine of the lab (a Vagrant machine, a node of the cluster): its address and etcd role."""
+
     index: int  # 1-based
     name: str
     ip: str
@@ -78,7 +80,7 @@ class LabConfig:
     lab_dir: Path
     values: Mapping[str, Any]  # every scalar setting by dotted path, resolved
     sources: Mapping[str, str]  # dotted path → "default" | "lab.yaml" | "env LAB_…" | "flag --…"
-    nodes: tuple[Node, ...]
+    nodes: tuple[Machine, ...]
     forwarded_ports: tuple[ForwardedPort, ...] = ()
     shared_folders: tuple[SharedFolder, ...] = ()
     units: tuple[Unit, ...] = ()

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.fsutil import atomic_write_text
-from coreos_lab.lab.model import LabConfig, Node, Unit
-from coreos_lab.lab.state import LabState, Token
+from coreos_lab.lab.model import LabConfig, Machine, Unit
+from coreos_lab.lab.state import LabState, LabToken
 
 if TYPE_CHECKING:
     import jinja2
@@ -112,15 +112,15 @@ class Discovery:
         return {"mode": self.mode, "url": self.url, "initial_cluster": self.initial_cluster}
 
 
-def peer_url(node: Node) -> str:
+def peer_url(node: Machine) -> str:
     return f"http://{node.ip}:2380"
 
 
-def client_url(node: Node) -> str:
+def client_url(node: Machine) -> str:
     return f"http://{node.ip}:2379"
 
 
-def etcd_settings(config: LabConfig, node: Node, discovery: Discovery) -> dict[str, str]:
+def etcd_settings(config: LabConfig, node: Machine, discovery: Discovery) -> dict[str, str]:
     """The etcd flags (without `--`) a machine runs with: etcd2's cloud-config keys, Flatcar's ETCD_* names.
 
     Members advertise their concrete addresses; the other machines run etcd as a proxy (clients use
@@ -154,7 +154,7 @@ def etcd_env_name(key: str) -> str:
     return "ETCD_" + key.replace("-", "_").upper()
 
 
-def node_units(config: LabConfig, node: Node) -> list[Unit]:
+def node_units(config: LabConfig, node: Machine) -> list[Unit]:
     return [u for u in config.units if not u.machines or node.name in u.machines]
 
 
@@ -258,7 +258,7 @@ def discovery_for(config: LabConfig, state: LabState) -> tuple[Discovery, str]:
     return Discovery(mode, token.guest_url, initial), "new"
 
 
-def mint_token(config: LabConfig, size: int, server: str) -> Token:
+def mint_token(config: LabConfig, size: int, server: str) -> LabToken:
     if config.discovery_mode == "local":
         from coreos_lab.discovery.state import DiscoveryStore
         from coreos_lab.paths import discovery_dir
@@ -268,7 +268,7 @@ def mint_token(config: LabConfig, size: int, server: str) -> Token:
             created = store.create_token(size)
         finally:
             store.close()
-        return Token(
+        return LabToken(
             token=created.token,
             url=f"{server}/{created.token}",
             guest_url=f"{config.guest_mirror_url}/{created.token}",
@@ -284,7 +284,7 @@ def mint_token(config: LabConfig, size: int, server: str) -> Token:
         # The client's hint speaks of its own flags; here lab.yaml chose the service.
         exc.hint = "check discovery.url in lab.yaml, or use discovery.mode local (served with the mirror)"
         raise
-    return Token(
+    return LabToken(
         token=url.rstrip("/").rsplit("/", 1)[-1], url=url, guest_url=url, size=size, mode="public", server=server
     )
 

@@ -33,8 +33,8 @@ def utc_now() -> str:
 
 
 @dataclass
-class Token:
-    """A discovery token and the URLs it is reached at."""
+class LabToken:
+    """The lab's discovery token as recorded in its state, and the URLs it is reached at."""
 
     token: str
     url: str  # as the host reaches it
@@ -49,7 +49,7 @@ class Token:
 class LabState:
     lab_dir: Path
     created_at: str = field(default_factory=utc_now)
-    token: Token | None = None
+    token: LabToken | None = None
     used_tokens: list[str] = field(default_factory=list)
     cluster_created_at: str | None = None  # set while the cluster exists
     destroyed_at: str | None = None  # when it was last destroyed
@@ -79,7 +79,7 @@ class LabState:
             return cls(
                 lab_dir=Path(lab_dir),
                 created_at=str(doc["created_at"]),
-                token=Token(**token) if token else None,
+                token=LabToken(**token) if token else None,
                 used_tokens=list(doc.get("used_tokens", [])),
                 cluster_created_at=doc.get("cluster_created_at"),
                 destroyed_at=doc.get("destroyed_at"),
@@ -128,7 +128,7 @@ class LabState:
     def is_used(self, token: str) -> bool:
         return token in self.used_tokens
 
-    def set_token(self, token: Token) -> None:
+    def set_token(self, token: LabToken) -> None:
         if self.is_used(token.token):
             raise BadInput(f"discovery token {token.token} was already used by a destroyed cluster")
         self.token = token

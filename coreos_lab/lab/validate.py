@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from coreos_lab.errors import BadInput
-from coreos_lab.lab.model import DropIn, ForwardedPort, Node, SharedFolder, Unit
+from coreos_lab.lab.model import DropIn, ForwardedPort, Machine, SharedFolder, Unit
 from coreos_lab.lab.settings import (
     CHANNELS,
     CONFIG_FILE,
@@ -197,7 +197,7 @@ def check_scalars(
 
 def build_nodes(
     values: dict[str, Any], file_values: dict[str, Any], where: Callable[[str], str], problems: Problems
-) -> tuple[Node, ...]:
+) -> tuple[Machine, ...]:
     subnet = parse_subnet(str(values["subnet"]))
     if subnet is None:
         problems.add(where("subnet"), f"{values['subnet']!r} is not an IPv4 network such as 172.17.8.0/24")
@@ -219,7 +219,7 @@ def build_nodes(
         if name not in names:
             problems.add(f"{CONFIG_FILE}: machines.{name}", f"no such machine; machines are {names[0]} … {names[-1]}")
 
-    nodes: list[Node] = []
+    nodes: list[Machine] = []
     taken: dict[ipaddress.IPv4Address, str] = {}
     reserved = {subnet.network_address, subnet.broadcast_address, subnet.network_address + 1}
     for i, name in enumerate(names, start=1):
@@ -252,7 +252,7 @@ def build_nodes(
         member = i <= members
         metadata = [("role", "services" if member else "worker")]
         own = build_metadata(settings.get("metadata"), f"machines.{name}.metadata", problems)
-        nodes.append(Node(i, name, str(ip), member, _merge_metadata(tuple(metadata), own)))
+        nodes.append(Machine(i, name, str(ip), member, _merge_metadata(tuple(metadata), own)))
     return tuple(nodes)
 
 
@@ -283,11 +283,11 @@ def _merge_metadata(
     return tuple(merged.items())
 
 
-def with_fleet_metadata(node: Node, common: tuple[tuple[str, str], ...]) -> Node:
+def with_fleet_metadata(node: Machine, common: tuple[tuple[str, str], ...]) -> Machine:
     """Precedence per machine: role ← fleet.metadata ← machines.<name>.metadata."""
     role = node.metadata[:1]
     own = node.metadata[1:]
-    return Node(node.index, node.name, node.ip, node.etcd_member, _merge_metadata(_merge_metadata(role, common), own))
+    return Machine(node.index, node.name, node.ip, node.etcd_member, _merge_metadata(_merge_metadata(role, common), own))
 
 
 def _has_fleet_metadata(file_values: dict[str, Any], path: str) -> bool:
@@ -317,7 +317,7 @@ def _port(value: Any, where: str, problems: Problems) -> int:
     return value
 
 
-def build_ports(raw: Any, nodes: tuple[Node, ...], problems: Problems) -> tuple[ForwardedPort, ...]:
+def build_ports(raw: Any, nodes: tuple[Machine, ...], problems: Problems) -> tuple[ForwardedPort, ...]:
     if raw is None:
         return ()
     base = f"{CONFIG_FILE}: forwarded_ports"
@@ -394,7 +394,7 @@ def _text(value: Any, where: str, problems: Problems) -> str | None:
     return value if value.endswith("\n") else value + "\n"
 
 
-def build_units(raw: Any, nodes: tuple[Node, ...], problems: Problems) -> tuple[Unit, ...]:
+def build_units(raw: Any, nodes: tuple[Machine, ...], problems: Problems) -> tuple[Unit, ...]:
     if raw is None:
         return ()
     base = f"{CONFIG_FILE}: units"
