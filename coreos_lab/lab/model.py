@@ -56,6 +56,14 @@ class Machine:
         return "etcd member" if self.etcd_member else "etcd proxy"
 
     @property
+    def peer_url(self) -> str:
+        return f"http://{self.ip}:2380"
+
+    @property
+    def client_url(self) -> str:
+        return f"http://{self.ip}:2379"
+
+    @property
     def fleet_metadata(self) -> str:
         return ",".join(f"{k}={v}" for k, v in self.metadata)
 
