@@ -26,14 +26,15 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 # Run inside the namespace: one `lab up` in-process, timed, then `lab destroy`.
 CHILD = """
-import json, sys, time
+import dataclasses, json, sys, time
 from pathlib import Path
 from coreos_lab import lifecycle
 from coreos_lab.lab.plan import load_plan
+from coreos_lab.vagrant import providers
 
 lab_dir, mode = Path(sys.argv[1]), sys.argv[2]
-if mode == "one-by-one":
-    lifecycle.ONE_PARALLEL_PROCESS = set()  # libvirt then takes the one-machine-at-a-time path
+if mode == "one-by-one":  # libvirt then takes the one-machine-at-a-time path
+    providers.PROVIDERS["libvirt"] = dataclasses.replace(providers.PROVIDERS["libvirt"], up="serial")
 plan = load_plan(lab_dir)
 started = time.monotonic()
 result = lifecycle.up(plan, timeout=1800)

@@ -24,27 +24,20 @@ from typing import Any
 
 from coreos_lab import proc
 from coreos_lab.doctor import (
-    PROVIDER_CHECKS,
-    DoctorContext,
-    Finding,
     check_mirror,
     check_ports,
     check_subnet,
     check_vagrant,
     fetch_box_metadata,
+    provider_checks,
     vagrant_has_box,
 )
 from coreos_lab.errors import BadInput, ExitCode, LabError, Timeout, ToolMissing
 from coreos_lab.fsutil import atomic_write_text
 from coreos_lab.lab.plan import LabPlan
+from coreos_lab.prerequisites import DoctorContext, Finding
 from coreos_lab.vagrant.adapter import MachineStatus, Vagrant
-
-# How machines are brought up at the same time, per provider. VirtualBox's provider is not parallel inside
-# one Vagrant process, but separate `vagrant up NAME` processes are safe (Vagrant ≥ 1.4) once the box is
-# added (DESIGN §3). vagrant-libvirt is parallel inside one process (`--parallel` is its default) and shares
-# networks between machines, which separate processes would race to create.
-SEPARATE_PROCESSES = {"virtualbox"}
-ONE_PARALLEL_PROCESS = {"libvirt"}
+from coreos_lab.vagrant.providers import PROVIDERS
 
 DEFAULT_TIMEOUT = 900.0
 
@@ -75,7 +68,7 @@ def preflight(plan: LabPlan) -> list[Finding]:
     The checks are doctor's own, so `lab doctor` and `lab up` never disagree.
     """
     ctx = DoctorContext(plan=plan, provider=plan.provider, mirror_root=mirror_root_of(plan))
-    checks = [check_vagrant, *PROVIDER_CHECKS.get(plan.provider, []), check_subnet, check_mirror, check_ports]
+    checks = [check_vagrant, *provider_checks(plan.provider), check_subnet, check_mirror, check_ports]
     findings: list[Finding] = []
     for check in checks:
         for finding in check(ctx):
@@ -245,11 +238,13 @@ def up(
 
 def _up_machines(plan: LabPlan, names: Sequence[str], *, deadline: float, on_event: NodeEvent) -> None:
     """Bring `names` up: separate concurrent processes, one parallel process, or one at a time, as the
-    provider allows. Every machine that fails is named with its own error."""
-    if plan.provider in ONE_PARALLEL_PROCESS:
+    provider allows (its `up` in the provider table). Every machine that fails is named with its own error."""
+    spec = PROVIDERS.get(plan.provider)
+    concurrency = spec.up if spec else "serial"
+    if concurrency == "one-process":
         batches, workers = [list(names)], 1
     else:
-        batches, workers = [[n] for n in names], len(names) if plan.provider in SEPARATE_PROCESSES else 1
+        batches, workers = [[n] for n in names], len(names) if concurrency == "processes" else 1
     failures: dict[str, LabError] = {}
 
     def run(batch: list[str]) -> None:
@@ -495,7 +490,7 @@ def _management_network_record(plan: LabPlan) -> Path:
 def _own_management_network(plan: LabPlan) -> None:
     """libvirt: define the management network before vagrant-libvirt would, without dnsmasq's ping delay
     (see coreos_lab.vagrant.libvirt); remembered so that `destroy` removes it again."""
-    if plan.provider != "libvirt" or not plan.management_network:
+    if not plan.management_network:  # set only for a provider with a management network
         return
     from coreos_lab.vagrant.libvirt import create_management_network
 

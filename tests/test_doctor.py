@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from harness.cli import lab
 
-from coreos_lab.doctor import (
+from coreos_lab.doctor import port_free
+from coreos_lab.errors import ExitCode
+from coreos_lab.vagrant.virtualbox import (
     VBOX_NETWORKS_CONF,
     debian_breaks,
     hostonly_ranges,
     known_bad_pair,
-    port_free,
     supported_virtualbox_series,
 )
-from coreos_lab.errors import ExitCode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -77,7 +77,8 @@ def test_doctor_human_output_goes_to_stderr(tmp_path: Path) -> None:
 SUBNET_PROBE = """
 import ipaddress, json, sys
 from pathlib import Path
-from coreos_lab.doctor import DoctorContext, check_subnet
+from coreos_lab.doctor import check_subnet
+from coreos_lab.prerequisites import DoctorContext
 from coreos_lab.lab.plan import LabPlan
 plan = LabPlan(Path('.'), ('core-01',), 'virtualbox', 'coreos', 'coreos-stable', None, 'http://127.0.0.1:8080',
                subnet=ipaddress.IPv4Network(sys.argv[1]))

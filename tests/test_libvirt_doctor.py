@@ -8,8 +8,9 @@ import pytest
 from harness.cli import lab
 from harness.libvirt_ns import LibvirtNamespace
 
-from coreos_lab.doctor import DoctorContext, check_libvirt
+from coreos_lab.prerequisites import DoctorContext
 from coreos_lab.vagrant import libvirt
+from coreos_lab.vagrant.libvirt import check_libvirt
 
 
 @pytest.mark.integration

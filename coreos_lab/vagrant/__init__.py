@@ -1,1 +1,2 @@
-"""Vagrant: the one CLI adapter (`adapter`) and the providers' facts (`libvirt`, …)."""
+"""Vagrant: the one CLI adapter (`adapter`), the provider table (`providers`) and each provider's own facts
+and doctor checks (`virtualbox`, `libvirt`)."""

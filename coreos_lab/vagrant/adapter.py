@@ -27,6 +27,7 @@ from typing import Any
 
 from coreos_lab import proc
 from coreos_lab.errors import LabError, ToolMissing
+from coreos_lab.vagrant.providers import PROVIDERS
 
 ENCODED_COMMA = "%!(VAGRANT_COMMA)"
 
@@ -41,12 +42,6 @@ INSTALL_HINT = "install it: apt-get install -y --no-install-recommends vagrant (
 
 # Errors that mean "this provider cannot run here": the user must install or fix something, exit 4.
 PROVIDER_ERRORS = {"ProviderNotUsable", "NoDefaultProvider", "ProviderNotFound", "ProviderNotFoundSuggestion"}
-
-PROVIDER_HINTS = {
-    "virtualbox": "install VirtualBox so that VBoxManage is on PATH (Debian's Vagrant 2.3.4 needs VirtualBox < 7.1), "
-    "or set `provider: libvirt` in lab.yaml; `lab doctor` checks every prerequisite",
-    "libvirt": "install vagrant-libvirt and start libvirtd (its socket must exist); `lab doctor` checks every prerequisite",
-}
 
 
 def decode(field: str) -> str:
@@ -175,9 +170,10 @@ def error_from_output(
         if short_class in PROVIDER_ERRORS:
             reason = _provider_reason(message)
             named = f"provider {provider}" if provider else "no usable provider"
+            spec = PROVIDERS.get(provider or "")
             return ToolMissing(
                 f"Vagrant cannot use {named}: {reason}",
-                hint=PROVIDER_HINTS.get(provider or "", "install a provider Vagrant supports, e.g. VirtualBox"),
+                hint=spec.install_hint if spec else "install a provider Vagrant supports, e.g. VirtualBox",
             )
         return VagrantFailed(
             f"vagrant {_verb(argv)} failed ({short_class}): {message.strip()}{where}",

@@ -1,5 +1,5 @@
 """What `provider: libvirt` needs to know about this host: whether KVM really runs guests, where guests reach
-the host, and whether libvirtd and the vagrant-libvirt plugin are there.
+the host, and whether libvirtd and the vagrant-libvirt plugin are there (`check_libvirt`, for doctor and preflight).
 
 KVM is judged by running a guest, not by the presence of /dev/kvm: under some nested hypervisors /dev/kvm
 opens fine, firmware even runs, and then a Linux kernel hangs. So the check boots an installed kernel under
@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from coreos_lab import proc
 from coreos_lab.errors import LabError, Timeout
 from coreos_lab.fsutil import atomic_write_text
 from coreos_lab.paths import cache_home
+from coreos_lab.prerequisites import Check, DoctorContext, Finding
 
 log = logging.getLogger(__name__)
 
@@ -243,3 +245,44 @@ def remove_management_network(uuid: str, name: str = MANAGEMENT_NETWORK_NAME) ->
     except LabError as exc:
         log.debug("management network not removed: %s", exc)
         return False
+
+
+# -- doctor -------------------------------------------------------------------------------------------------------
+
+
+def check_libvirt(ctx: DoctorContext) -> Iterable[Finding]:
+    """libvirtd listening, the vagrant-libvirt plugin, and whether KVM really runs guests (else: qemu driver)."""
+    socket_path = libvirt_socket()
+    if socket_path is None:
+        yield Finding(
+            "libvirtd",
+            "fail",
+            f"no libvirt daemon socket ({', '.join(LIBVIRT_SOCKETS[:2])})",
+            "install libvirt-daemon-system and start libvirtd (`systemctl start libvirtd`, or `libvirtd -d`)",
+        )
+    else:
+        yield Finding("libvirtd", "ok", f"libvirt daemon listening at {socket_path}")
+    plugin = vagrant_libvirt_plugin()
+    if plugin is None:
+        yield Finding(
+            "vagrant-libvirt",
+            "fail",
+            "the vagrant-libvirt plugin is not installed",
+            "apt-get install vagrant-libvirt (or `vagrant plugin install vagrant-libvirt`)",
+        )
+    else:
+        yield Finding("vagrant-libvirt", "ok", f"vagrant-libvirt {plugin}")
+    kvm = kvm_check()
+    if kvm.usable:
+        yield Finding("kvm", "ok", kvm.reason)
+    else:
+        yield Finding(
+            "kvm",
+            "warn",
+            f"KVM cannot run guests here ({kvm.reason}); libvirt.driver auto renders qemu: software emulation, "
+            "slower but working",
+            "set libvirt.driver: qemu in lab.yaml to say so explicitly",
+        )
+
+
+CHECKS: tuple[Check, ...] = (check_libvirt,)
