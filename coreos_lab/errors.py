@@ -50,6 +50,10 @@ class Timeout(LabError):
     exit_code = ExitCode.TIMEOUT
 
 
+class StageFailed(LabError):
+    """A stage of a smoke run failed, its test case recorded: the run ends with this message and exit code."""
+
+
 class CommandFailed(LabError):
     """An external command exited non-zero; carries the command, its return code and the tail of stderr."""
 

@@ -11,15 +11,19 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from coreos_lab.errors import ExitCode, LabError
+from coreos_lab.errors import ExitCode, LabError, StageFailed
 from coreos_lab.junit import TestCase, write_junit
+
+if TYPE_CHECKING:
+    from coreos_lab.cluster.health.targets import ClusterTargets
+    from coreos_lab.lab.plan import LabPlan
 
 SUITE = "coreos-lab smoke"
 
@@ -54,15 +58,6 @@ class SmokeResult:
         }
 
 
-class StageFailed(Exception):
-    """A stage failed; its case is recorded. Carries the exit code the whole run ends with."""
-
-    def __init__(self, exit_code: ExitCode, message: str):
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.message = message
-
-
 @dataclass
 class Recorder:
     """Times stages and turns their outcome into test cases; `on_case` shows progress as cases finish."""
@@ -90,7 +85,7 @@ class Recorder:
                 + (f"\n--- log tail ---\n{tail}" if tail else "")
             )
             self.add(TestCase(name, "smoke", time.monotonic() - start, "failed", exc.message.splitlines()[0], text))
-            raise StageFailed(exc.exit_code, f"{name}: {exc.message}") from exc
+            raise StageFailed(f"{name}: {exc.message}", exit_code=exc.exit_code) from exc
         except KeyboardInterrupt:
             self.add(TestCase(name, "smoke", time.monotonic() - start, "error", "interrupted", "interrupted"))
             raise
@@ -122,21 +117,20 @@ def sigterm_as_interrupt() -> Iterator[None]:
 # --------------------------------------------------------------------------------------------- stages
 
 
-def _health_stage(
-    rec: Recorder,
-    targets: Sequence[Any],
-    distro: str,
-    checks: Sequence[str],
-    members: int | None,
-    timeout: float,
-    etcd_nodes: Collection[str] | None,
-) -> None:
+def _health_stage(rec: Recorder, cluster: ClusterTargets, checks: Sequence[str], timeout: float) -> None:
     """One case per node. The wait ends at the deadline; a node still failing then fails its case."""
     from coreos_lab.cluster.health import HealthTimeout, wait_healthy
 
     start = time.monotonic()
     try:
-        report = wait_healthy(targets, distro, checks, members, timeout=max(timeout, 1.0), etcd_nodes=etcd_nodes)
+        report = wait_healthy(
+            cluster.targets,
+            cluster.distro,
+            checks,
+            cluster.members,
+            timeout=max(timeout, 1.0),
+            etcd_nodes=cluster.etcd_nodes,
+        )
     except HealthTimeout as exc:
         report = exc.report
     elapsed = time.monotonic() - start
@@ -149,55 +143,39 @@ def _health_stage(
             rec.add(TestCase(f"health {node.name}", "smoke.health", elapsed, "failed", failing, summary))
     if not report.healthy:
         names = ", ".join(sorted({n for n, _ in report.failing()}))
-        raise StageFailed(ExitCode.UNHEALTHY, f"health: not healthy after {timeout:g}s on {names}")
+        raise StageFailed(f"health: not healthy after {timeout:g}s on {names}", exit_code=ExitCode.UNHEALTHY)
 
 
-def _functional_stages(
-    rec: Recorder,
-    targets: Sequence[Any],
-    distro: str,
-    checks: Sequence[str],
-    timeout: float,
-    etcd_nodes: Collection[str] | None,
-) -> None:
+def _functional_stages(rec: Recorder, cluster: ClusterTargets, checks: Sequence[str], timeout: float) -> None:
     from coreos_lab.cluster import functional
 
     with rec.stage("etcd round trip") as details:
-        first, last = _round_trip_ends(targets, distro, etcd_nodes)
-        details.append(functional.etcd_roundtrip(first, last, distro, timeout=min(timeout, 60.0)))
-    if distro == "coreos" and "fleet" in checks:
+        first, last = _round_trip_ends(cluster)
+        details.append(functional.etcd_roundtrip(first, last, cluster.distro, timeout=min(timeout, 60.0)))
+    if cluster.distro == "coreos" and "fleet" in checks:
         with rec.stage("fleet unit") as details:
-            details.append(functional.fleet_unit(targets[0], timeout=min(timeout, 120.0)))
+            details.append(functional.fleet_unit(cluster.targets[0], timeout=min(timeout, 120.0)))
 
 
-def run_against(
-    targets: Sequence[Any],
-    distro: str,
-    checks: Sequence[str],
-    members: int | None,
-    *,
-    timeout: float,
-    rec: Recorder,
-    etcd_nodes: Collection[str] | None = None,
-) -> None:
-    """Health and functional stages against running nodes; raises StageFailed on the first failure.
-    `etcd_nodes` names the etcd members when some nodes are proxies (None: every node is a member)."""
+def run_against(cluster: ClusterTargets, checks: Sequence[str], *, timeout: float, rec: Recorder) -> None:
+    """Health and functional stages against running nodes; raises StageFailed on the first failure."""
     from coreos_lab.cluster.health import select_checks
 
-    selected = select_checks(distro, checks)
+    selected = select_checks(cluster.distro, checks)
     deadline = time.monotonic() + timeout
     try:
-        _health_stage(rec, targets, distro, selected, members, timeout, etcd_nodes)
+        _health_stage(rec, cluster, selected, timeout)
     except StageFailed:
-        rec.skip(_functional_names(distro, selected), "health failed")
+        rec.skip(_functional_names(cluster.distro, selected), "health failed")
         raise
-    _functional_stages(rec, targets, distro, selected, max(deadline - time.monotonic(), 5.0), etcd_nodes)
+    _functional_stages(rec, cluster, selected, max(deadline - time.monotonic(), 5.0))
 
 
-def _round_trip_ends(targets: Sequence[Any], distro: str, etcd_nodes: Collection[str] | None) -> tuple[Any, Any]:
-    """First and last node; on Flatcar first and last etcd *member* (`etcd_nodes`, None: every node), since a
-    Flatcar proxy speaks only the v2 API and the round trip uses v3 there."""
-    if distro == "flatcar" and etcd_nodes is not None:
+def _round_trip_ends(cluster: ClusterTargets) -> tuple[Any, Any]:
+    """First and last node; on Flatcar first and last etcd *member* (when the proxies are known), since a Flatcar
+    proxy speaks only the v2 API and the round trip uses v3 there."""
+    targets, etcd_nodes = cluster.targets, cluster.etcd_nodes
+    if cluster.distro == "flatcar" and etcd_nodes is not None:
         members = [t for t in targets if t.name in etcd_nodes]
         if members:
             return members[0], members[-1]
@@ -212,21 +190,16 @@ def _functional_names(distro: str, checks: Sequence[str]) -> list[str]:
 
 
 def smoke_ssh(
-    ssh_config: Path,
-    distro: str,
+    cluster: ClusterTargets,
     checks: Sequence[str] = (),
-    members: int | None = None,
     *,
     timeout: float = 300.0,
     junit: Path | None = None,
     on_case: Callable[[TestCase], None] = lambda case: None,
 ) -> SmokeResult:
     """Smoke an existing cluster reachable over SSH: no Vagrant, nothing created or destroyed."""
-    from coreos_lab.cluster.health.targets import targets_from_file
-
-    targets = targets_from_file(ssh_config)
     rec = Recorder(on_case)
-    return _finish(rec, junit, lambda: run_against(targets, distro, checks, members, timeout=timeout, rec=rec))
+    return _finish(rec, junit, lambda: run_against(cluster, checks, timeout=timeout, rec=rec))
 
 
 def smoke_lab(
@@ -245,32 +218,56 @@ def smoke_lab(
     a directory without lab.yaml gets one. Teardown always runs once anything was created, unless
     `keep_on_failure` and the run failed (the kept lab is returned in the result).
     """
-    import shutil
     import tempfile
 
-    from coreos_lab import lifecycle
-    from coreos_lab.lab.plan import LabPlan, load_plan
-
-    throwaway = lab_dir is None
     where = Path(tempfile.mkdtemp(prefix="lab-smoke-")) if lab_dir is None else lab_dir
-    rec = Recorder(on_case)
     deadline = time.monotonic() + timeout
+    run = LabRun(
+        where,
+        Recorder(on_case),
+        deadline,
+        flags or {},
+        checks,
+        throwaway=lab_dir is None,
+        keep_on_failure=keep_on_failure,
+    )
+    return _finish(run.rec, junit, run.stages, run.teardown)
+
+
+@dataclass
+class LabRun:
+    """The stages of a smoke run with Vagrant, and the teardown that undoes them. The stages end early when one
+    fails or on an interrupt; `plan` and `created` then tell teardown what there is to undo."""
+
+    where: Path
+    rec: Recorder
+    deadline: float
+    flags: dict[str, Any]
+    checks: Sequence[str]
+    throwaway: bool  # `where` is a temporary directory of our own: removed at the end
+    keep_on_failure: bool
     plan: LabPlan | None = None
-    created = False
+    created: bool = False  # machines may exist: even a failed `vagrant up` may have made some
 
-    def left() -> float:
-        return max(deadline - time.monotonic(), 1.0)
+    def left(self) -> float:
+        return max(self.deadline - time.monotonic(), 1.0)
 
-    def body() -> None:
-        nonlocal plan, created
+    def stages(self) -> None:
+        """(init) → preflight → up → health → functional; raises StageFailed at the first failure, after
+        recording the stages that will not run as skipped."""
+        from coreos_lab import lifecycle
+        from coreos_lab.cluster.health.targets import ClusterTargets
+        from coreos_lab.lab.plan import load_plan
+
+        rec, where, checks = self.rec, self.where, self.checks
         pending = ["preflight", "up", "health", *_functional_names("coreos", checks or ["fleet"])]
         try:
             if not (where / "lab.yaml").exists():
                 from coreos_lab.lab.labfile import init_lab
 
                 with rec.stage("init") as details:
-                    details.append(f"lab.yaml written in {init_lab(where, flags=flags or {}).path.parent}")
-            plan = load_plan(where)
+                    details.append(f"lab.yaml written in {init_lab(where, flags=self.flags).path.parent}")
+            plan = self.plan = load_plan(where)
             pending = ["preflight", "up", "health", *_functional_names(plan.distro, checks or ["fleet"])]
             with rec.stage("preflight") as details:
                 details.append(f"{len(lifecycle.preflight(plan))} prerequisites ok")
@@ -279,40 +276,36 @@ def smoke_lab(
             with lifecycle.serving_mirror(plan) as server:
                 with rec.stage("up", log=lambda: _log_tail(plan)) as details:
                     try:
-                        result = lifecycle.up(plan, wait=False, timeout=left(), preflight_done=True)
+                        result = lifecycle.up(plan, wait=False, timeout=self.left(), preflight_done=True)
                     finally:
-                        created = True  # even a failed up may have created machines: tear them down
+                        self.created = True
                     details.append(f"{len(result.started)} machines up in {result.seconds:.0f}s (server: {server})")
                 pending.remove("up")
-                targets = lifecycle.ssh_targets(plan)
+                cluster = ClusterTargets(lifecycle.ssh_targets(plan), plan.distro, plan.etcd_members, plan.etcd_nodes)
                 pending.clear()
-                run_against(
-                    targets,
-                    plan.distro,
-                    checks,
-                    plan.etcd_members,
-                    timeout=left(),
-                    rec=rec,
-                    etcd_nodes=plan.etcd_nodes,
-                )
+                run_against(cluster, checks, timeout=self.left(), rec=rec)
         except StageFailed:
             rec.skip([p for p in pending if p not in {c.name for c in rec.cases}], "an earlier stage failed")
             raise
 
-    def teardown(failed: bool) -> Path | None:
-        if failed and keep_on_failure and created:
-            return where
-        if created and plan is not None:
-            with rec.stage("destroy", log=lambda: _log_tail(plan)) as details:
+    def teardown(self, failed: bool) -> Path | None:
+        """Destroy what the stages created and remove a throw-away lab; the lab kept for inspection, if any."""
+        import shutil
+
+        from coreos_lab import lifecycle
+
+        if failed and self.keep_on_failure and self.created:
+            return self.where
+        plan = self.plan
+        if self.created and plan is not None:
+            with self.rec.stage("destroy", log=lambda: _log_tail(plan)) as details:
                 details.append(f"destroyed {', '.join(lifecycle.destroy(plan).destroyed) or 'nothing'}")
-        if throwaway:
-            shutil.rmtree(where, ignore_errors=True)
+        if self.throwaway:
+            shutil.rmtree(self.where, ignore_errors=True)
         return None
 
-    return _finish(rec, junit, body, teardown)
 
-
-def _log_tail(plan: Any, lines: int = 30) -> str:
+def _log_tail(plan: LabPlan, lines: int = 30) -> str:
     """The end of the newest Vagrant log of the lab, for a failed case."""
     logs = sorted(plan.log_dir.glob("*.log"), key=lambda p: p.stat().st_mtime) if plan.log_dir.is_dir() else []
     if not logs:

@@ -125,6 +125,30 @@ def test_ssh_config_without_distro_is_usage_error(tmp_path: Path) -> None:
     assert "--distro" in run.stderr
 
 
+@pytest.mark.parametrize("command", ["health", "smoke"])
+def test_ssh_config_is_resolved_alike_by_health_and_smoke(tmp_path: Path, command: str) -> None:
+    config = tmp_path / "ssh_config"
+    config.write_text("Host a\n  HostName 127.0.0.1\n")
+    run = lab(command, "--ssh-config", config)
+    assert run.returncode == ExitCode.USAGE
+    assert "--ssh-config needs --distro (coreos or flatcar)" in run.stderr
+    run = lab(command, tmp_path, "--ssh-config", config, "--distro", "coreos")
+    assert run.returncode == ExitCode.USAGE
+    assert "give either a lab directory or --ssh-config, not both" in run.stderr
+
+
+def test_ssh_config_proxies_leave_the_other_hosts_as_members(tmp_path: Path) -> None:
+    from coreos_lab.cluster.health.targets import cluster_from_ssh_config
+
+    config = tmp_path / "ssh_config"
+    config.write_text("".join(f"Host core-0{i}\n  HostName 127.0.0.{i}\n" for i in (1, 2, 3)))
+    cluster = cluster_from_ssh_config(config, lab_dir=None, distro="flatcar", members=None, proxies=["core-03"])
+    assert [t.name for t in cluster.targets] == ["core-01", "core-02", "core-03"]
+    assert (cluster.distro, cluster.members, cluster.etcd_nodes) == ("flatcar", 2, ("core-01", "core-02"))
+    plain = cluster_from_ssh_config(config, lab_dir=None, distro="coreos", members=None)
+    assert (plain.members, plain.etcd_nodes) == (None, None)  # every node a member
+
+
 def test_lab_dir_that_is_no_lab_is_usage_error(tmp_path: Path, mirror_root: Path) -> None:
     run = lab("health", tmp_path)
     assert run.returncode == ExitCode.USAGE

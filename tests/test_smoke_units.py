@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from coreos_lab.cluster.functional import parse_fleet_units
-from coreos_lab.errors import ExitCode, Unhealthy
+from coreos_lab.errors import ExitCode, StageFailed, Unhealthy
 from coreos_lab.junit import TestCase, write_junit
-from coreos_lab.smoke import Recorder, StageFailed
+from coreos_lab.smoke import Recorder
 
 FLEET_UNITS = (
     "UNIT\t\t\tMACHINE\t\t\t\tACTIVE\tSUB\n"

@@ -59,32 +59,25 @@ def health(
     """
     from coreos_lab import console
     from coreos_lab.cluster.health import HealthTimeout, check_cluster, wait_healthy
-    from coreos_lab.cluster.health.targets import lab_facts, targets_from_file, targets_from_lab
+    from coreos_lab.cluster.health.targets import cluster_from_lab, cluster_from_ssh_config
 
     if ssh_config is not None:
-        if lab_dir is not None:
-            raise BadInput("give either a lab directory or --ssh-config, not both")
-        if distro is None:
-            raise BadInput("--ssh-config needs --distro (coreos or flatcar)")
-        targets = targets_from_file(ssh_config)
-        names = [t.name for t in targets]
-        unknown = [p for p in proxies if p not in names]
-        if unknown:
-            raise BadInput(f"--proxy {unknown[0]}: no such Host in {ssh_config} (hosts: {', '.join(names)})")
-        etcd_nodes = [n for n in names if n not in proxies] if proxies else None
-        members = members or (len(etcd_nodes) if etcd_nodes else None)
+        cluster = cluster_from_ssh_config(ssh_config, lab_dir=lab_dir, distro=distro, members=members, proxies=proxies)
+    elif proxies:
+        raise BadInput("--proxy goes with --ssh-config; a lab's configuration names its proxies itself")
     else:
-        if proxies:
-            raise BadInput("--proxy goes with --ssh-config; a lab's configuration names its proxies itself")
-        lab_dir = lab_dir or Path(".")
-        facts = lab_facts(lab_dir)
-        distro = distro or facts.distro
-        members = members or facts.etcd_members
-        etcd_nodes = list(facts.etcd_nodes)
-        targets = targets_from_lab(lab_dir)
+        cluster = cluster_from_lab(lab_dir or Path("."), distro=distro, members=members)
+    targets = cluster.targets
 
     if wait is None:
-        report = check_cluster(targets, distro, checks, members, connect_timeout=connect_timeout, etcd_nodes=etcd_nodes)
+        report = check_cluster(
+            targets,
+            cluster.distro,
+            checks,
+            cluster.members,
+            connect_timeout=connect_timeout,
+            etcd_nodes=cluster.etcd_nodes,
+        )
         code = ExitCode.OK if report.healthy else ExitCode.UNHEALTHY
     else:
         from rich.text import Text
@@ -103,13 +96,13 @@ def health(
 
                 report = wait_healthy(
                     targets,
-                    distro,
+                    cluster.distro,
                     checks,
-                    members,
+                    cluster.members,
                     timeout=wait,
                     on_update=on_update,
                     connect_timeout=connect_timeout,
-                    etcd_nodes=etcd_nodes,
+                    etcd_nodes=cluster.etcd_nodes,
                 )
             code = ExitCode.OK
         except HealthTimeout as exc:

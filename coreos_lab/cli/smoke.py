@@ -61,13 +61,11 @@ def smoke(
     provider, 5 timeout, 130 interrupted).
     """
     from coreos_lab import smoke as core
+    from coreos_lab.cluster.health.targets import cluster_from_ssh_config
 
     if ssh_config is not None:
-        if lab_dir is not None:
-            raise BadInput("give either a lab directory or --ssh-config, not both")
-        if distro is None:
-            raise BadInput("--ssh-config needs --distro (coreos or flatcar)")
-        result = core.smoke_ssh(ssh_config, distro, checks, members, timeout=timeout, junit=junit, on_case=_show_case)
+        cluster = cluster_from_ssh_config(ssh_config, lab_dir=lab_dir, distro=distro, members=members)
+        result = core.smoke_ssh(cluster, checks, timeout=timeout, junit=junit, on_case=_show_case)
         return _report(result, as_json, junit)
     if members is not None:
         raise BadInput("--members goes with --ssh-config; a lab's member count comes from its lab.yaml")

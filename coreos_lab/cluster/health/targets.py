@@ -1,7 +1,8 @@
-"""Where the nodes of a health run come from: a lab directory (via Vagrant) or an OpenSSH config file."""
+"""Where the nodes of a health or smoke run come from: a lab directory (via Vagrant) or an OpenSSH config file."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,3 +51,41 @@ def targets_from_lab(lab_dir: Path, provider: str | None = None) -> list[SSHTarg
     if not (lab_dir / "Vagrantfile").is_file():
         raise BadInput(f"{lab_dir}: no Vagrantfile here", hint="render the lab first, or pass --ssh-config FILE")
     return parse_ssh_config(vagrant_ssh_config(lab_dir, provider), source=f"vagrant ssh-config in {lab_dir}")
+
+
+@dataclass(frozen=True)
+class ClusterTargets:
+    """The nodes of a health or smoke run, and what to expect of them."""
+
+    targets: list[SSHTarget]
+    distro: str
+    members: int | None  # expected etcd members; None: one per node
+    etcd_nodes: tuple[str, ...] | None  # the members when the other nodes are proxies; None: not known
+
+
+def cluster_from_ssh_config(
+    ssh_config: Path, *, lab_dir: Path | None, distro: str | None, members: int | None, proxies: Sequence[str] = ()
+) -> ClusterTargets:
+    """The nodes of `--ssh-config FILE`, an existing cluster that is no lab: for `lab health` and `lab smoke` alike.
+
+    A lab directory cannot come with it, and the distro must: there is no lab.yaml to say it. `proxies` are Hosts
+    that run etcd as a proxy; the other Hosts are the members, as many as expected unless `members` says.
+    """
+    if lab_dir is not None:
+        raise BadInput("give either a lab directory or --ssh-config, not both")
+    if distro is None:
+        raise BadInput("--ssh-config needs --distro (coreos or flatcar)")
+    targets = targets_from_file(ssh_config)
+    names = [t.name for t in targets]
+    unknown = [p for p in proxies if p not in names]
+    if unknown:
+        raise BadInput(f"--proxy {unknown[0]}: no such Host in {ssh_config} (hosts: {', '.join(names)})")
+    etcd_nodes = tuple(n for n in names if n not in proxies) if proxies else None
+    return ClusterTargets(targets, distro, members or (len(etcd_nodes) if etcd_nodes else None), etcd_nodes)
+
+
+def cluster_from_lab(lab_dir: Path, *, distro: str | None, members: int | None) -> ClusterTargets:
+    """The machines of the lab in `lab_dir`; its lab.yaml gives the distro and the members unless they are given."""
+    facts = lab_facts(lab_dir)
+    targets = targets_from_lab(lab_dir)
+    return ClusterTargets(targets, distro or facts.distro, members or facts.etcd_members, facts.etcd_nodes)
