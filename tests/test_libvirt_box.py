@@ -13,8 +13,8 @@ import pytest
 from harness.boxes import add_box
 from harness.cli import lab
 from harness.libvirt_box import GUEST_FILES, build_box
+from harness.user_data import etcd_environments
 
-from coreos_lab.lab.render import etcd_environments
 from coreos_lab.mirror.store import MirrorStore
 
 BUSYBOX = shutil.which("busybox")

@@ -16,10 +16,11 @@ import pytest
 import yaml
 from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
+from harness.user_data import etcd_environment, etcd_environments
 
 from coreos_lab.errors import BadInput, ExitCode, LabError
 from coreos_lab.lab.config import load_config
-from coreos_lab.lab.render import etcd_environment, etcd_environments, render_lab
+from coreos_lab.lab.render import render_lab
 from coreos_lab.lab.state import LabState
 from coreos_lab.paths import discovery_dir
 
@@ -178,7 +179,7 @@ def test_rerender_is_stable_and_keeps_the_token(tmp_path: Path, mirror: Path) ->
     token = LabState.load(lab_dir).token
     assert token is not None and token.size == 3 and token.mode == "local"
     # The token exists in the discovery store the mirror server serves, sized to the etcd members.
-    from coreos_lab.discovery.state import DiscoveryStore
+    from coreos_lab.discovery.store import DiscoveryStore
 
     store = DiscoveryStore(discovery_dir(mirror))
     try:

@@ -19,9 +19,10 @@ from pathlib import Path
 
 import pytest
 from harness.labs import mirror_with_boxes, write_lab
+from harness.user_data import etcd_environments
 
 from coreos_lab.lab.config import load_config
-from coreos_lab.lab.render import etcd_environments, render_lab
+from coreos_lab.lab.render import render_lab
 from coreos_lab.server import EmbeddedServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd]

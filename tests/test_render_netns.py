@@ -2,7 +2,7 @@
 
 A lab (3 machines) is rendered with the discovery service bound on the harness bridge (172.17.8.1, what
 the guests' host address is in a real lab); each machine's etcd environment, exactly as its user-data gives it
-(`coreos_lab.render.etcd_environments`), is applied to a real etcd 3.4 in the namespace at the machine's
+(`harness.user_data.etcd_environments`), is applied to a real etcd 3.4 in the namespace at the machine's
 rendered IP — listening on 0.0.0.0 as rendered. Only what the node itself supplies is added: a data dir (the
 etcd unit sets it) and the v2 API (etcd2 on CoreOS serves it by itself). Then `lab health` must call it healthy,
 with the configured members by name.
@@ -19,9 +19,10 @@ import pytest
 from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
 from harness.netns import BRIDGE_IP, netns_cluster, node_ip
+from harness.user_data import etcd_environments
 
 from coreos_lab.lab.config import load_config
-from coreos_lab.lab.render import etcd_environments, render_lab
+from coreos_lab.lab.render import render_lab
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd, pytest.mark.netns]
 

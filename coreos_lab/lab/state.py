@@ -136,9 +136,3 @@ class LabState:
     # -- rendering --------------------------------------------------------------------------------------
     def known_hashes(self, relpath: str) -> set[str]:
         return {h for h in (self.rendered.get(relpath), self.pending.get(relpath)) if h}
-
-    def as_dict(self) -> dict[str, Any]:
-        doc = asdict(self)
-        doc["lab_dir"] = str(self.lab_dir)
-        doc["cluster_exists"] = self.cluster_exists
-        return doc

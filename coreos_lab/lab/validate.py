@@ -9,6 +9,7 @@ import difflib
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -287,7 +288,7 @@ def with_fleet_metadata(node: Machine, common: tuple[tuple[str, str], ...]) -> M
     """Precedence per machine: role ← fleet.metadata ← machines.<name>.metadata."""
     role = node.metadata[:1]
     own = node.metadata[1:]
-    return Machine(node.index, node.name, node.ip, node.etcd_member, _merge_metadata(_merge_metadata(role, common), own))
+    return replace(node, metadata=_merge_metadata(_merge_metadata(role, common), own))
 
 
 def _has_fleet_metadata(file_values: dict[str, Any], path: str) -> bool:
