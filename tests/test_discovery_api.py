@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from coreos_lab.discovery.api import DISCOVERY_KEY, DiscoveryService
-from coreos_lab.discovery.state import TOKEN_RE
+from coreos_lab.discovery.store import TOKEN_RE
 from coreos_lab.server import EmbeddedServer
 
 pytestmark = pytest.mark.integration
@@ -241,7 +241,7 @@ def test_new_uses_a_fixed_base_url_when_the_server_has_one(mirror_root: Path) ->
 
 
 def test_tokens_older_than_the_max_age_are_collected(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from coreos_lab.discovery.state import DiscoveryStore
+    from coreos_lab.discovery.store import DiscoveryStore
     from coreos_lab.paths import discovery_dir
 
     store = DiscoveryStore(discovery_dir(mirror_root))

@@ -11,7 +11,7 @@ import requests
 from harness.cli import lab
 from harness.etcd import free_port
 
-from coreos_lab.discovery.state import TOKEN_RE
+from coreos_lab.discovery.store import TOKEN_RE
 from coreos_lab.errors import ExitCode
 from coreos_lab.server import EmbeddedServer
 

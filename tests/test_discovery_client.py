@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from coreos_lab.discovery.client import PUBLIC_SERVER, Member, TokenInfo, server_url, token_of
+from coreos_lab.discovery.client import PUBLIC_SERVER, RegisteredMember, TokenInfo, server_url, token_of
 from coreos_lab.errors import BadInput
 
 
@@ -30,7 +30,9 @@ def test_token_of_accepts_our_urls_and_etcd_backed_ones() -> None:
 
 
 def test_member_value_with_several_peer_urls() -> None:
-    member = Member.from_node("/tok/8e9e05c52164694d", "core-01=http://172.17.8.101:2380,core-01=http://[::1]:2380", 7)
+    member = RegisteredMember.from_node(
+        "/tok/8e9e05c52164694d", "core-01=http://172.17.8.101:2380,core-01=http://[::1]:2380", 7
+    )
     assert (member.id, member.name, member.created_index) == ("8e9e05c52164694d", "core-01", 7)
     assert member.peer_urls == ("http://172.17.8.101:2380", "http://[::1]:2380")
     info = TokenInfo("http://h:8080/tok", 3, (member,), "server")

@@ -74,7 +74,7 @@ def test_throwaway_smoke_without_virtualbox_fails_preflight_and_leaves_nothing(t
 
 
 def _no_tokens(root: Path) -> bool:
-    from coreos_lab.discovery.state import DiscoveryStore
+    from coreos_lab.discovery.store import DiscoveryStore
 
     store = DiscoveryStore(root / ".discovery")
     try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from coreos_lab.discovery.state import (
+from coreos_lab.discovery.store import (
     DEFAULT_MAX_AGE_SECONDS,
     DEFAULT_SIZE,
     MAX_SIZE,

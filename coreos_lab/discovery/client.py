@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from coreos_lab.discovery.state import DB_NAME, TOKEN_RE, DiscoveryStore, check_size
+from coreos_lab.discovery.store import DB_NAME, TOKEN_RE, DiscoveryStore, check_size
 from coreos_lab.errors import BadInput, LabError, Timeout
 from coreos_lab.paths import default_base_url, discovery_dir
 
@@ -29,7 +29,7 @@ class DiscoveryUnreachable(LabError):
 
 
 @dataclass(frozen=True)
-class Member:
+class RegisteredMember:
     """A registered etcd member: its id (the key), name and peer URLs (the value `name=url[,name=url]`)."""
 
     id: str
@@ -38,7 +38,7 @@ class Member:
     created_index: int
 
     @classmethod
-    def from_node(cls, key: str, value: str, created_index: int) -> Member:
+    def from_node(cls, key: str, value: str, created_index: int) -> RegisteredMember:
         pairs = [p.partition("=") for p in value.split(",") if p]
         name = pairs[0][0] if pairs else ""
         return cls(posixpath.basename(key), name, tuple(url for _, _, url in pairs), created_index)
@@ -56,7 +56,7 @@ class Member:
 class TokenInfo:
     url: str
     size: int
-    members: tuple[Member, ...]
+    members: tuple[RegisteredMember, ...]
     source: str  # "server": asked over HTTP; "store": read from the on-disk store (no server running)
 
     @property
@@ -196,7 +196,7 @@ def show(token_url: str, timeout: float = DEFAULT_TIMEOUT) -> TokenInfo:
         raise LabError(f"{base} answered {response.status_code}: {document.get('message')}")
     nodes = document.get("node", {}).get("nodes", [])
     members = [
-        Member.from_node(n["key"], n.get("value", ""), int(n.get("createdIndex", 0)))
+        RegisteredMember.from_node(n["key"], n.get("value", ""), int(n.get("createdIndex", 0)))
         for n in nodes
         if posixpath.basename(n.get("key", "")) != "_config" and not n.get("dir")
     ]
@@ -224,7 +224,7 @@ def show_from_store(mirror_root: Path, token_url: str) -> TokenInfo | None:
         found = store.token(token)
         if found is None:
             return None
-        members = tuple(Member.from_node(n.key, n.value or "", n.created_index) for n in store.members(token))
+        members = tuple(RegisteredMember.from_node(n.key, n.value or "", n.created_index) for n in store.members(token))
         return TokenInfo(token_url.rstrip("/"), found.size, members, "store")
     finally:
         store.close()

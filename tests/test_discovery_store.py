@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from coreos_lab.discovery.state import TOKEN_RE, DiscoveryStore, EtcdError, watch_matches
+from coreos_lab.discovery.store import TOKEN_RE, DiscoveryStore, EtcdError, watch_matches
 from coreos_lab.errors import BadInput
 
 

@@ -1,4 +1,4 @@
-"""Discovery state: tokens and the keys under them, with etcd v2 index semantics, in one sqlite database.
+"""The discovery store: tokens and the keys under them, with etcd v2 index semantics, in one sqlite database.
 
 Like the etcd cluster behind discovery.etcd.io, the store has one global index that every write increments;
 each node carries the `createdIndex`/`modifiedIndex` of the writes that made it, and every write is kept as an
@@ -58,14 +58,14 @@ def new_token() -> str:
 
 
 @dataclass(frozen=True)
-class Node:
+class KeyNode:
     """A v2 keys-API node. `key` is the full etcd key (`/<token>/<name>`); a directory has `nodes`."""
 
     key: str
     value: str | None
     created_index: int
     modified_index: int
-    nodes: tuple[Node, ...] | None = None
+    nodes: tuple[KeyNode, ...] | None = None
 
     @property
     def name(self) -> str:
@@ -90,8 +90,8 @@ class Event:
 
     index: int
     action: str
-    node: Node
-    prev_node: Node | None = None
+    node: KeyNode
+    prev_node: KeyNode | None = None
 
     def as_json(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"action": self.action, "node": self.node.as_json()}
@@ -136,7 +136,9 @@ def invalid_field(cause: str) -> EtcdError:
 
 
 @dataclass(frozen=True)
-class Token:
+class DiscoveryToken:
+    """A token as stored: its size (the etcd members that will register) and when it was made."""
+
     token: str
     size: int
     created_at: float
@@ -195,7 +197,7 @@ class DiscoveryStore:
 
     # tokens
 
-    def create_token(self, size: int = DEFAULT_SIZE, *, now: float | None = None) -> Token:
+    def create_token(self, size: int = DEFAULT_SIZE, *, now: float | None = None) -> DiscoveryToken:
         """A fresh token whose `_config/size` is `size` (one write: the token directory appears with it)."""
         check_size(size)
         token = new_token()
@@ -207,14 +209,14 @@ class DiscoveryStore:
                 "INSERT INTO events (idx, token, action, name, value, created_index) VALUES (?, ?, 'set', ?, ?, ?)",
                 (index, token, SIZE_KEY, str(size), index),
             )
-        return Token(token, size, created_at, index)
+        return DiscoveryToken(token, size, created_at, index)
 
-    def token(self, token: str) -> Token | None:
+    def token(self, token: str) -> DiscoveryToken | None:
         row = self._db.execute("SELECT * FROM tokens WHERE token = ?", (token,)).fetchone()
-        return Token(*row) if row else None
+        return DiscoveryToken(*row) if row else None
 
-    def tokens(self) -> list[Token]:
-        return [Token(*row) for row in self._db.execute("SELECT * FROM tokens ORDER BY created_index")]
+    def tokens(self) -> list[DiscoveryToken]:
+        return [DiscoveryToken(*row) for row in self._db.execute("SELECT * FROM tokens ORDER BY created_index")]
 
     def collect(self, max_age_seconds: float, *, now: float | None = None) -> int:
         """Delete tokens created more than `max_age_seconds` ago, with their keys and history."""
@@ -227,30 +229,30 @@ class DiscoveryStore:
 
     # keys
 
-    def _require(self, token: str, key: str) -> Token:
+    def _require(self, token: str, key: str) -> DiscoveryToken:
         found = self.token(token) if TOKEN_RE.match(token) else None
         if found is None:
             raise key_not_found(key)
         return found
 
-    def members(self, token: str) -> list[Node]:
+    def members(self, token: str) -> list[KeyNode]:
         """The member nodes registered so far, in registration order (never `_config`)."""
         rows = self._db.execute(
             "SELECT name, value, created_index, modified_index FROM nodes WHERE token = ? ORDER BY created_index",
             (token,),
         )
-        return [Node(f"/{token}/{name}", value, c, m) for name, value, c, m in rows]
+        return [KeyNode(f"/{token}/{name}", value, c, m) for name, value, c, m in rows]
 
-    def get(self, token: str, name: str) -> Node:
+    def get(self, token: str, name: str) -> KeyNode:
         """The node at `/<token>/<name>` (`name` "" is the token's directory), or `EtcdError` 100."""
         key = f"/{token}/{name}" if name else f"/{token}"
         tok = self._require(token, key)
-        size_node = Node(f"/{token}/{SIZE_KEY}", str(tok.size), tok.created_index, tok.created_index)
+        size_node = KeyNode(f"/{token}/{SIZE_KEY}", str(tok.size), tok.created_index, tok.created_index)
         if name == "":
             # `_config` is hidden, as etcd hides keys starting with '_' from listings.
-            return Node(key, None, tok.created_index, tok.created_index, tuple(self.members(token)))
+            return KeyNode(key, None, tok.created_index, tok.created_index, tuple(self.members(token)))
         if name == CONFIG_DIR:
-            return Node(key, None, tok.created_index, tok.created_index, (size_node,))
+            return KeyNode(key, None, tok.created_index, tok.created_index, (size_node,))
         if name == SIZE_KEY:
             return size_node
         row = self._db.execute(
@@ -258,7 +260,7 @@ class DiscoveryStore:
         ).fetchone()
         if row is None:
             raise key_not_found(key)
-        return Node(key, *row)
+        return KeyNode(key, *row)
 
     def put(self, token: str, name: str, value: str, *, prev_exist: bool | None = None) -> Event:
         """Write a member key. `prev_exist=False` is etcd's create (412/105 if it exists), `True` an update
@@ -275,7 +277,7 @@ class DiscoveryStore:
             row = db.execute(
                 "SELECT value, created_index, modified_index FROM nodes WHERE token = ? AND name = ?", (token, name)
             ).fetchone()
-            prev = Node(key, *row) if row else None
+            prev = KeyNode(key, *row) if row else None
             if prev is not None and prev_exist is False:
                 raise node_exists(key)
             if prev is None and prev_exist is True:
@@ -288,7 +290,7 @@ class DiscoveryStore:
                 "INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (index, token, action, name, value, created, *(row or (None, None, None))),
             )
-        return Event(index, action, Node(key, value, created, index), prev)
+        return Event(index, action, KeyNode(key, value, created, index), prev)
 
     def first_event_since(self, token: str, name: str, *, recursive: bool, since: int) -> Event | None:
         """The first write at index ≥ `since` that a watch on `name` sees: the waitIndex replay."""
@@ -300,8 +302,8 @@ class DiscoveryStore:
         for idx, action, ev_name, value, created, prev_value, prev_created, prev_modified in rows:
             if watch_matches(ev_name, name, recursive):
                 key = f"/{token}/{ev_name}"
-                prev = Node(key, prev_value, prev_created, prev_modified) if prev_value is not None else None
-                return Event(idx, action, Node(key, value, created, idx), prev)
+                prev = KeyNode(key, prev_value, prev_created, prev_modified) if prev_value is not None else None
+                return Event(idx, action, KeyNode(key, value, created, idx), prev)
         return None
 
 
