@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from coreos_lab.cluster.functional import parse_fleet_units
+from coreos_lab.cluster.health.parsers import parse_fleet_units
 from coreos_lab.errors import ExitCode, StageFailed, Unhealthy
 from coreos_lab.junit import TestCase, write_junit
 from coreos_lab.smoke import Recorder

@@ -9,31 +9,12 @@ from __future__ import annotations
 
 import secrets
 import time
-from dataclasses import dataclass
 
+from coreos_lab.cluster.health.parsers import parse_fleet_units
 from coreos_lab.cluster.ssh import SSHSession, SSHTarget
 from coreos_lab.errors import Unhealthy
 
 SMOKE_PREFIX = "/coreos-lab/smoke"
-
-
-@dataclass(frozen=True)
-class FleetUnit:
-    unit: str
-    machine: str
-    active: str
-    sub: str
-
-
-def parse_fleet_units(stdout: str) -> list[FleetUnit]:
-    """`fleetctl list-units [--no-legend] [--full]`: tab-separated UNIT MACHINE ACTIVE SUB (header optional)."""
-    units = []
-    for line in stdout.splitlines():
-        fields = line.split()
-        if len(fields) < 4 or fields[0] == "UNIT":
-            continue
-        units.append(FleetUnit(*fields[:4]))
-    return units
 
 
 def _etcd_commands(distro: str, key: str, value: str) -> tuple[dict[str, str], list[str], list[str], list[str]]:

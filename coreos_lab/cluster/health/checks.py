@@ -150,8 +150,8 @@ def check_etcd(session: SSHSession, ctx: CheckContext) -> CheckResult:
 def check_members(session: SSHSession, ctx: CheckContext) -> CheckResult:
     if (stopped := _etcd_not_running("members", ctx)) is not None:
         return stopped
-    listing: parsers.MemberList | None = None
-    leader: parsers.Member | None = None
+    listing: parsers.EtcdMemberList | None = None
+    leader: parsers.EtcdMember | None = None
     if ctx.distro == "flatcar" and not ctx.node.v2_only:
         local = ctx.node.local_status or _v3_local_status(session, ctx)[0]  # the etcd check may have it
         if local is not None:  # else a v2 proxy, or etcd is down: v2 below says which

@@ -8,6 +8,7 @@
   `id, status, name, peer, client, is-learner` or `-w json`.
 - `ETCDCTL_API=3 etcdctl endpoint status -w json`: the member's view of the leader.
 - `fleetctl list-machines --no-legend --full`: tab-separated `MACHINE IP METADATA`.
+- `fleetctl list-units --no-legend --full`: `UNIT MACHINE ACTIVE SUB` (the functional checks' fleet unit).
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class MemberHealth:
+class EtcdMemberHealth:
+    """One member's line of a cluster-health / endpoint-health answer."""
+
     member: str  # member id (v2) or endpoint URL (v3)
     healthy: bool
     url: str = ""
@@ -32,7 +35,7 @@ class MemberHealth:
 class ClusterHealth:
     """A cluster's health as one etcdctl invocation saw it."""
 
-    members: tuple[MemberHealth, ...] = ()
+    members: tuple[EtcdMemberHealth, ...] = ()
     summary: str | None = None  # healthy | degraded | unavailable, as printed (None when absent)
     error: str | None = None  # why the health could not be determined (e.g. no member answered)
 
@@ -42,7 +45,7 @@ class ClusterHealth:
         return self.error is None and bool(self.members) and all(m.healthy for m in self.members)
 
     @property
-    def unhealthy_members(self) -> list[MemberHealth]:
+    def unhealthy_members(self) -> list[EtcdMemberHealth]:
         return [m for m in self.members if not m.healthy]
 
 
@@ -53,14 +56,14 @@ _V2_LIST_FAILED = "failed to list members"
 
 
 def parse_v2_cluster_health(stdout: str, stderr: str = "") -> ClusterHealth:
-    members: dict[str, MemberHealth] = {}
+    members: dict[str, EtcdMemberHealth] = {}
     summary: str | None = None
     error: str | None = None
     for raw in stdout.splitlines():
         line = raw.strip()
         if m := _V2_MEMBER.match(line):
             url_match = _V2_URL.search(m["rest"])
-            members[m["id"]] = MemberHealth(
+            members[m["id"]] = EtcdMemberHealth(
                 member=m["id"],
                 healthy=m["state"] == "healthy",
                 url=url_match["url"] if url_match else "",
@@ -85,7 +88,7 @@ _V3_LINE = re.compile(r"^(?P<url>\S+) is (?P<state>healthy|unhealthy): (?P<rest>
 def parse_v3_endpoint_health_json(stdout: str, stderr: str = "") -> ClusterHealth:
     """`endpoint health --cluster -w json`: `[{"endpoint", "health", "took", "error"?}, …]` on stdout."""
     data = _load_json(stdout)
-    members: list[MemberHealth] = []
+    members: list[EtcdMemberHealth] = []
     if isinstance(data, list):
         for item in data:
             if not isinstance(item, dict) or not isinstance(item.get("endpoint"), str):
@@ -93,7 +96,7 @@ def parse_v3_endpoint_health_json(stdout: str, stderr: str = "") -> ClusterHealt
             healthy = item.get("health") is True or item.get("health") == "true"
             error = item.get("error")
             members.append(
-                MemberHealth(
+                EtcdMemberHealth(
                     member=item["endpoint"],
                     healthy=healthy,
                     url=item["endpoint"],
@@ -106,13 +109,13 @@ def parse_v3_endpoint_health_json(stdout: str, stderr: str = "") -> ClusterHealt
 
 def parse_v3_endpoint_health_lines(text: str) -> ClusterHealth:
     """`endpoint health --cluster` without `-w json`: its lines arrive on stderr, between JSON log lines."""
-    members: list[MemberHealth] = []
+    members: list[EtcdMemberHealth] = []
     for raw in text.splitlines():
         line = raw.strip()
         if m := _V3_LINE.match(line):
             healthy = m["state"] == "healthy"
             members.append(
-                MemberHealth(member=m["url"], healthy=healthy, url=m["url"], detail="" if healthy else m["rest"])
+                EtcdMemberHealth(member=m["url"], healthy=healthy, url=m["url"], detail="" if healthy else m["rest"])
             )
     error = None if members else (first_error_line(text) or "no endpoint health lines in etcdctl output")
     return ClusterHealth(members=tuple(members), error=error)
@@ -122,7 +125,9 @@ def parse_v3_endpoint_health_lines(text: str) -> ClusterHealth:
 
 
 @dataclass(frozen=True)
-class Member:
+class EtcdMember:
+    """One member as `etcdctl member list` shows it."""
+
     id: str
     name: str
     peer_urls: tuple[str, ...] = ()
@@ -132,12 +137,14 @@ class Member:
 
 
 @dataclass(frozen=True)
-class MemberList:
-    members: tuple[Member, ...] = field(default=())
+class EtcdMemberList:
+    """The members of one `etcdctl member list`, or why there are none."""
+
+    members: tuple[EtcdMember, ...] = field(default=())
     error: str | None = None
 
     @property
-    def leader(self) -> Member | None:
+    def leader(self) -> EtcdMember | None:
         return next((m for m in self.members if m.is_leader), None)
 
 
@@ -145,24 +152,24 @@ _V2_MEMBER_LINE = re.compile(r"^(?P<id>[0-9a-f]+)(?P<unstarted>\[unstarted\])?:\
 _KV = re.compile(r"(\w+)=(\S*)")
 
 
-def _member_list(members: list[Member], stderr: str) -> MemberList:
+def _member_list(members: list[EtcdMember], stderr: str) -> EtcdMemberList:
     """The members parsed, or why there are none."""
-    return MemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
+    return EtcdMemberList(tuple(members), None if members else (first_error_line(stderr) or "no members listed"))
 
 
 def _urls(text: str) -> tuple[str, ...]:
     return tuple(u for u in (p.strip() for p in text.split(",")) if u)
 
 
-def parse_v2_member_list(stdout: str, stderr: str = "") -> MemberList:
-    members: list[Member] = []
+def parse_v2_member_list(stdout: str, stderr: str = "") -> EtcdMemberList:
+    members: list[EtcdMember] = []
     for raw in stdout.splitlines():
         m = _V2_MEMBER_LINE.match(raw.strip())
         if not m:
             continue
         fields = dict(_KV.findall(m["rest"]))
         members.append(
-            Member(
+            EtcdMember(
                 id=m["id"],
                 name=fields.get("name", ""),
                 peer_urls=_urls(fields.get("peerURLs", "")),
@@ -177,15 +184,15 @@ def parse_v2_member_list(stdout: str, stderr: str = "") -> MemberList:
 _V3_HEX_ID = re.compile(r"^[0-9a-f]+$")
 
 
-def parse_v3_member_list(stdout: str, stderr: str = "") -> MemberList:
+def parse_v3_member_list(stdout: str, stderr: str = "") -> EtcdMemberList:
     """Plain `member list`: `id, started|unstarted, name, peer urls, client urls, is-learner`."""
-    members: list[Member] = []
+    members: list[EtcdMember] = []
     for raw in stdout.splitlines():
         parts = [p.strip() for p in raw.split(", ")]
         if len(parts) < 5 or not _V3_HEX_ID.match(parts[0]) or parts[1] not in ("started", "unstarted"):
             continue
         members.append(
-            Member(
+            EtcdMember(
                 id=parts[0],
                 name=parts[2],
                 peer_urls=_urls(parts[3]),
@@ -196,17 +203,17 @@ def parse_v3_member_list(stdout: str, stderr: str = "") -> MemberList:
     return _member_list(members, stderr)
 
 
-def parse_v3_member_list_json(stdout: str, stderr: str = "") -> MemberList:
+def parse_v3_member_list_json(stdout: str, stderr: str = "") -> EtcdMemberList:
     """`member list -w json`: ids are decimal there; shown as hex like the plain form. No name = unstarted."""
     data = _load_json(stdout)
-    members: list[Member] = []
+    members: list[EtcdMember] = []
     raw_members = data.get("members") if isinstance(data, dict) else None
     for item in raw_members if isinstance(raw_members, list) else []:
         if not isinstance(item, dict):
             continue
         name = item["name"] if isinstance(item.get("name"), str) else ""
         members.append(
-            Member(
+            EtcdMember(
                 id=_hex_id(item.get("ID")),
                 name=name,
                 peer_urls=_str_tuple(item.get("peerURLs")),
@@ -264,6 +271,25 @@ def parse_fleet_machines(stdout: str) -> list[FleetMachine]:
             continue
         machines.append(FleetMachine(parts[0], parts[1], parts[2] if len(parts) > 2 else ""))
     return machines
+
+
+@dataclass(frozen=True)
+class FleetUnit:
+    unit: str
+    machine: str
+    active: str
+    sub: str
+
+
+def parse_fleet_units(stdout: str) -> list[FleetUnit]:
+    """`fleetctl list-units [--no-legend] [--full]`: tab-separated UNIT MACHINE ACTIVE SUB (header optional)."""
+    units = []
+    for line in stdout.splitlines():
+        fields = line.split()
+        if len(fields) < 4 or fields[0] == "UNIT":
+            continue
+        units.append(FleetUnit(*fields[:4]))
+    return units
 
 
 FLEET_ETCD_TROUBLE = ("etcd is unhealthy", "lost quorum", "googleapi: Error 503")
