@@ -1,15 +1,12 @@
-"""The CoreOS and Flatcar release servers (DESIGN §4): where a channel's boxes, metadata, digests and
-signatures live, how `current` resolves, and small-file downloads from them.
+"""The CoreOS and Flatcar release servers (docs/field-notes.md §2): where a channel's boxes, metadata, digests
+and signatures live, how `current` resolves, and small-file downloads from them.
 
 URL scheme. A channel's base URL is the upstream template with `{channel}` filled in, or, when the template
-has no `{channel}`, the template followed by `/<channel>`. Defaults:
-
-    coreos   https://{channel}.release.core-os.net
-    flatcar  https://{channel}.release.flatcar-linux.net
-
-so `--upstream http://127.0.0.1:8000` reads `http://127.0.0.1:8000/stable/amd64-usr/<version>/…`. Below a
-channel base: `amd64-usr/<version>/<distro>_production_vagrant.{json,box,box.DIGESTS,box.DIGESTS.asc,box.sig}`
-and `amd64-usr/current/version.txt`.
+has no `{channel}`, the template followed by `/<channel>`. The default template is the distro's release server
+(`coreos_lab.distros`), so `--upstream http://127.0.0.1:8000` reads
+`http://127.0.0.1:8000/stable/amd64-usr/<version>/…`. Below a channel base:
+`amd64-usr/<version>/<distro>_production_vagrant.{json,box,box.DIGESTS,box.DIGESTS.asc,box.sig}` and
+`amd64-usr/current/version.txt`.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 from coreos_lab import __version__
+from coreos_lab.distros import DISTROS, Distro
 from coreos_lab.errors import BadInput, LabError
 
 if TYPE_CHECKING:
@@ -33,27 +31,6 @@ READ_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True)
-class Distro:
-    name: str
-    default_upstream: str
-    channels: tuple[str, ...]
-
-    @property
-    def file_stem(self) -> str:
-        return f"{self.name}_production_vagrant"
-
-    @property
-    def version_variable(self) -> str:
-        return f"{self.name.upper()}_VERSION"
-
-
-DISTROS = {
-    "coreos": Distro("coreos", "https://{channel}.release.core-os.net", ("alpha", "beta", "stable")),
-    "flatcar": Distro("flatcar", "https://{channel}.release.flatcar-linux.net", ("alpha", "beta", "stable", "lts")),
-}
-
-
-@dataclass(frozen=True)
 class ReleaseChannel:
     """One channel of one distro on one release server."""
 
@@ -63,7 +40,7 @@ class ReleaseChannel:
 
     @property
     def box_name(self) -> str:
-        return f"{self.distro.name}-{self.channel}"
+        return self.distro.box_name(self.channel)
 
     def file_url(self, version: str, suffix: str) -> str:
         """`suffix` is `.json`, `.box`, `.box.DIGESTS`, …; `version` may be `current`."""
@@ -74,8 +51,8 @@ class ReleaseChannel:
 
     def box_url_for(self, url: str) -> str:
         """The box URL to download, given the one in the JSON. A JSON on a mirror of the release server
-        still names the original host (CoreOS: `<channel>.release.core-os.net`, gone since 2020); such a
-        URL is read from the mirror instead. URLs on other hosts (Flatcar's bincache) are followed as is."""
+        still names the original host (CoreOS's release server is gone since 2020); such a URL is read from
+        the mirror instead. URLs on other hosts (Flatcar's bincache) are followed as is."""
         default = channel_base(self.distro, self.channel, None)
         parts = urlsplit(url)
         if self.base == default or parts.hostname != urlsplit(default).hostname:
@@ -84,7 +61,7 @@ class ReleaseChannel:
 
 
 def channel_base(distro: Distro, channel: str, upstream: str | None) -> str:
-    template = upstream or distro.default_upstream
+    template = upstream or distro.release_server
     base = template.replace("{channel}", channel) if "{channel}" in template else f"{template.rstrip('/')}/{channel}"
     return base.rstrip("/")
 
