@@ -4,8 +4,7 @@
   "cluster is healthy" if *any* member is healthy, so the verdict is computed from the member lines; 3.3+
   prints healthy / degraded / unavailable.
 - `ETCDCTL_API=3 etcdctl endpoint health --cluster`: plain lines on **stderr**; `-w json` a list on stdout.
-- `etcdctl member list`: v2 `<id>: name=… peerURLs=… clientURLs=… isLeader=…`; v3 plain
-  `id, status, name, peer, client, is-learner` or `-w json`.
+- `etcdctl member list`: v2 `<id>: name=… peerURLs=… clientURLs=… isLeader=…`; v3 `-w json`.
 - `ETCDCTL_API=3 etcdctl endpoint status -w json`: the member's view of the leader.
 - `fleetctl list-machines --no-legend --full`: tab-separated `MACHINE IP METADATA`.
 - `fleetctl list-units --no-legend --full`: `UNIT MACHINE ACTIVE SUB` (the functional checks' fleet unit).
@@ -176,28 +175,6 @@ def parse_v2_member_list(stdout: str, stderr: str = "") -> EtcdMemberList:
                 client_urls=_urls(fields.get("clientURLs", "")),
                 is_leader=fields.get("isLeader") == "true",
                 started=not m["unstarted"],
-            )
-        )
-    return _member_list(members, stderr)
-
-
-_V3_HEX_ID = re.compile(r"^[0-9a-f]+$")
-
-
-def parse_v3_member_list(stdout: str, stderr: str = "") -> EtcdMemberList:
-    """Plain `member list`: `id, started|unstarted, name, peer urls, client urls, is-learner`."""
-    members: list[EtcdMember] = []
-    for raw in stdout.splitlines():
-        parts = [p.strip() for p in raw.split(", ")]
-        if len(parts) < 5 or not _V3_HEX_ID.match(parts[0]) or parts[1] not in ("started", "unstarted"):
-            continue
-        members.append(
-            EtcdMember(
-                id=parts[0],
-                name=parts[2],
-                peer_urls=_urls(parts[3]),
-                client_urls=_urls(parts[4]),
-                started=parts[1] == "started",
             )
         )
     return _member_list(members, stderr)
