@@ -78,7 +78,7 @@ DISTROS: dict[str, Distro] = {
 DISTRO_NAMES: tuple[str, ...] = tuple(DISTROS)
 
 
-def distro(name: str) -> Distro:
+def distro_named(name: str) -> Distro:
     """The distro called `name`; `BadInput` naming the choices for any other name."""
     try:
         return DISTROS[name]

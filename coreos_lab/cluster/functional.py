@@ -12,13 +12,14 @@ import time
 
 from coreos_lab.cluster.health.parsers import parse_fleet_units
 from coreos_lab.cluster.ssh import SSHSession, SSHTarget
+from coreos_lab.distros import DISTROS
 from coreos_lab.errors import Unhealthy
 
 SMOKE_PREFIX = "/coreos-lab/smoke"
 
 
 def _etcd_commands(distro: str, key: str, value: str) -> tuple[dict[str, str], list[str], list[str], list[str]]:
-    if distro == "coreos":  # etcd2's etcdctl speaks v2; etcd 3.x's picks v2 from ETCDCTL_API
+    if DISTROS[distro].etcd_api == 2:  # etcd2's etcdctl speaks v2; etcd 3.x's picks v2 from ETCDCTL_API
         return {"ETCDCTL_API": "2"}, ["etcdctl", "set", key, value], ["etcdctl", "get", key], ["etcdctl", "rm", key]
     return (
         {"ETCDCTL_API": "3"},

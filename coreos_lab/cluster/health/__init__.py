@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
-from coreos_lab.cluster.health.checks import CHECK_NAMES, CHECKS, DISTROS, CheckContext
+from coreos_lab.cluster.health.checks import CHECK_NAMES, CHECKS, CheckContext
 from coreos_lab.cluster.health.report import CheckResult, HealthReport, NodeReport, Status
 from coreos_lab.cluster.ssh import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -24,11 +24,11 @@ from coreos_lab.cluster.ssh import (
     SSHSession,
     SSHTarget,
 )
+from coreos_lab.distros import distro_named
 from coreos_lab.errors import BadInput, Timeout
 
 __all__ = [
     "CHECK_NAMES",
-    "DISTROS",
     "SYSTEM_CLOCK",
     "CheckResult",
     "Clock",
@@ -73,9 +73,8 @@ class HealthTimeout(Timeout):
 
 
 def select_checks(distro: str, requested: Iterable[str] = ()) -> tuple[str, ...]:
-    """The checks to run, in their canonical order: the requested ones, or all of them (fleet skips off CoreOS)."""
-    if distro not in DISTROS:
-        raise BadInput(f"distro must be one of {', '.join(DISTROS)}, not {distro!r}")
+    """The checks to run, in their canonical order: the requested ones, or all (fleet skips where there is none)."""
+    distro_named(distro)  # BadInput naming the choices for any other distro
     wanted = set(requested)
     unknown = sorted(wanted - set(CHECK_NAMES))
     if unknown:

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field, replace
 from coreos_lab.cluster.health import parsers
 from coreos_lab.cluster.health.report import CheckResult, Status
 from coreos_lab.cluster.ssh import DEFAULT_COMMAND_TIMEOUT, SSHSession
+from coreos_lab.distros import DISTROS
 
-DISTROS = ("coreos", "flatcar")
 CHECK_NAMES = ("units", "etcd", "members", "fleet")
-DISTRO_UNITS = {"coreos": ("etcd2", "fleet"), "flatcar": ("etcd-member",)}
 _V2 = {"ETCDCTL_API": "2"}
 _V3 = {"ETCDCTL_API": "3"}
 _V3_DIAL = "3s"  # etcdctl's default dial timeout is 2 s; a loaded lab VM may need a little longer
@@ -68,7 +67,7 @@ def _fail(name: str, detail: str) -> CheckResult:
 
 def check_units(session: SSHSession, ctx: CheckContext) -> CheckResult:
     states: list[tuple[str, str]] = []
-    for unit in DISTRO_UNITS[ctx.distro]:
+    for unit in DISTROS[ctx.distro].units:
         result = session.run(["systemctl", "is-active", unit], timeout=ctx.command_timeout)
         state = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
         states.append((unit, state or (result.stderr.strip().splitlines() or ["unknown"])[-1]))
@@ -117,7 +116,7 @@ def check_etcd(session: SSHSession, ctx: CheckContext) -> CheckResult:
     if (stopped := _etcd_not_running("etcd", ctx)) is not None:
         return stopped
     note = ""
-    if ctx.distro == "coreos":
+    if DISTROS[ctx.distro].etcd_api == 2:
         health = _v2_cluster_health(session, ctx)
     elif ctx.node.known_proxy:
         # A v3 probe of a proxy would wait out its whole dial timeout (~2 s) to learn what the lab already says.
@@ -152,7 +151,7 @@ def check_members(session: SSHSession, ctx: CheckContext) -> CheckResult:
         return stopped
     listing: parsers.EtcdMemberList | None = None
     leader: parsers.EtcdMember | None = None
-    if ctx.distro == "flatcar" and not ctx.node.v2_only:
+    if DISTROS[ctx.distro].etcd_api == 3 and not ctx.node.v2_only:
         local = ctx.node.local_status or _v3_local_status(session, ctx)[0]  # the etcd check may have it
         if local is not None:  # else a v2 proxy, or etcd is down: v2 below says which
             argv = ["etcdctl", "--dial-timeout", _V3_DIAL, "member", "list", "-w", "json"]
@@ -182,7 +181,7 @@ def check_members(session: SSHSession, ctx: CheckContext) -> CheckResult:
 
 
 def check_fleet(session: SSHSession, ctx: CheckContext) -> CheckResult:
-    if ctx.distro != "coreos":
+    if not DISTROS[ctx.distro].fleet:
         return CheckResult("fleet", Status.SKIP, f"fleet does not run on {ctx.distro}")
     result = session.run(["fleetctl", "list-machines", "--no-legend", "--full"], timeout=ctx.command_timeout)
     if result.returncode != 0:
