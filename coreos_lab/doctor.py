@@ -1,6 +1,6 @@
 """`lab doctor`: every prerequisite of a lab checked at once, each finding ok / warn / fail with a fix.
 
-Checks are plain functions `check(ctx) -> Iterable[Finding]` (`coreos_lab.prerequisites`). `COMMON_CHECKS` run
+Checks are plain functions `check(ctx) -> Iterable[DoctorFinding]` (`coreos_lab.prerequisites`). `COMMON_CHECKS` run
 for every lab; the provider's own `checks` (in the provider table, `coreos_lab.vagrant.providers`) add what it
 needs. The same provider checks serve `lab up`'s preflight, so the two never disagree.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 from coreos_lab import proc
 from coreos_lab.lab.plan import LabPlan
-from coreos_lab.prerequisites import Check, DoctorContext, Finding
+from coreos_lab.prerequisites import Check, DoctorContext, DoctorFinding
 from coreos_lab.vagrant.providers import DEFAULT_PROVIDER, PROVIDERS
 
 
@@ -26,7 +26,7 @@ from coreos_lab.vagrant.providers import DEFAULT_PROVIDER, PROVIDERS
 class DoctorReport:
     lab_dir: Path | None
     provider: str
-    findings: list[Finding] = field(default_factory=list)
+    findings: list[DoctorFinding] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -44,23 +44,23 @@ class DoctorReport:
 # -- machine-wide ------------------------------------------------------------------------------------------------
 
 
-def check_vagrant(ctx: DoctorContext) -> Iterable[Finding]:
+def check_vagrant(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     from coreos_lab.errors import LabError
     from coreos_lab.vagrant.adapter import INSTALL_HINT, Vagrant
 
     if shutil.which("vagrant") is None:
-        yield Finding("vagrant", "fail", "vagrant not found on PATH", INSTALL_HINT)
+        yield DoctorFinding("vagrant", "fail", "vagrant not found on PATH", INSTALL_HINT)
         return
     try:
         version = Vagrant(ctx.plan.lab_dir if ctx.plan else Path.cwd()).version()
     except LabError as exc:
-        yield Finding("vagrant", "fail", exc.message, "reinstall Vagrant")
+        yield DoctorFinding("vagrant", "fail", exc.message, "reinstall Vagrant")
         return
     ctx.facts["vagrant_version"] = version
-    yield Finding("vagrant", "ok", f"Vagrant {version}")
+    yield DoctorFinding("vagrant", "ok", f"Vagrant {version}")
 
 
-def check_virtualization(ctx: DoctorContext) -> Iterable[Finding]:
+def check_virtualization(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     """VT-x/AMD-V must reach the machine, or guests hang at boot and Vagrant reports an SSH timeout."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
@@ -71,9 +71,9 @@ def check_virtualization(ctx: DoctorContext) -> Iterable[Finding]:
         if line.startswith("flags"):
             flags.update(line.split(":", 1)[1].split())
     if flags & {"vmx", "svm"}:
-        yield Finding("virtualization", "ok", "hardware virtualization (VT-x/AMD-V) is available")
+        yield DoctorFinding("virtualization", "ok", "hardware virtualization (VT-x/AMD-V) is available")
     else:
-        yield Finding(
+        yield DoctorFinding(
             "virtualization",
             "warn",
             "no hardware virtualization (VT-x/AMD-V) visible to this machine: 64-bit guests will not boot, and "
@@ -82,7 +82,7 @@ def check_virtualization(ctx: DoctorContext) -> Iterable[Finding]:
         )
 
 
-def check_subnet(ctx: DoctorContext) -> Iterable[Finding]:
+def check_subnet(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     """The lab's private network must not overlap a route of another interface (docker0's 172.17.0.0/16
     swallows coreos-vagrant's 172.17.8.0/24: host-only traffic then goes to Docker's bridge)."""
     if ctx.plan is None or ctx.plan.subnet is None:
@@ -90,7 +90,7 @@ def check_subnet(ctx: DoctorContext) -> Iterable[Finding]:
     subnet = ctx.plan.subnet
     routes = interface_routes()
     if routes is None:
-        yield Finding("subnet", "warn", f"could not read the routing table to check {subnet}", "install iproute2")
+        yield DoctorFinding("subnet", "warn", f"could not read the routing table to check {subnet}", "install iproute2")
         return
     clashes = [
         (net, dev)
@@ -99,7 +99,7 @@ def check_subnet(ctx: DoctorContext) -> Iterable[Finding]:
     ]
     if clashes:
         net, dev = clashes[0]
-        yield Finding(
+        yield DoctorFinding(
             "subnet",
             "fail",
             f"lab subnet {subnet} overlaps {net} on {dev}: traffic to the nodes would go to {dev}",
@@ -107,7 +107,7 @@ def check_subnet(ctx: DoctorContext) -> Iterable[Finding]:
             + ('(Docker: "bip" in /etc/docker/daemon.json)' if dev.startswith("docker") else "to another range"),
         )
     else:
-        yield Finding("subnet", "ok", f"lab subnet {subnet} clashes with no interface route")
+        yield DoctorFinding("subnet", "ok", f"lab subnet {subnet} clashes with no interface route")
 
 
 def interface_routes() -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] | None:
@@ -138,21 +138,21 @@ def _is_provider_interface(dev: str) -> bool:
     return any(dev.startswith(p.host_interfaces) for p in PROVIDERS.values())
 
 
-def check_mirror(ctx: DoctorContext) -> Iterable[Finding]:
+def check_mirror(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     """The mirror answers at the lab's URL, or `lab up` can serve the local store itself; the box is in it."""
     if ctx.plan is None:
         return
     plan = ctx.plan
     metadata = fetch_box_metadata(plan)
     if metadata is not None:
-        yield Finding("mirror", "ok", f"mirror reachable at {plan.mirror_url}")
+        yield DoctorFinding("mirror", "ok", f"mirror reachable at {plan.mirror_url}")
         offered = {
             (v.get("version"), p.get("name")) for v in metadata.get("versions", []) for p in v.get("providers", [])
         }
         where = plan.metadata_url
     elif plan.mirror_is_local:
         free = port_free(plan.mirror_host, plan.mirror_port)
-        yield Finding(
+        yield DoctorFinding(
             "mirror",
             "ok" if free else "fail",
             f"no mirror answers at {plan.mirror_url}; `lab up` serves {ctx.mirror_root} there itself"
@@ -163,7 +163,7 @@ def check_mirror(ctx: DoctorContext) -> Iterable[Finding]:
         offered = local_box_versions(ctx.mirror_root, plan.box_name)
         where = str(ctx.mirror_root)
     else:
-        yield Finding(
+        yield DoctorFinding(
             "mirror",
             "fail",
             f"mirror not reachable at {plan.mirror_url}",
@@ -172,9 +172,9 @@ def check_mirror(ctx: DoctorContext) -> Iterable[Finding]:
         return
     wanted = f"{plan.box_name} {plan.box_version or '(any version)'} ({plan.provider})"
     if any((plan.box_version is None or v == plan.box_version) and p == plan.provider for v, p in offered):
-        yield Finding("mirror-box", "ok", f"{wanted} is in the mirror ({where})")
+        yield DoctorFinding("mirror-box", "ok", f"{wanted} is in the mirror ({where})")
     else:
-        yield Finding(
+        yield DoctorFinding(
             "mirror-box",
             "fail",
             f"{wanted} is not in the mirror ({where})",
@@ -190,7 +190,7 @@ def vagrant_has_box(plan: LabPlan) -> bool:
     return vagrant.has_box(plan.box_name, plan.box_version, plan.provider)
 
 
-def check_vagrant_box(ctx: DoctorContext) -> Iterable[Finding]:
+def check_vagrant_box(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     from coreos_lab.errors import LabError
 
     if ctx.plan is None or "vagrant_version" not in ctx.facts:
@@ -199,28 +199,28 @@ def check_vagrant_box(ctx: DoctorContext) -> Iterable[Finding]:
     try:
         present = vagrant_has_box(plan)
     except LabError as exc:
-        yield Finding("vagrant-box", "warn", f"could not list Vagrant's boxes: {exc.message}")
+        yield DoctorFinding("vagrant-box", "warn", f"could not list Vagrant's boxes: {exc.message}")
         return
     wanted = f"{plan.box_name} {plan.box_version or ''} ({plan.provider})".replace("  ", " ")
     if present:
-        yield Finding("vagrant-box", "ok", f"{wanted} is installed in Vagrant")
+        yield DoctorFinding("vagrant-box", "ok", f"{wanted} is installed in Vagrant")
     else:
-        yield Finding("vagrant-box", "ok", f"{wanted} is not in Vagrant yet: `lab up` adds it from the mirror")
+        yield DoctorFinding("vagrant-box", "ok", f"{wanted} is not in Vagrant yet: `lab up` adds it from the mirror")
 
 
-def check_ports(ctx: DoctorContext) -> Iterable[Finding]:
+def check_ports(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     if ctx.plan is None or not ctx.plan.host_ports:
         return
     taken = [p for p in ctx.plan.host_ports if not port_free("127.0.0.1", p)]
     if taken:
-        yield Finding(
+        yield DoctorFinding(
             "ports",
             "fail",
             f"forwarded host port(s) in use: {', '.join(map(str, taken))}",
             "stop what listens there, or change forwarded_ports in lab.yaml",
         )
     else:
-        yield Finding("ports", "ok", f"forwarded host ports free: {', '.join(map(str, ctx.plan.host_ports))}")
+        yield DoctorFinding("ports", "ok", f"forwarded host ports free: {', '.join(map(str, ctx.plan.host_ports))}")
 
 
 # -- helpers shared with lifecycle's preflight --------------------------------------------------------------------
@@ -288,7 +288,7 @@ def diagnose(plan: LabPlan | None, *, provider: str | None = None, mirror_root: 
     report = DoctorReport(plan.lab_dir if plan else None, chosen)
     checks = [*COMMON_CHECKS[:1], *provider_checks(chosen), *COMMON_CHECKS[1:]]
     if chosen not in PROVIDERS:
-        report.findings.append(Finding("provider", "warn", f"no checks for provider {chosen!r}"))
+        report.findings.append(DoctorFinding("provider", "warn", f"no checks for provider {chosen!r}"))
     for check in checks:
         report.findings.extend(check(ctx))
     return report

@@ -35,7 +35,7 @@ from coreos_lab.doctor import (
 from coreos_lab.errors import BadInput, ExitCode, LabError, Timeout, ToolMissing
 from coreos_lab.fsutil import atomic_write_text
 from coreos_lab.lab.plan import LabPlan
-from coreos_lab.prerequisites import DoctorContext, Finding
+from coreos_lab.prerequisites import DoctorContext, DoctorFinding
 from coreos_lab.vagrant.adapter import MachineStatus, Vagrant
 from coreos_lab.vagrant.providers import PROVIDERS
 
@@ -62,18 +62,18 @@ def _progress(on_event: NodeEvent, nodes: Sequence[str], phase: str) -> Callable
 # -- preflight ----------------------------------------------------------------------------------------------------
 
 
-def preflight(plan: LabPlan) -> list[Finding]:
+def preflight(plan: LabPlan) -> list[DoctorFinding]:
     """Every prerequisite of `up`, without side effects; `ToolMissing` (exit 4) naming the first failure.
 
     The checks are doctor's own, so `lab doctor` and `lab up` never disagree.
     """
     ctx = DoctorContext(plan=plan, provider=plan.provider, mirror_root=mirror_root_of(plan))
     checks = [check_vagrant, *provider_checks(plan.provider), check_subnet, check_mirror, check_ports]
-    findings: list[Finding] = []
+    findings: list[DoctorFinding] = []
     for check in checks:
         for finding in check(ctx):
             if finding.level == "fail" and finding.check == "mirror-box" and vagrant_has_box(plan):
-                finding = Finding("mirror-box", "ok", f"{finding.detail}, but Vagrant already has it")
+                finding = DoctorFinding("mirror-box", "ok", f"{finding.detail}, but Vagrant already has it")
             findings.append(finding)
             if finding.level == "fail":
                 raise ToolMissing(finding.detail, hint=finding.fix)

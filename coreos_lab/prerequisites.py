@@ -1,4 +1,4 @@
-"""What a prerequisite check is: a function that looks at a `DoctorContext` and yields `Finding`s.
+"""What a prerequisite check is: a function that looks at a `DoctorContext` and yields `DoctorFinding`s.
 
 Shared by `lab doctor` and `lab up`'s preflight (`coreos_lab.doctor`) and by the providers' own checks
 (`coreos_lab.vagrant.virtualbox`, `coreos_lab.vagrant.libvirt`), which the provider table lists.
@@ -18,7 +18,7 @@ Level = Literal["ok", "warn", "fail"]
 
 
 @dataclass(frozen=True)
-class Finding:
+class DoctorFinding:
     check: str
     level: Level
     detail: str
@@ -39,4 +39,4 @@ class DoctorContext:
     facts: dict[str, Any] = field(default_factory=dict)
 
 
-Check = Callable[[DoctorContext], Iterable[Finding]]
+Check = Callable[[DoctorContext], Iterable[DoctorFinding]]

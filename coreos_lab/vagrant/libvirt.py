@@ -26,7 +26,7 @@ from coreos_lab import proc
 from coreos_lab.errors import LabError, Timeout
 from coreos_lab.fsutil import atomic_write_text
 from coreos_lab.paths import cache_home
-from coreos_lab.prerequisites import Check, DoctorContext, Finding
+from coreos_lab.prerequisites import Check, DoctorContext, DoctorFinding
 
 log = logging.getLogger(__name__)
 
@@ -250,33 +250,33 @@ def remove_management_network(uuid: str, name: str = MANAGEMENT_NETWORK_NAME) ->
 # -- doctor -------------------------------------------------------------------------------------------------------
 
 
-def check_libvirt(ctx: DoctorContext) -> Iterable[Finding]:
+def check_libvirt(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     """libvirtd listening, the vagrant-libvirt plugin, and whether KVM really runs guests (else: qemu driver)."""
     socket_path = libvirt_socket()
     if socket_path is None:
-        yield Finding(
+        yield DoctorFinding(
             "libvirtd",
             "fail",
             f"no libvirt daemon socket ({', '.join(LIBVIRT_SOCKETS[:2])})",
             "install libvirt-daemon-system and start libvirtd (`systemctl start libvirtd`, or `libvirtd -d`)",
         )
     else:
-        yield Finding("libvirtd", "ok", f"libvirt daemon listening at {socket_path}")
+        yield DoctorFinding("libvirtd", "ok", f"libvirt daemon listening at {socket_path}")
     plugin = vagrant_libvirt_plugin()
     if plugin is None:
-        yield Finding(
+        yield DoctorFinding(
             "vagrant-libvirt",
             "fail",
             "the vagrant-libvirt plugin is not installed",
             "apt-get install vagrant-libvirt (or `vagrant plugin install vagrant-libvirt`)",
         )
     else:
-        yield Finding("vagrant-libvirt", "ok", f"vagrant-libvirt {plugin}")
+        yield DoctorFinding("vagrant-libvirt", "ok", f"vagrant-libvirt {plugin}")
     kvm = kvm_check()
     if kvm.usable:
-        yield Finding("kvm", "ok", kvm.reason)
+        yield DoctorFinding("kvm", "ok", kvm.reason)
     else:
-        yield Finding(
+        yield DoctorFinding(
             "kvm",
             "warn",
             f"KVM cannot run guests here ({kvm.reason}); libvirt.driver auto renders qemu: software emulation, "

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from coreos_lab import proc
-from coreos_lab.prerequisites import Check, DoctorContext, Finding
+from coreos_lab.prerequisites import Check, DoctorContext, DoctorFinding
 
 # From a guest, VirtualBox NAT maps the host's loopback to 10.0.2.2 (docs/field-notes.md §1).
 NAT_HOST = "10.0.2.2"
@@ -28,10 +28,10 @@ VAGRANT_GEM_GLOBS = (
 )
 
 
-def check_virtualbox(ctx: DoctorContext) -> Iterable[Finding]:
+def check_virtualbox(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     probe = probe_virtualbox()
     if probe is None:
-        yield Finding(
+        yield DoctorFinding(
             "virtualbox",
             "fail",
             "VirtualBox not found: VBoxManage is not on PATH",
@@ -42,27 +42,27 @@ def check_virtualbox(ctx: DoctorContext) -> Iterable[Finding]:
     found, said = probe
     if "vboxdrv" in said:
         # VBoxManage answers, but no VM can start until the kernel driver is built and loaded.
-        yield Finding(
+        yield DoctorFinding(
             "virtualbox",
             "fail",
             f"VirtualBox {found} is installed but its kernel module (vboxdrv) is not loaded",
             "run `sudo /sbin/vboxconfig` (install the kernel headers first; on Secure Boot, sign the module)",
         )
         return
-    yield Finding("virtualbox", "ok", f"VirtualBox {found}")
+    yield DoctorFinding("virtualbox", "ok", f"VirtualBox {found}")
     ctx.facts["virtualbox_version"] = found
     vagrant_version = ctx.facts.get("vagrant_version")
     if vagrant_version:
         clash = known_bad_pair(vagrant_version, found)
         if clash:
-            yield Finding(
+            yield DoctorFinding(
                 "virtualbox-vagrant",
                 "fail",
                 clash,
                 "install a VirtualBox release this Vagrant supports, or a newer Vagrant",
             )
         else:
-            yield Finding("virtualbox-vagrant", "ok", f"Vagrant {vagrant_version} supports VirtualBox {found}")
+            yield DoctorFinding("virtualbox-vagrant", "ok", f"Vagrant {vagrant_version} supports VirtualBox {found}")
 
 
 # Since VirtualBox 6.1.28, host-only networks on Linux/macOS may only use the ranges listed in
@@ -86,7 +86,7 @@ def hostonly_ranges(conf_text: str | None) -> list[ipaddress.IPv4Network | ipadd
     return ranges
 
 
-def check_virtualbox_hostonly(ctx: DoctorContext) -> Iterable[Finding]:
+def check_virtualbox_hostonly(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     found = ctx.facts.get("virtualbox_version")
     if ctx.plan is None or ctx.plan.subnet is None or not found or tuple(_numbers(found)) < (6, 1, 28):
         return
@@ -96,14 +96,14 @@ def check_virtualbox_hostonly(ctx: DoctorContext) -> Iterable[Finding]:
     except FileNotFoundError:
         conf = None
     except OSError as exc:
-        yield Finding("virtualbox-network", "warn", f"cannot read {VBOX_NETWORKS_CONF}: {exc.strerror}")
+        yield DoctorFinding("virtualbox-network", "warn", f"cannot read {VBOX_NETWORKS_CONF}: {exc.strerror}")
         return
     allowed = hostonly_ranges(conf)
     if any(subnet.version == net.version and subnet.subnet_of(net) for net in allowed):
-        yield Finding("virtualbox-network", "ok", f"VirtualBox allows host-only network {subnet}")
+        yield DoctorFinding("virtualbox-network", "ok", f"VirtualBox allows host-only network {subnet}")
         return
     shown = ", ".join(map(str, allowed)) or "none"
-    yield Finding(
+    yield DoctorFinding(
         "virtualbox-network",
         "fail",
         f"VirtualBox {found} allows host-only networks only in {shown} ({VBOX_NETWORKS_CONF}); "
