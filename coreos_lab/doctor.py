@@ -143,7 +143,7 @@ def check_mirror(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     if ctx.plan is None:
         return
     plan = ctx.plan
-    metadata = fetch_box_metadata(plan)
+    metadata = ctx.facts["mirror_metadata"] = fetch_box_metadata(plan)  # `lab up` serves the mirror by it
     if metadata is not None:
         yield DoctorFinding("mirror", "ok", f"mirror reachable at {plan.mirror_url}")
         offered = {

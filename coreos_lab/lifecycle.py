@@ -28,7 +28,6 @@ from coreos_lab.doctor import (
     check_ports,
     check_subnet,
     check_vagrant,
-    fetch_box_metadata,
     provider_checks,
     vagrant_has_box,
 )
@@ -37,6 +36,7 @@ from coreos_lab.fsutil import atomic_write_text
 from coreos_lab.lab.plan import LabPlan
 from coreos_lab.prerequisites import DoctorContext, DoctorFinding
 from coreos_lab.vagrant.adapter import MachineStatus, Vagrant
+from coreos_lab.vagrant.libvirt import resolve_driver
 from coreos_lab.vagrant.providers import PROVIDERS
 
 DEFAULT_TIMEOUT = 900.0
@@ -62,10 +62,19 @@ def _progress(on_event: NodeEvent, nodes: Sequence[str], phase: str) -> Callable
 # -- preflight ----------------------------------------------------------------------------------------------------
 
 
-def preflight(plan: LabPlan) -> list[DoctorFinding]:
+@dataclass(frozen=True)
+class Preflight:
+    """What preflight found out, handed down so that `up` asks nothing twice."""
+
+    findings: list[DoctorFinding]
+    mirror_answers: bool  # a mirror answers at the lab's mirror URL (else `up` serves the store there itself)
+    libvirt_driver: str | None = None  # libvirt: the domain type to render, `auto` resolved (kvm or qemu)
+
+
+def preflight(plan: LabPlan) -> Preflight:
     """Every prerequisite of `up`, without side effects; `ToolMissing` (exit 4) naming the first failure.
 
-    The checks are doctor's own, so `lab doctor` and `lab up` never disagree.
+    The checks are doctor's own, so `lab doctor` and `lab up` never disagree. The mirror is probed here, once.
     """
     ctx = DoctorContext(plan=plan, provider=plan.provider, mirror_root=mirror_root_of(plan))
     checks = [check_vagrant, *provider_checks(plan.provider), check_subnet, check_mirror, check_ports]
@@ -77,7 +86,8 @@ def preflight(plan: LabPlan) -> list[DoctorFinding]:
             findings.append(finding)
             if finding.level == "fail":
                 raise ToolMissing(finding.detail, hint=finding.fix)
-    return findings
+    driver = resolve_driver(plan.libvirt_driver, ctx.facts.get("kvm")) if plan.libvirt_driver else None
+    return Preflight(findings, ctx.facts["mirror_metadata"] is not None, driver)
 
 
 def mirror_root_of(plan: LabPlan) -> Path:
@@ -87,10 +97,10 @@ def mirror_root_of(plan: LabPlan) -> Path:
 
 
 @contextlib.contextmanager
-def serving_mirror(plan: LabPlan) -> Iterator[str]:
-    """The mirror + discovery server for the duration of the block: "external" when one answers at the lab's
-    mirror URL, else "embedded" (started here on that address, stopped on exit)."""
-    if fetch_box_metadata(plan) is not None:
+def serving_mirror(plan: LabPlan, ready: Preflight) -> Iterator[str]:
+    """The mirror + discovery server for the duration of the block: "external" when preflight found one answering
+    at the lab's mirror URL, else "embedded" (started here on that address, stopped on exit)."""
+    if ready.mirror_answers:
         yield "external"
         return
     if not plan.mirror_is_local:
@@ -176,18 +186,23 @@ def up(
     checks: Sequence[str] = (),
     timeout: float = DEFAULT_TIMEOUT,
     on_event: NodeEvent = _ignore,
-    preflight_done: bool = False,
+    ready: Preflight | None = None,
+    server: str | None = None,
 ) -> UpResult:
     """Bring the lab up; with `wait`, until the health `checks` pass (default: all of the distro's).
-    `preflight_done`: the caller has just run `preflight` itself (smoke reports it as a stage of its own)."""
+    `ready`: the caller has just run `preflight` itself (smoke reports it as a stage of its own); `server`: the
+    caller serves the mirror (`serving_mirror`) for longer than `up` runs."""
     started_at = time.monotonic()
     deadline = started_at + timeout
-    if not preflight_done:
+    if ready is None:
         for node in plan.nodes:
             on_event(node, "waiting", "preflight")
-        preflight(plan)
-    with serving_mirror(plan) as server:
-        rendered = render(plan)
+        ready = preflight(plan)
+    serving: contextlib.AbstractContextManager[str] = (
+        contextlib.nullcontext(server) if server is not None else serving_mirror(plan, ready)
+    )
+    with serving as served:
+        rendered = render(plan, ready.libvirt_driver)
         vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
         # Two independent Vagrant start-ups (each ~1.5 s of Ruby): run them side by side.
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="vagrant-query") as pool:
@@ -226,7 +241,7 @@ def up(
     ]
     return UpResult(
         lab_dir=plan.lab_dir,
-        server=server,
+        server=served,
         started=todo,
         already_running=[n for n in plan.nodes if n not in todo],
         nodes=after,
@@ -362,12 +377,14 @@ def wait_healthy(
 # -- render and state (owned by render / state; called at the moments lifecycle knows about) --------------------
 
 
-def render(plan: LabPlan) -> dict[str, Any]:
-    """Bring the generated files in line with lab.yaml; keeps the cluster's token, mints one for a new one."""
-    from coreos_lab.lab.config import load_config
+def render(plan: LabPlan, libvirt_driver: str | None) -> dict[str, Any]:
+    """Bring the generated files in line with the configuration the plan was made from (lab.yaml is not read
+    again); keeps the cluster's token, mints one for a new one."""
     from coreos_lab.lab.render import render_lab
 
-    return render_lab(load_config(plan.lab_dir, check_mirror=False)).as_dict()
+    if plan.config is None:
+        raise LabError("a plan made without its configuration cannot render (a bug)")
+    return render_lab(plan.config, libvirt_driver=libvirt_driver).as_dict()
 
 
 def mark_created(plan: LabPlan) -> None:

@@ -270,13 +270,14 @@ class LabRun:
             plan = self.plan = load_plan(where)
             pending = ["preflight", "up", "health", *_functional_names(plan.distro, checks or ["fleet"])]
             with rec.stage("preflight") as details:
-                details.append(f"{len(lifecycle.preflight(plan))} prerequisites ok")
+                ready = lifecycle.preflight(plan)
+                details.append(f"{len(ready.findings)} prerequisites ok")
             pending.remove("preflight")
             # One server for the whole run: etcd members keep talking to discovery after `vagrant up` returns.
-            with lifecycle.serving_mirror(plan) as server:
+            with lifecycle.serving_mirror(plan, ready) as server:
                 with rec.stage("up", log=lambda: _log_tail(plan)) as details:
                     try:
-                        result = lifecycle.up(plan, wait=False, timeout=self.left(), preflight_done=True)
+                        result = lifecycle.up(plan, wait=False, timeout=self.left(), ready=ready, server=server)
                     finally:
                         self.created = True
                     details.append(f"{len(result.started)} machines up in {result.seconds:.0f}s (server: {server})")

@@ -172,9 +172,9 @@ def test_proxy_must_name_a_host_of_the_ssh_config(tmp_path: Path, mirror_root: P
 
 
 def test_lab_facts_name_the_etcd_members(tmp_path: Path, mirror_root: Path) -> None:
-    from coreos_lab.cluster.health.targets import lab_facts
+    from coreos_lab.lab.plan import load_plan
 
-    facts = lab_facts(write_lab(tmp_path, mirror_root, nodes=5))
+    facts = load_plan(write_lab(tmp_path, mirror_root, nodes=5))
     assert (facts.etcd_members, facts.etcd_nodes) == (3, ("core-01", "core-02", "core-03"))
 
 

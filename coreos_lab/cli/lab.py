@@ -93,9 +93,11 @@ def render(lab_dir: Path, force: bool, as_json: bool, **kwargs: Any) -> None:
     from coreos_lab import console
     from coreos_lab.lab.config import load_config
     from coreos_lab.lab.render import render_lab
+    from coreos_lab.vagrant.libvirt import resolve_driver
 
     config = load_config(lab_dir, flags=collect_flags(kwargs))
-    result = render_lab(config, force=force)
+    driver = resolve_driver(str(config["libvirt.driver"])) if config.provider == "libvirt" else None
+    result = render_lab(config, force=force, libvirt_driver=driver)
     if as_json:
         console.print_json(result.as_dict())
         return

@@ -1,16 +1,20 @@
 """What lifecycle and doctor need to know about a lab, taken from its configuration in one place.
 
 `LabPlan` is deliberately small: the machine names, the provider, the box and where it is served, the
-private subnet and the host ports the lab will bind. Everything else stays with `config` and `render`.
+private subnet and the host ports the lab will bind. Everything else stays with `config` and `render`; a plan
+made by `load_plan` carries the configuration it was made from, so that `lab up` reads lab.yaml once and
+hands it down to render.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
+
+from coreos_lab.lab.config import load_config
+from coreos_lab.lab.model import LabConfig
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -31,6 +35,8 @@ class LabPlan:
     mirror_root: Path | None = None
     guest_host: str | None = None  # the host's address as guests reach it (mirror.guest_host)
     management_network: str | None = None  # libvirt: the management network's subnet
+    libvirt_driver: str | None = None  # libvirt: the domain type as configured (auto, kvm or qemu)
+    config: LabConfig | None = field(default=None, repr=False, compare=False)  # what the plan was made from
 
     @property
     def mirror_host(self) -> str:
@@ -75,12 +81,10 @@ def load_plan(lab_dir: Path) -> LabPlan:
     Whether the mirror has the box is left to the caller's preflight: that is a missing prerequisite
     (exit 4), not bad input.
     """
-    from coreos_lab.lab.config import load_config
-
     return plan_from_config(load_config(Path(lab_dir), check_mirror=False))
 
 
-def plan_from_config(cfg: Any) -> LabPlan:
+def plan_from_config(cfg: LabConfig) -> LabPlan:
     subnet = ipaddress.ip_network(str(cfg.values["subnet"]), strict=False)
     # Ports pinned to one machine are bound as given; ports for every machine are auto-corrected by Vagrant.
     host_ports = tuple(sorted({p.host for p in cfg.forwarded_ports if p.node is not None and p.protocol == "tcp"}))
@@ -99,4 +103,6 @@ def plan_from_config(cfg: Any) -> LabPlan:
         mirror_root=cfg.mirror_root,
         guest_host=cfg.guest_host or None,
         management_network=str(cfg.values["libvirt.management_network"]) if cfg.provider == "libvirt" else None,
+        libvirt_driver=str(cfg.values["libvirt.driver"]) if cfg.provider == "libvirt" else None,
+        config=cfg,
     )

@@ -138,32 +138,23 @@ def node_units(config: LabConfig, node: Machine) -> list[Unit]:
     return [u for u in config.units if not u.machines or node.name in u.machines]
 
 
-def _context(config: LabConfig, discovery: Discovery) -> dict[str, Any]:
+def _context(config: LabConfig, discovery: Discovery, libvirt_driver: str | None) -> dict[str, Any]:
     return {
         "lab": config,
         "settings": dict(config.values),
         "nodes": config.nodes,
         "discovery": discovery,
         "generated_mark": GENERATED_MARK,
-        "libvirt_driver": libvirt_driver(config),
+        "libvirt_driver": libvirt_driver,
     }
 
 
-def libvirt_driver(config: LabConfig) -> str | None:
-    """The concrete libvirt domain type for the Vagrantfile (`auto` resolved by test-booting under KVM)."""
-    if config.provider != "libvirt":
-        return None
-    from coreos_lab.vagrant.libvirt import resolve_driver
-
-    return resolve_driver(str(config.values["libvirt.driver"]))
-
-
-def render_files(config: LabConfig, discovery: Discovery) -> dict[str, str]:
+def render_files(config: LabConfig, discovery: Discovery, libvirt_driver: str | None = None) -> dict[str, str]:
     """Every output file's text by path relative to the lab directory (nothing written)."""
     import jinja2
 
     env = environment(config.lab_dir)
-    context = _context(config, discovery)
+    context = _context(config, discovery, libvirt_driver)
     outputs: dict[str, str] = {}
     try:
         outputs[VAGRANTFILE] = env.get_template("Vagrantfile.j2").render(context)
@@ -245,8 +236,14 @@ def _conflicts(lab_dir: Path, state: LabState, paths: list[str]) -> list[tuple[s
     return found
 
 
-def render_lab(config: LabConfig, *, force: bool = False) -> RenderResult:
-    """Render the lab's files into its directory and record them (and the token) in its state."""
+def render_lab(config: LabConfig, *, force: bool = False, libvirt_driver: str | None = None) -> RenderResult:
+    """Render the lab's files into its directory and record them (and the token) in its state.
+
+    `libvirt_driver`: a libvirt lab's domain type, kvm or qemu, as the caller resolved it (`auto` takes a test
+    boot under KVM, which preflight makes anyway: `coreos_lab.vagrant.libvirt.resolve_driver`).
+    """
+    if config.provider == "libvirt" and libvirt_driver in (None, "auto"):
+        raise LabError(f"render needs the resolved libvirt driver (kvm or qemu), not {libvirt_driver!r} (a bug)")
     lab_dir = config.lab_dir
     state = LabState.load(lab_dir)
     result = RenderResult(lab_dir)
@@ -268,7 +265,7 @@ def render_lab(config: LabConfig, *, force: bool = False) -> RenderResult:
     result.discovery = discovery
     if result.token == "new":
         state.save()  # a minted token is recorded at once, so a failure below never orphans it
-    outputs = render_files(config, discovery)
+    outputs = render_files(config, discovery, libvirt_driver)
 
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     for rel, _why in conflicts:

@@ -147,11 +147,12 @@ def _boot_under_kvm(qemu: str, kernel: Path, timeout: float, accel: str = "kvm")
         )
 
 
-def resolve_driver(driver: str) -> str:
-    """`auto` → `kvm` where KVM runs guests, else `qemu` (software emulation: slow but works everywhere)."""
+def resolve_driver(driver: str, kvm: KvmCheck | None = None) -> str:
+    """`auto` → `kvm` where KVM runs guests, else `qemu` (software emulation: slow but works everywhere).
+    `kvm`: the answer of a `kvm_check` already made (preflight's), else one is made here."""
     if driver != "auto":
         return driver
-    return "kvm" if kvm_check().usable else "qemu"
+    return "kvm" if (kvm or kvm_check()).usable else "qemu"
 
 
 def libvirt_socket() -> str | None:
@@ -272,7 +273,7 @@ def check_libvirt(ctx: DoctorContext) -> Iterable[DoctorFinding]:
         )
     else:
         yield DoctorFinding("vagrant-libvirt", "ok", f"vagrant-libvirt {plugin}")
-    kvm = kvm_check()
+    kvm = ctx.facts["kvm"] = kvm_check()  # `lab up` resolves libvirt.driver auto from it
     if kvm.usable:
         yield DoctorFinding("kvm", "ok", kvm.reason)
     else:

@@ -5,9 +5,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from coreos_lab.cluster.ssh import SSHTarget, parse_ssh_config
 from coreos_lab.errors import BadInput, Unhealthy
+
+if TYPE_CHECKING:
+    from coreos_lab.lab.plan import LabPlan
 
 
 def vagrant_ssh_config(lab_dir: Path, provider: str | None = None) -> str:
@@ -20,23 +24,6 @@ def vagrant_ssh_config(lab_dir: Path, provider: str | None = None) -> str:
         if "not yet ready for SSH" in exc.message:  # Vagrant's words for a machine not created or not running
             raise Unhealthy(f"{lab_dir}: the lab's machines are not running", hint=f"run `lab up {lab_dir}`") from exc
         raise
-
-
-@dataclass(frozen=True)
-class LabFacts:
-    """What a health run needs from a lab's configuration."""
-
-    distro: str
-    etcd_members: int
-    etcd_nodes: tuple[str, ...]  # the machines that are members; the others run etcd as a proxy
-
-
-def lab_facts(lab_dir: Path) -> LabFacts:
-    """The distro and the etcd members (the other machines are proxies) of the lab in `lab_dir`."""
-    from coreos_lab.lab.config import load_config
-
-    config = load_config(lab_dir, check_mirror=False)
-    return LabFacts(config.distro, config.etcd_members, tuple(n.name for n in config.nodes if n.etcd_member))
 
 
 def targets_from_file(path: Path) -> list[SSHTarget]:
@@ -84,8 +71,7 @@ def cluster_from_ssh_config(
     return ClusterTargets(targets, distro, members or (len(etcd_nodes) if etcd_nodes else None), etcd_nodes)
 
 
-def cluster_from_lab(lab_dir: Path, *, distro: str | None, members: int | None) -> ClusterTargets:
-    """The machines of the lab in `lab_dir`; its lab.yaml gives the distro and the members unless they are given."""
-    facts = lab_facts(lab_dir)
-    targets = targets_from_lab(lab_dir)
-    return ClusterTargets(targets, distro or facts.distro, members or facts.etcd_members, facts.etcd_nodes)
+def cluster_from_lab(plan: LabPlan, *, distro: str | None, members: int | None) -> ClusterTargets:
+    """The machines of a lab; its plan gives the distro and the members unless they are given."""
+    targets = targets_from_lab(plan.lab_dir)
+    return ClusterTargets(targets, distro or plan.distro, members or plan.etcd_members, plan.etcd_nodes)
