@@ -1,1 +1,2 @@
-"""One lab directory: lab.yaml (settings, model, validation), the plan of machines, .lab/ state, rendering."""
+"""One lab directory: lab.yaml (`settings` table, typed `model`, `validate`, loaded by `config`; written by
+`labfile` for `lab init`), the `plan` of machines, the `.lab/` `state`, discovery `tokens` and `render`."""
