@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from coreos_lab.lab.settings import SETTINGS_BY_PATH, STRUCTURED, USER_DATA_DIRS
+from coreos_lab.distros import DISTROS
+from coreos_lab.lab.settings import SETTINGS_BY_PATH, STRUCTURED
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,7 @@ class LabConfig:
 
     @property
     def user_data_dir(self) -> str:
-        return USER_DATA_DIRS[self.distro]
+        return DISTROS[self.distro].user_data_dir
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -167,7 +168,7 @@ class LabConfig:
 
 
 def box_name(distro: str, channel: str) -> str:
-    return f"{distro}-{channel}"
+    return DISTROS[distro].box_name(channel)
 
 
 def guest_url(host_url: str, guest_host: str) -> str:

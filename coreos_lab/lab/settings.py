@@ -14,21 +14,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coreos_lab.distros import DISTRO_NAMES, DISTROS
 from coreos_lab.vagrant.libvirt import DRIVERS as LIBVIRT_DRIVERS
-from coreos_lab.vagrant.libvirt import MANAGEMENT_NETWORK, management_gateway
+from coreos_lab.vagrant.libvirt import MANAGEMENT_NETWORK
+from coreos_lab.vagrant.providers import DEFAULT_PROVIDER, PROVIDER_NAMES, PROVIDERS
 
 CONFIG_FILE = "lab.yaml"
 MAX_NODES = 99  # node names are <prefix>-01 … <prefix>-99
 DEFAULT_ETCD_MEMBERS = 3  # a larger lab runs etcd as a proxy on the other nodes: quorum stays cheap
 
-DISTROS = ("coreos", "flatcar")
-CHANNELS = {"coreos": ("alpha", "beta", "stable"), "flatcar": ("alpha", "beta", "stable", "lts")}
-# Where the box's path unit picks up user-data (coreos-vagrant's layout, kept by Flatcar).
-USER_DATA_DIRS = {"coreos": "/var/lib/coreos-vagrant", "flatcar": "/var/lib/flatcar-vagrant"}
-# The host as seen from a guest, per provider: VirtualBox NAT maps the host's loopback to 10.0.2.2; libvirt
-# guests reach it at the management network's gateway (vagrant-libvirt's default network shown here).
-PROVIDER_GUEST_HOSTS = {"virtualbox": "10.0.2.2", "libvirt": management_gateway()}
-PROVIDERS = tuple(PROVIDER_GUEST_HOSTS)
 DISCOVERY_MODES = ("local", "public", "static")
 REBOOT_STRATEGIES = ("off", "reboot", "etcd-lock", "best-effort")
 
@@ -55,10 +49,10 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("distro", str, "coreos", "coreos (etcd2 + fleet) or flatcar (etcd-member, no fleet)", DISTROS),
+    Setting("distro", str, "coreos", " or ".join(d.summary for d in DISTROS.values()), DISTRO_NAMES),
     Setting("channel", str, "stable", "release channel; the box is <distro>-<channel>"),
     Setting("version", str, None, "box version, pinned to one the mirror has (`lab init` pins the newest)"),
-    Setting("provider", str, "virtualbox", "Vagrant provider", PROVIDERS),
+    Setting("provider", str, DEFAULT_PROVIDER, "Vagrant provider", PROVIDER_NAMES),
     Setting("nodes", int, 3, "number of machines", minimum=1, maximum=MAX_NODES),
     Setting("name_prefix", str, "core", "machine names are <prefix>-01, <prefix>-02, …"),
     Setting("subnet", str, "172.17.8.0/24", "private network; node i gets host address 100+i"),
@@ -140,10 +134,9 @@ def fill_dependent_defaults(lab_dir: Path, values: dict[str, Any], sources: dict
     if values["etcd.members"] is None:
         values["etcd.members"] = min(DEFAULT_ETCD_MEMBERS, values["nodes"])
     if values["mirror.guest_host"] is None:
-        values["mirror.guest_host"] = PROVIDER_GUEST_HOSTS.get(values["provider"], "")  # bad provider: reported
+        provider = PROVIDERS.get(values["provider"])  # None: a bad provider, reported by validation
         management = parse_subnet(str(values["libvirt.management_network"]))
-        if values["provider"] == "libvirt" and management is not None:
-            values["mirror.guest_host"] = management_gateway(str(management))
+        values["mirror.guest_host"] = provider.guest_host(str(management) if management else None) if provider else ""
     if values["mirror.root"] is None:
         from coreos_lab.paths import default_mirror_root
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from coreos_lab.distros import DISTROS
 from coreos_lab.errors import BadInput
 from coreos_lab.lab.model import DropIn, ForwardedPort, Machine, SharedFolder, Unit
 from coreos_lab.lab.settings import (
-    CHANNELS,
     CONFIG_FILE,
     MAX_NODES,
     SECTIONS,
@@ -28,6 +28,7 @@ from coreos_lab.lab.settings import (
     Setting,
     parse_subnet,
 )
+from coreos_lab.vagrant.providers import PROVIDERS
 
 UNIT_COMMANDS = ("start", "stop", "restart", "reload", "try-restart", "reload-or-restart", "reload-or-try-restart")
 UNIT_SUFFIXES = (".service", ".socket", ".timer", ".mount", ".automount", ".path", ".target", ".swap", ".device")
@@ -156,10 +157,8 @@ def check_scalars(
                 where(setting.path), f"{value} is out of range; allowed: {setting.minimum} to {setting.maximum}"
             )
     distro, channel = values["distro"], values["channel"]
-    if distro in CHANNELS and channel not in CHANNELS[distro]:
-        problems.add(
-            where("channel"), f"{channel!r} is not a {distro} channel; choose one of {', '.join(CHANNELS[distro])}"
-        )
+    if distro in DISTROS and channel not in (channels := DISTROS[distro].channels):
+        problems.add(where("channel"), f"{channel!r} is not a {distro} channel; choose one of {', '.join(channels)}")
     if values["version"] is not None:
         from coreos_lab.mirror.store import VERSION_RE
 
@@ -183,7 +182,7 @@ def check_scalars(
             where("libvirt.management_network"),
             f"{values['libvirt.management_network']!r} is not an IPv4 network such as 192.168.121.0/24",
         )
-    elif values["provider"] == "libvirt":
+    elif values["provider"] in PROVIDERS and PROVIDERS[values["provider"]].management_network:
         private = parse_subnet(str(values["subnet"]))
         if private is not None and private.overlaps(management):
             problems.add(
@@ -299,11 +298,16 @@ def _has_fleet_metadata(file_values: dict[str, Any], path: str) -> bool:
 
 
 def check_fleet_metadata(values: dict[str, Any], file_values: dict[str, Any], problems: Problems) -> None:
-    """Fleet metadata only where there is fleet: Flatcar has none."""
-    if values["distro"] == "flatcar":
-        for path in ("fleet.metadata", "machines"):
-            if _has_fleet_metadata(file_values, path):
-                problems.add(f"{CONFIG_FILE}: {path}", "Flatcar has no fleet; remove the metadata or use distro coreos")
+    """Fleet metadata only on a distro that runs fleet."""
+    distro = DISTROS.get(values["distro"])
+    if distro is None or distro.fleet:
+        return
+    with_fleet = " or ".join(d.name for d in DISTROS.values() if d.fleet)
+    for path in ("fleet.metadata", "machines"):
+        if _has_fleet_metadata(file_values, path):
+            problems.add(
+                f"{CONFIG_FILE}: {path}", f"{distro.title} has no fleet; remove the metadata or use distro {with_fleet}"
+            )
 
 
 def _check_keys(item: dict[str, Any], allowed: tuple[str, ...], where: str, problems: Problems) -> None:
