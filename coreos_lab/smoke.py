@@ -18,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
+from coreos_lab.distros import DISTROS
 from coreos_lab.errors import ExitCode, LabError, StageFailed
 from coreos_lab.junit import TestCase, write_junit
 
@@ -152,7 +153,7 @@ def _functional_stages(rec: Recorder, cluster: ClusterTargets, checks: Sequence[
     with rec.stage("etcd round trip") as details:
         first, last = _round_trip_ends(cluster)
         details.append(functional.etcd_roundtrip(first, last, cluster.distro, timeout=min(timeout, 60.0)))
-    if cluster.distro == "coreos" and "fleet" in checks:
+    if DISTROS[cluster.distro].fleet and "fleet" in checks:
         with rec.stage("fleet unit") as details:
             details.append(functional.fleet_unit(cluster.targets[0], timeout=min(timeout, 120.0)))
 
@@ -175,15 +176,17 @@ def _round_trip_ends(cluster: ClusterTargets) -> tuple[Any, Any]:
     """First and last node; on Flatcar first and last etcd *member* (when the proxies are known), since a Flatcar
     proxy speaks only the v2 API and the round trip uses v3 there."""
     targets, etcd_nodes = cluster.targets, cluster.etcd_nodes
-    if cluster.distro == "flatcar" and etcd_nodes is not None:
+    if DISTROS[cluster.distro].etcd_api == 3 and etcd_nodes is not None:
         members = [t for t in targets if t.name in etcd_nodes]
         if members:
             return members[0], members[-1]
     return targets[0], targets[-1]
 
 
-def _functional_names(distro: str, checks: Sequence[str]) -> list[str]:
-    return ["etcd round trip"] + (["fleet unit"] if distro == "coreos" and "fleet" in checks else [])
+def _functional_names(distro: str | None, checks: Sequence[str]) -> list[str]:
+    """The functional stages after health; `distro` None (not known yet): every stage a distro may have."""
+    fleet = distro is None or DISTROS[distro].fleet
+    return ["etcd round trip"] + (["fleet unit"] if fleet and "fleet" in checks else [])
 
 
 # --------------------------------------------------------------------------------------------- entry points
@@ -260,7 +263,7 @@ class LabRun:
         from coreos_lab.lab.plan import load_plan
 
         rec, where, checks = self.rec, self.where, self.checks
-        pending = ["preflight", "up", "health", *_functional_names("coreos", checks or ["fleet"])]
+        pending = ["preflight", "up", "health", *_functional_names(None, checks or ["fleet"])]
         try:
             if not (where / "lab.yaml").exists():
                 from coreos_lab.lab.labfile import init_lab

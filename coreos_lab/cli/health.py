@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from coreos_lab.cli.options import check_option, json_option
+from coreos_lab.distros import DISTRO_NAMES
 from coreos_lab.errors import BadInput, ExitCode
 
 if TYPE_CHECKING:
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="OpenSSH config of the nodes (instead of a lab's `vagrant ssh-config`).",
 )
-@click.option("--distro", type=click.Choice(["coreos", "flatcar"]), help="Distro of the nodes (default: the lab's).")
+@click.option("--distro", type=click.Choice(DISTRO_NAMES), help="Distro of the nodes (default: the lab's).")
 @click.option(
     "--members",
     type=click.IntRange(min=1),

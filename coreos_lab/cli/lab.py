@@ -9,13 +9,14 @@ from typing import Any
 import click
 
 from coreos_lab.cli.options import json_option
+from coreos_lab.distros import DISTRO_NAMES
 
 # The settings every one of these commands takes as flags (precedence: … ← environment ← flags). Names and
 # help come from the settings table in coreos_lab.lab.settings; listed here so `--help` needs no import of it.
 _FLAGS: list[tuple[str, str, Any, str]] = [
     # (setting path, flag, click type, help)
     ("nodes", "--nodes", click.IntRange(1, 99), "Number of machines."),
-    ("distro", "--distro", click.Choice(["coreos", "flatcar"]), "Distribution."),
+    ("distro", "--distro", click.Choice(DISTRO_NAMES), "Distribution."),
     ("channel", "--channel", str, "Release channel (alpha, beta, stable; lts for flatcar)."),
     ("version", "--version", str, "Box version; the mirror must have it (init: default the newest it has)."),
     ("provider", "--provider", str, "Vagrant provider (virtualbox, libvirt)."),

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from coreos_lab.cli.options import json_option, resolve_existing_root, resolve_root, root_option
+from coreos_lab.distros import DISTRO_NAMES
 from coreos_lab.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ def import_(
 
 
 @mirror.command("fetch")
-@click.option("--distro", type=click.Choice(["flatcar", "coreos"]), default="flatcar", show_default=True)
+@click.option("--distro", type=click.Choice(DISTRO_NAMES), default="flatcar", show_default=True)
 @click.option("--channel", default="stable", show_default=True, help="alpha, beta, stable (and lts for Flatcar).")
 @click.option("--version", "version", default="current", show_default=True, help="A release version, or current.")
 @click.option("--provider", default="virtualbox", show_default=True)

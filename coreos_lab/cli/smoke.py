@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import click
 
 from coreos_lab.cli.options import check_option, json_option
+from coreos_lab.distros import DISTRO_NAMES
 from coreos_lab.errors import BadInput
 
 if TYPE_CHECKING:
@@ -24,9 +25,7 @@ if TYPE_CHECKING:
     help="Smoke an existing cluster reachable over SSH (no Vagrant; nothing created or destroyed).",
 )
 @click.option("--nodes", type=click.IntRange(1, 99), help="Machines of a throw-away lab (default 3).")
-@click.option(
-    "--distro", type=click.Choice(["coreos", "flatcar"]), help="Distro (throw-away lab; needed with --ssh-config)."
-)
+@click.option("--distro", type=click.Choice(DISTRO_NAMES), help="Distro (throw-away lab; needed with --ssh-config).")
 @click.option("--channel", help="Channel of a throw-away lab.")
 @click.option("--provider", help="Vagrant provider of a throw-away lab (virtualbox, libvirt).")
 @click.option("--members", type=click.IntRange(min=1), help="Expected etcd members (with --ssh-config).")

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from coreos_lab.lab.config import load_config
 from coreos_lab.lab.model import LabConfig
+from coreos_lab.vagrant.providers import PROVIDERS
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
 
@@ -54,9 +55,10 @@ class LabPlan:
 
     @property
     def guest_listen_hosts(self) -> tuple[str, ...]:
-        """Where an embedded server must also listen for guests: libvirt guests reach the host at the
-        management network's gateway (VirtualBox NAT reaches the host's loopback by itself)."""
-        if self.provider == "libvirt" and self.guest_host and self.guest_host not in LOCAL_HOSTS:
+        """Where an embedded server must also listen for guests: with a management network (libvirt) guests reach
+        the host at its gateway (VirtualBox NAT reaches the host's loopback by itself)."""
+        provider = PROVIDERS.get(self.provider)
+        if provider and provider.management_network and self.guest_host and self.guest_host not in LOCAL_HOSTS:
             return (self.guest_host,)
         return ()
 
@@ -102,7 +104,9 @@ def plan_from_config(cfg: LabConfig) -> LabPlan:
         etcd_nodes=tuple(n.name for n in cfg.nodes if n.etcd_member),
         mirror_root=cfg.mirror_root,
         guest_host=cfg.guest_host or None,
-        management_network=str(cfg.values["libvirt.management_network"]) if cfg.provider == "libvirt" else None,
+        management_network=(
+            str(cfg.values["libvirt.management_network"]) if PROVIDERS[cfg.provider].management_network else None
+        ),
         libvirt_driver=str(cfg.values["libvirt.driver"]) if cfg.provider == "libvirt" else None,
         config=cfg,
     )

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coreos_lab.distros import DISTROS
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.fsutil import atomic_write_text
 from coreos_lab.lab.model import LabConfig, Machine, Unit
@@ -123,7 +124,7 @@ def etcd_settings(config: LabConfig, node: Machine, discovery: Discovery) -> dic
     else:
         settings["proxy"] = "on"
         settings["listen-client-urls"] = "http://0.0.0.0:2379"
-    if config.distro == "flatcar":
+    if DISTROS[config.distro].etcd_api == 3:
         # etcd v3: serve the v2 API too, so `etcdctl cluster-health` (and v2 proxies) work.
         settings["enable-v2"] = "true"
     return settings
@@ -159,7 +160,7 @@ def render_files(config: LabConfig, discovery: Discovery, libvirt_driver: str | 
     try:
         outputs[VAGRANTFILE] = env.get_template("Vagrantfile.j2").render(context)
         outputs[CONFIG_RB] = env.get_template("config.rb.j2").render(context)
-        user_data = env.get_template(f"user-data-{config.distro}.yaml.j2")
+        user_data = env.get_template(DISTROS[config.distro].template)
         for node in config.nodes:
             etcd = etcd_settings(config, node, discovery)
             outputs[node.user_data] = user_data.render(

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coreos_lab.cluster.ssh import SSHTarget, parse_ssh_config
+from coreos_lab.distros import DISTRO_NAMES
 from coreos_lab.errors import BadInput, Unhealthy
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def cluster_from_ssh_config(
     if lab_dir is not None:
         raise BadInput("give either a lab directory or --ssh-config, not both")
     if distro is None:
-        raise BadInput("--ssh-config needs --distro (coreos or flatcar)")
+        raise BadInput(f"--ssh-config needs --distro ({' or '.join(DISTRO_NAMES)})")
     targets = targets_from_file(ssh_config)
     names = [t.name for t in targets]
     unknown = [p for p in proxies if p not in names]
