@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from coreos_lab.discovery.store import DB_NAME, TOKEN_RE, DiscoveryStore, check_size
 from coreos_lab.errors import BadInput, LabError, Timeout
 from coreos_lab.paths import default_base_url, discovery_dir
+from coreos_lab.urls import is_http_url
 
 PUBLIC_SERVER = "https://discovery.etcd.io"
 DEFAULT_TIMEOUT = 10.0
@@ -99,17 +100,15 @@ def server_url(server: str | None) -> str:
         return default_base_url()
     if server == "public":
         return PUBLIC_SERVER
-    parts = urlsplit(server)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not is_http_url(server):
         raise BadInput(f"invalid discovery server {server!r}: an http(s) URL such as http://127.0.0.1:8080, or public")
     return server.rstrip("/")
 
 
 def token_of(token_url: str) -> str:
     """The token of a token URL: its last path segment (`…/<token>`, also `…/v2/keys/<token>`)."""
-    parts = urlsplit(token_url)
-    token = posixpath.basename(parts.path.rstrip("/"))
-    if parts.scheme not in ("http", "https") or not parts.netloc or not token:
+    token = posixpath.basename(urlsplit(token_url).path.rstrip("/")) if is_http_url(token_url) else ""
+    if not token:
         raise BadInput(f"invalid discovery token URL {token_url!r}: expected http(s)://HOST[:PORT]/TOKEN")
     return token
 

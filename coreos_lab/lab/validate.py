@@ -12,7 +12,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from coreos_lab.distros import DISTROS
 from coreos_lab.errors import BadInput
@@ -28,6 +27,7 @@ from coreos_lab.lab.settings import (
     Setting,
     parse_subnet,
 )
+from coreos_lab.urls import is_http_url
 from coreos_lab.vagrant.providers import PROVIDERS
 
 UNIT_COMMANDS = ("start", "stop", "restart", "reload", "try-restart", "reload-or-restart", "reload-or-try-restart")
@@ -170,8 +170,7 @@ def check_scalars(
             f"{values['name_prefix']!r} is not allowed; use lowercase letters, digits and '-', starting with a letter",
         )
     for path in ("mirror.url", "discovery.url"):
-        parts = urlsplit(str(values[path]))
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        if not is_http_url(str(values[path]), base=True):
             problems.add(where(path), f"{values[path]!r} is not an http(s) base URL such as http://127.0.0.1:8080")
     guest = values["mirror.guest_host"]
     if guest is not None and not re.match(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:]+\]$", str(guest)):

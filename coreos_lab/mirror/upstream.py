@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 from coreos_lab import __version__
 from coreos_lab.distros import DISTROS, Distro
 from coreos_lab.errors import BadInput, LabError
+from coreos_lab.urls import is_http_url
 
 if TYPE_CHECKING:
     import requests
@@ -72,10 +73,8 @@ def release_channel(distro: str, channel: str, upstream: str | None = None) -> R
     spec = DISTROS[distro]
     if channel not in spec.channels:
         raise BadInput(f"unknown --channel {channel!r} for {distro} (use one of {', '.join(spec.channels)})")
-    if upstream is not None:
-        parts = urlsplit(upstream)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise BadInput(f"--upstream {upstream!r} is not an http(s) URL (e.g. http://mirror.example:8000)")
+    if upstream is not None and not is_http_url(upstream):
+        raise BadInput(f"--upstream {upstream!r} is not an http(s) URL (e.g. http://mirror.example:8000)")
     return ReleaseChannel(spec, channel, channel_base(spec, channel, upstream))
 
 
