@@ -87,7 +87,7 @@ def make_mirror(root: Path, size: int) -> Path:
     store.commit(KEY, part, sha256=digest.hexdigest(), source="bench")
     for path in [root, *root.rglob("*")]:  # nginx workers run as an unprivileged user
         path.chmod(0o755 if path.is_dir() else 0o644)
-    return store.box_path(KEY)
+    return store.artifact_path(KEY)
 
 
 def download(url: str, clients: int, expected: int) -> float:

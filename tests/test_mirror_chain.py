@@ -41,7 +41,7 @@ def test_a_mirror_fetches_from_a_served_mirror_with_signatures(
     doc = run.json()
     assert doc["upstream"]["box_url"] == f"{srv.url}/{distro}-stable/1235.9.0/virtualbox-amd64.box"
     (entry,) = MirrorStore(laptop).entries()
-    assert MirrorStore(laptop).box_path(entry.key).read_bytes() == release.box
+    assert MirrorStore(laptop).artifact_path(entry.key).read_bytes() == release.box
     kept = sorted(p.name for p in MirrorStore(laptop).upstream_dir(entry.name, entry.version).iterdir())
     assert f"{distro}_production_vagrant.box.sig" in kept
 
@@ -62,7 +62,7 @@ def test_release_layout_answers(mirror_root: Path) -> None:
         with urllib.request.urlopen(f"{base}/1.0.0/coreos_production_vagrant.json") as resp:
             assert [v["version"] for v in json.load(resp)["versions"]] == ["1.0.0"]
         with urllib.request.urlopen(f"{base}/current/coreos_production_vagrant.box") as resp:
-            assert resp.read() == store.box_path(store.entries()[-1].key).read_bytes()
+            assert resp.read() == store.artifact_path(store.entries()[-1].key).read_bytes()
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(f"{base}/current/coreos_production_vagrant.box.DIGESTS")
         assert missing.value.code == 404 and b"not fetched from a release server" in missing.value.read()

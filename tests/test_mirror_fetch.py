@@ -52,7 +52,7 @@ def test_fetch_flatcar_current_follows_the_box_url_to_the_bincache_host(
     store = MirrorStore(mirror_root)
     (entry,) = store.entries()
     assert entry.key == BoxKey("flatcar-stable", "3815.2.0", "virtualbox", "amd64")
-    assert store.box_path(entry.key).read_bytes() == release.box
+    assert store.artifact_path(entry.key).read_bytes() == release.box
     assert entry.sha256 == release.sha256
     kept = sorted(p.name for p in store.upstream_dir("flatcar-stable", "3815.2.0").iterdir())
     assert kept == [
@@ -154,7 +154,7 @@ def test_a_cut_download_is_never_listed_and_resumes_with_range(mirror_root: Path
     assert store.entries() == []
     assert lab("mirror", "list", "--root", mirror_root, "--json").json()["boxes"] == []
     assert store.part_path(key).read_bytes() == release.box[:200]
-    assert not store.box_path(key).exists()
+    assert not store.artifact_path(key).exists()
     assert not store.upstream_dir(key.name, key.version).exists()
 
     resumed = fetch(mirror_root, upstream)
@@ -165,7 +165,7 @@ def test_a_cut_download_is_never_listed_and_resumes_with_range(mirror_root: Path
     assert "Range" not in first.headers
     assert second.headers["Range"] == "bytes=200-"
     assert second.headers["Accept-Encoding"] == "identity"
-    assert store.box_path(key).read_bytes() == release.box
+    assert store.artifact_path(key).read_bytes() == release.box
     assert not store.part_path(key).exists()
 
 
@@ -203,7 +203,7 @@ def test_ctrl_c_leaves_a_resumable_part(mirror_root: Path, upstream: ReleaseUpst
     resumed = fetch(mirror_root, upstream)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.json()["resumed_from"] == len(kept)
-    assert store.box_path(store.entries()[0].key).read_bytes() == release.box
+    assert store.artifact_path(store.entries()[0].key).read_bytes() == release.box
 
 
 def test_an_upstream_that_ignores_range_gets_a_full_download(mirror_root: Path, upstream: ReleaseUpstream) -> None:

@@ -56,7 +56,7 @@ def test_import_with_metadata(mirror_root: Path, box: tuple[Path, bytes], tmp_pa
     store = MirrorStore(mirror_root)
     (entry,) = store.entries()
     assert entry.key == BoxKey("flatcar-stable", "3815.2.0", "virtualbox", "amd64")
-    assert store.box_path(entry.key).read_bytes() == data
+    assert store.artifact_path(entry.key).read_bytes() == data
     assert entry.sha256 == hashlib.sha256(data).hexdigest()
     assert not store.part_path(entry.key).exists()
 
@@ -113,11 +113,11 @@ def test_a_different_box_for_an_existing_key_needs_force(
     assert refused.returncode == ExitCode.USAGE
     assert "already in the mirror" in refused.stderr and "--force" in refused.stderr
     assert store.entries() == [first]
-    assert store.box_path(first.key).read_bytes() == data
+    assert store.artifact_path(first.key).read_bytes() == data
     forced = lab(*args, "--force", "--json")
     assert forced.returncode == 0, forced.stderr
     assert forced.json()["action"] == "replaced"
-    assert store.box_path(first.key).read_bytes() == other.read_bytes()
+    assert store.artifact_path(first.key).read_bytes() == other.read_bytes()
 
 
 def test_without_metadata_the_provider_comes_from_the_box(mirror_root: Path, tmp_path: Path) -> None:

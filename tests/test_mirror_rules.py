@@ -8,7 +8,8 @@ import pytest
 from harness.boxes import add_box
 
 from coreos_lab.errors import BadInput
-from coreos_lab.mirror.http import check_base_url, check_root, effective_headers, if_range_matches, render_index
+from coreos_lab.mirror.http import check_base_url, check_root, effective_headers, if_range_matches
+from coreos_lab.mirror.layout import render_index
 from coreos_lab.mirror.store import MirrorStore
 
 

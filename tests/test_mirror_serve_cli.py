@@ -39,7 +39,7 @@ def test_serve_announces_logs_each_request_and_stops_cleanly_on_sigterm(mirror_r
         fetch(f"{srv.url}/coreos-stable/1.0.0/virtualbox-amd64.box")
         (meta_line,) = srv.access_lines("/coreos-stable")
         (box_line,) = srv.access_lines("/coreos-stable/1.0.0/virtualbox-amd64.box")
-        size = store.box_path(store.entries()[0].key).stat().st_size
+        size = store.artifact_path(store.entries()[0].key).stat().st_size
         assert meta_line.startswith("127.0.0.1 [") and '"GET /coreos-stable HTTP/1.1" 200 ' in meta_line
         assert meta_line.endswith('"odd \\"agent\\"\\tx"')  # client text cannot forge or colour log lines
         assert f'"GET /coreos-stable/1.0.0/virtualbox-amd64.box HTTP/1.1" 200 {size} ' in box_line

@@ -124,7 +124,7 @@ def test_wrong_checksum_in_metadata_makes_vagrant_fail(
 
 def test_partial_temp_file_is_resumed_with_a_206(server: MirrorProcess, store: MirrorStore, vagrant_home: Path) -> None:
     box_url = f"{server.url}/coreos-stable/1.0.0/virtualbox-amd64.box"
-    data = store.box_path(BoxKey("coreos-stable", "1.0.0", "virtualbox")).read_bytes()
+    data = store.artifact_path(BoxKey("coreos-stable", "1.0.0", "virtualbox")).read_bytes()
     partial = temp_file(vagrant_home, box_url)
     partial.parent.mkdir(parents=True)
     partial.write_bytes(data[:200])
@@ -143,7 +143,7 @@ def test_leftover_complete_or_longer_temp_file_does_not_wedge_box_add(
     """A 416 here makes curl exit 22 and Vagrant 2.3.4 fail on every retry until `--clean`; our 200 lets
     curl finish ("already downloaded", then Vagrant checks the checksum) or start over."""
     box_url = f"{server.url}/coreos-stable/1.0.0/virtualbox-amd64.box"
-    data = store.box_path(BoxKey("coreos-stable", "1.0.0", "virtualbox")).read_bytes()
+    data = store.artifact_path(BoxKey("coreos-stable", "1.0.0", "virtualbox")).read_bytes()
     leftover = temp_file(vagrant_home, box_url)
     leftover.parent.mkdir(parents=True)
     leftover.write_bytes(data + b"x" * extra)

@@ -31,7 +31,7 @@ def test_a_changed_box_fails(mirror_root: Path) -> None:
     store = MirrorStore(mirror_root)
     entry = add_box(store, "flatcar-stable", "3815.2.0")
     add_box(store, "flatcar-stable", "3760.2.0")
-    path = store.box_path(entry.key)
+    path = store.artifact_path(entry.key)
     data = bytearray(path.read_bytes())
     data[100] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -51,7 +51,7 @@ def test_damaged_records_and_missing_boxes_fail(mirror_root: Path) -> None:
     damaged = add_box(store, "flatcar-stable", "3815.2.0")
     missing = add_box(store, "flatcar-beta", "3850.1.0")
     store.record_path(damaged.key).write_text("{ half a record")
-    store.box_path(missing.key).unlink()
+    store.artifact_path(missing.key).unlink()
     run = verify(mirror_root)
     assert run.returncode == ExitCode.ERROR
     statuses = {f["status"]: f for f in run.json()["findings"]}
@@ -77,7 +77,7 @@ def test_partial_downloads_are_reported_but_do_not_fail(mirror_root: Path) -> No
     part = store.part_path(BoxKey("flatcar-stable", "3760.2.0", "virtualbox"))
     part.parent.mkdir(parents=True)
     part.write_bytes(b"x" * 10)
-    orphan = store.box_path(BoxKey("flatcar-stable", "3700.0.0", "virtualbox"))
+    orphan = store.artifact_path(BoxKey("flatcar-stable", "3700.0.0", "virtualbox"))
     orphan.parent.mkdir(parents=True)
     orphan.write_bytes(b"a box nobody recorded")
     run = verify(mirror_root)

@@ -131,7 +131,7 @@ def check_version_in_mirror(config: LabConfig, where: str) -> None:
     key = BoxKey(config.box_name, config.version, config.provider)
     if store.get(key) is not None:
         return
-    have = [e.version for e in store.entries(config.box_name) if e.provider == config.provider]
+    have = [e.version for e in store.entries(config.box_name) if e.key.provider == config.provider]
     found = f"it has {', '.join(have)}" if have else f"it has no {config.box_name} box for {config.provider}"
     raise BadInput(
         f"{where}: {config.version!r} is not in the mirror at {store.root}: {found}",

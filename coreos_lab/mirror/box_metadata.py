@@ -1,4 +1,4 @@
-"""Vagrant box metadata documents (DESIGN §3) as published next to upstream boxes: parse one and pick the
+"""Vagrant box metadata documents (docs/field-notes.md §1) as published next to upstream boxes: parse one and pick the
 single box (version × provider × architecture) a user means, with its checksum.
 
 Every problem is a `BadInput` naming the document, the field path and the offending value.

@@ -1,4 +1,4 @@
-"""Checksums Vagrant knows (DESIGN §3), computed in one pass over the bytes for several algorithms."""
+"""Checksums Vagrant knows (docs/field-notes.md §1), computed in one pass over the bytes for several algorithms."""
 
 from __future__ import annotations
 

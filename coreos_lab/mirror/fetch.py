@@ -21,7 +21,7 @@ from coreos_lab.fsutil import atomic_write_bytes
 from coreos_lab.mirror import box_metadata, gpg
 from coreos_lab.mirror.checksums import file_digests
 from coreos_lab.mirror.download import download
-from coreos_lab.mirror.store import BoxEntry, MirrorStore, check_version
+from coreos_lab.mirror.store import CatalogEntry, MirrorStore, check_version
 from coreos_lab.mirror.upstream import (
     ReleaseChannel,
     get_small,
@@ -40,7 +40,7 @@ _CLEARSIGNED = b"-----BEGIN PGP SIGNED MESSAGE-----"
 
 @dataclass(frozen=True)
 class FetchResult:
-    entry: BoxEntry
+    entry: CatalogEntry
     action: str  # "added", "replaced" or "unchanged"
     metadata_url: str
     box_url: str
@@ -117,17 +117,16 @@ def fetch_box(
             raise BadInput(f"{digests_url}: field SHA512 HASH for {stem}.box is missing")
 
         on_wait = lambda: reporter.note(f"waiting for another lab process writing {key}")  # noqa: E731
+
+        def differs(stored: CatalogEntry) -> str | None:
+            if _stored_box_matches(store, stored, chosen):
+                return None
+            return f"but {json_url} describes a different box ({chosen.checksum_type} {chosen.checksum})"
+
         with store.staging(key, on_wait=on_wait) as part:
-            existing = store.get(key)
-            if existing is not None:
-                if _stored_box_matches(store, existing, chosen):
-                    return FetchResult(existing, "unchanged", json_url, box_url)
-                if not force:
-                    raise BadInput(
-                        f"{key} is already in the mirror with sha256 {existing.sha256}, but {json_url} "
-                        f"describes a different box ({chosen.checksum_type} {chosen.checksum})",
-                        hint="use --force to replace it",
-                    )
+            admission = store.admit(key, force=force, differs=differs)
+            if admission.unchanged is not None:
+                return FetchResult(admission.unchanged, "unchanged", json_url, box_url)
             got = download(http, box_url, part, ["sha256", "sha512", chosen.checksum_type], reporter)
             try:
                 _expect(got.digests[chosen.checksum_type], chosen.checksum, chosen.checksum_type, box_url, json_url)
@@ -146,7 +145,7 @@ def fetch_box(
             )
     return FetchResult(
         entry,
-        "replaced" if existing is not None else "added",
+        admission.action,
         json_url,
         box_url,
         resumed_from=got.resumed_from,
@@ -195,10 +194,11 @@ def _verify_digests_signature(
     return digests
 
 
-def _stored_box_matches(store: MirrorStore, entry: BoxEntry, chosen: box_metadata.BoxSource) -> bool:
+def _stored_box_matches(store: MirrorStore, entry: CatalogEntry, chosen: box_metadata.BoxSource) -> bool:
     if chosen.checksum_type == "sha256":
         return entry.sha256 == chosen.checksum
-    return file_digests(store.box_path(entry.key), [chosen.checksum_type])[chosen.checksum_type] == chosen.checksum
+    stored = store.artifact_path(entry.key)
+    return file_digests(stored, [chosen.checksum_type])[chosen.checksum_type] == chosen.checksum
 
 
 def _expect(actual: str, expected: str, kind: str, box_url: str, source: str) -> None:

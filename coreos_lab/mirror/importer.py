@@ -22,7 +22,7 @@ from typing import Any, BinaryIO
 from coreos_lab.errors import BadInput
 from coreos_lab.mirror import box_metadata
 from coreos_lab.mirror.checksums import CHUNK, Hashers, file_digests
-from coreos_lab.mirror.store import DEFAULT_ARCH, BoxEntry, BoxKey, MirrorStore
+from coreos_lab.mirror.store import DEFAULT_ARCH, BoxKey, CatalogEntry, MirrorStore
 from coreos_lab.progress import Reporter, SilentReporter
 
 # Archive formats Vagrant unpacks, by their leading bytes.
@@ -39,7 +39,7 @@ _DECOMPRESS = {"gzip": gzip.GzipFile, "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}
 
 @dataclass(frozen=True)
 class ImportResult:
-    entry: BoxEntry
+    entry: CatalogEntry
     action: str  # "added", "replaced" or "unchanged"
 
     def as_dict(self, base_url: str | None = None) -> dict[str, Any]:
@@ -88,21 +88,18 @@ def import_box(
         key = BoxKey(name, version, provider, architecture or box_arch or DEFAULT_ARCH)
 
     algorithms = ["sha256"] + ([expected[0]] if expected else [])
+
+    def differs(stored: CatalogEntry) -> str | None:
+        # Decided before writing anything, so a refused or repeated import leaves the store as it was.
+        with reporter.transfer(f"hashing {box.name}", box.stat().st_size) as advance:
+            digests = file_digests(box, algorithms, advance)
+        _check(expected, digests, box, metadata)
+        return None if digests["sha256"] == stored.sha256 else f"and {box} differs (sha256 {digests['sha256']})"
+
     with store.staging(key, on_wait=lambda: reporter.note(f"waiting for another lab process writing {key}")) as part:
-        existing = store.get(key)
-        if existing is not None:
-            # Decide before writing anything, so a refused or repeated import leaves the store as it was.
-            with reporter.transfer(f"hashing {box.name}", box.stat().st_size) as advance:
-                digests = file_digests(box, algorithms, advance)
-            _check(expected, digests, box, metadata)
-            if digests["sha256"] == existing.sha256:
-                return ImportResult(existing, "unchanged")
-            if not force:
-                raise BadInput(
-                    f"{key} is already in the mirror with sha256 {existing.sha256}, and {box} differs "
-                    f"(sha256 {digests['sha256']})",
-                    hint="use --force to replace it",
-                )
+        admission = store.admit(key, force=force, differs=differs)
+        if admission.unchanged is not None:
+            return ImportResult(admission.unchanged, "unchanged")
         digests = _copy_hashing(box, part, algorithms, reporter)
         try:
             _check(expected, digests, box, metadata)
@@ -112,7 +109,7 @@ def import_box(
         except BaseException:
             _discard(part)  # an import is not resumable: leave no half copy behind
             raise
-    return ImportResult(entry, "replaced" if existing is not None else "added")
+    return ImportResult(entry, admission.action)
 
 
 def _read_metadata(path: Path) -> bytes:

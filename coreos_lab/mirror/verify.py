@@ -1,5 +1,5 @@
-"""`lab mirror verify`: re-hash every box against its record, and report records that are damaged,
-boxes without a record and interrupted downloads."""
+"""`lab mirror verify`: re-hash every artifact against its record, and report records that are damaged,
+artifacts without a record and interrupted downloads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from coreos_lab.errors import BadInput
 from coreos_lab.mirror.checksums import file_digests
-from coreos_lab.mirror.store import RECORD_SUFFIX, MirrorStore
+from coreos_lab.mirror.store import KINDS, RECORD_SUFFIX, MirrorStore
 from coreos_lab.progress import Reporter, SilentReporter
 
 # Problems (fail the verification) and notes (do not).
@@ -64,13 +64,14 @@ def verify_store(store: MirrorStore, reporter: Reporter | None = None) -> Verify
     findings: list[Finding] = []
     recorded: set[Path] = set()
     for record in store.record_paths():
-        recorded.add(record.with_name(record.name.removesuffix(RECORD_SUFFIX) + ".box"))
+        stem = record.name.removesuffix(RECORD_SUFFIX)
+        recorded.update(record.with_name(stem + kind.suffix) for kind in KINDS.values())
         try:
             entry = store.load_record(record)
         except BadInput as exc:
             findings.append(Finding(record, DAMAGED_RECORD, exc.message))
             continue
-        box = store.box_path(entry.key)
+        box = store.artifact_path(entry.key)
         label = str(entry.key)
         try:
             size = box.stat().st_size
@@ -88,8 +89,8 @@ def verify_store(store: MirrorStore, reporter: Reporter | None = None) -> Verify
             findings.append(Finding(box, SIZE_MISMATCH, f"expected {entry.size} bytes, got {size}", label))
         else:
             findings.append(Finding(box, OK, entry.sha256, label))
-    for box in sorted(store.root.glob("*/*/*.box")) if store.root.is_dir() else []:
-        if box not in recorded and not box.parts[-3].startswith("."):
+    for box in store.artifact_paths():
+        if box not in recorded:
             findings.append(Finding(box, NO_RECORD, "not in the catalog (never served)"))
     for part in store.part_paths():
         try:

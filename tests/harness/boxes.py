@@ -8,7 +8,7 @@ import json
 import tarfile
 from pathlib import Path
 
-from coreos_lab.mirror.store import BoxEntry, BoxKey, MirrorStore
+from coreos_lab.mirror.store import BoxKey, CatalogEntry, MirrorStore
 
 _OVF = """<?xml version="1.0"?>
 <Envelope ovf:version="1.0" xml:lang="en-US" xmlns="http://schemas.dmtf.org/ovf/envelope/1"
@@ -47,7 +47,7 @@ def sha256(data: bytes) -> str:
 
 def add_box(
     store: MirrorStore, name: str, version: str, provider: str = "virtualbox", data: bytes | None = None
-) -> BoxEntry:
+) -> CatalogEntry:
     """Put a box straight into the store (bypassing import/fetch), as a verified entry."""
     key = BoxKey(name, version, provider)
     payload = data if data is not None else make_box(name, version, provider)
