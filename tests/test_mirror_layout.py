@@ -137,7 +137,15 @@ def test_refusals_say_what_is_missing(layout: MirrorLayout, path: str, text: str
 
 @pytest.mark.parametrize(
     "path",
-    ["/a/b/c/d/e/f", "/.discovery/state.json", "/%2e%2e/%2e%2e/etc/passwd", "//etc/passwd", "/coreos-stable/1.0.0/"],
+    [
+        "/a/b/c/d/e/f",
+        "/.discovery/state.json",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "//etc/passwd",
+        "/coreos-stable/1.0.0/",
+        "/coreos-stable%0A",
+        "/coreos-stable/1.0.0%0A/virtualbox-amd64.box",
+    ],
 )
 def test_paths_of_no_shape_are_not_found(layout: MirrorLayout, path: str) -> None:
     assert layout.resolve(path, BASE) == NO_SUCH_PATH

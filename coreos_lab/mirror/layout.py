@@ -32,10 +32,11 @@ from coreos_lab.distros import DISTROS, Distro
 from coreos_lab.mirror.store import BOX, CatalogEntry, MirrorStore, version_key
 from coreos_lab.mirror.upstream import BOARD
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-CHANNEL_RE = re.compile(r"^[a-z][a-z0-9-]*$")
-BOX_VERSION_RE = re.compile(r"^[0-9][0-9A-Za-z.-]*$")
-RELEASE_RE = re.compile(r"^[0-9A-Za-z.-]+$")  # a version, or `current`
+# What each segment of a path may be (matched whole, with fullmatch).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+CHANNEL_RE = re.compile(r"[a-z][a-z0-9-]*")
+BOX_VERSION_RE = re.compile(r"[0-9][0-9A-Za-z.-]*")
+RELEASE_RE = re.compile(r"[0-9A-Za-z.-]+")  # a version, or `current`
 DEFAULT_CHANNEL = "stable"
 UPSTREAM_PROVIDER = "virtualbox"  # the release servers publish the VirtualBox box as <distro>_production_vagrant.box
 SIDE_FILES = (".box.DIGESTS", ".box.DIGESTS.asc", ".box.sig")  # kept from upstream by `lab mirror fetch`
@@ -114,19 +115,26 @@ class MirrorLayout:
         segments = [unquote(s) for s in path.split("/")[1:]]
         try:
             match segments:
-                case [name] if NAME_RE.match(name):
+                case [name] if NAME_RE.fullmatch(name):
                     return self._metadata(name, base)
-                case [channel, seed] if CHANNEL_RE.match(channel) and _seed_distro(seed):
+                case [channel, seed] if CHANNEL_RE.fullmatch(channel) and _seed_distro(seed):
                     return self._seed(_seed_distro(seed), channel, None, base)
                 case [channel, board, release, seed] if (
-                    CHANNEL_RE.match(channel) and board == BOARD and RELEASE_RE.match(release) and _seed_distro(seed)
+                    CHANNEL_RE.fullmatch(channel)
+                    and board == BOARD
+                    and RELEASE_RE.fullmatch(release)
+                    and _seed_distro(seed)
                 ):
                     return self._seed(_seed_distro(seed), channel, None if release == "current" else release, base)
-                case [name, version, file] if NAME_RE.match(name) and BOX_VERSION_RE.match(version) and file:
+                case [name, version, file] if NAME_RE.fullmatch(name) and BOX_VERSION_RE.fullmatch(version) and file:
                     return self._box(name, version, file)
                 case [distro, channel, board, release, file] if (
-                    distro in DISTROS and CHANNEL_RE.match(channel) and board == BOARD and RELEASE_RE.match(release)
-                ) and file:
+                    distro in DISTROS
+                    and CHANNEL_RE.fullmatch(channel)
+                    and board == BOARD
+                    and RELEASE_RE.fullmatch(release)
+                    and file
+                ):
                     return self._release_file(distro, channel, release, file, base)
         except _Refused as refusal:
             return refusal.answer
@@ -147,7 +155,7 @@ class MirrorLayout:
             if DEFAULT_CHANNEL in channels or len(channels) == 1:
                 found.append(f"/{seed}")
             for channel, name in channels.items():
-                if not CHANNEL_RE.match(channel):
+                if not CHANNEL_RE.fullmatch(channel):
                     continue
                 of_name = [e for e in boxes if e.name == name]
                 versions = ["current", *dict.fromkeys(e.version for e in of_name)]
