@@ -42,7 +42,6 @@ def load_config(
     *,
     flags: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
-    require_file: bool = True,
     check_mirror: bool = True,
 ) -> LabConfig:
     """The effective configuration of the lab in `lab_dir`.
@@ -54,9 +53,7 @@ def load_config(
     doc = read_lab_yaml(lab_dir)
     origin = str(lab_dir / CONFIG_FILE)
     if doc is None:
-        if require_file:
-            raise BadInput(f"no {CONFIG_FILE} in {lab_dir}", hint=f"run `lab init {lab_dir}` first")
-        doc = {}
+        raise BadInput(f"no {CONFIG_FILE} in {lab_dir}", hint=f"run `lab init {lab_dir}` first")
     return build_config(lab_dir, doc, origin=origin, flags=flags, environ=environ, check_mirror=check_mirror)
 
 
