@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from coreos_lab.errors import BadInput, LabError
+from coreos_lab.errors import BadInput, ExitCode, LabError
 from coreos_lab.proc import CommandResult
 
 if TYPE_CHECKING:
@@ -39,7 +39,9 @@ class SSHError(LabError):
 
 
 class CommandTimeout(SSHError):
-    """A command did not finish in time; the connection itself may still be fine."""
+    """A command did not finish in time (a deadline passed: exit 5); the connection itself may still be fine."""
+
+    exit_code = ExitCode.TIMEOUT
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,18 @@ def node_name(index: int) -> str:
     return f"core-{index:02d}"
 
 
+def sshd_config(listen: str, port: int, host_key: Path, authorized_keys: Path, bin_dir: Path) -> str:
+    """A test node's sshd config: key login only (root's too), its own host key and authorized keys, and
+    `bin_dir` first on PATH in sessions (stand-in tools). StrictModes off: the files are in a temporary directory."""
+    return (
+        f"ListenAddress {listen}\nPort {port}\nHostKey {host_key}\nPidFile none\n"
+        f"AuthorizedKeysFile {authorized_keys}\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        "UseDNS no\nMaxStartups 100\nMaxSessions 100\n"
+        f"SetEnv PATH={bin_dir}:{_SESSION_PATH}\n"
+    )
+
+
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check)
 
@@ -188,7 +200,7 @@ class NetnsCluster:
         if re.search(rf"inet {re.escape(BRIDGE_IP)}/", taken):
             raise RuntimeError(f"{BRIDGE_IP} is already in use on this machine by something other than this harness")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        _keygen(self.user_key)
+        keygen(self.user_key)
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{BRIDGE_IP}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -219,17 +231,11 @@ class NetnsCluster:
         node = self.nodes[i]
         host_key = node.workdir / "ssh_host_ed25519_key"
         if not host_key.exists():
-            _keygen(host_key)
+            keygen(host_key)
         authorized = node.workdir / "authorized_keys"
         authorized.write_text(self.user_key.with_suffix(".pub").read_text())
         config = node.workdir / "sshd_config"
-        config.write_text(
-            f"ListenAddress {node.ip}\nPort 22\nHostKey {host_key}\nPidFile none\n"
-            f"AuthorizedKeysFile {authorized}\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            "UseDNS no\nMaxStartups 100\nMaxSessions 100\n"
-            f"SetEnv PATH={node.bin}:{_SESSION_PATH}\n"
-        )
+        config.write_text(sshd_config(node.ip, 22, host_key, authorized, node.bin))
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
         log = node.workdir / "sshd.log"
         # Each node gets its own empty home for root (a mount namespace, bind mount): like a fresh node, and the
@@ -395,7 +401,8 @@ class NetnsCluster:
         _ip("link", "delete", self.bridge, check=False)
 
 
-def _keygen(path: Path) -> None:
+def keygen(path: Path) -> None:
+    """An ed25519 key pair without passphrase: `path` and `path.pub`."""
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "coreos-lab-test", "-f", str(path)],
         check=True,
