@@ -139,6 +139,9 @@ def _health_stage(
         report = wait_healthy(targets, distro, checks, members, timeout=max(timeout, 1.0), etcd_nodes=etcd_nodes)
     except HealthTimeout as exc:
         report = exc.report
+    except KeyboardInterrupt:  # as in Recorder.stage: the report says where the run was stopped
+        rec.add(TestCase("health", "smoke.health", time.monotonic() - start, "error", "interrupted", "interrupted"))
+        raise
     elapsed = time.monotonic() - start
     for node in report.nodes:
         summary = "; ".join(f"{c.name}: {c.status.value} ({c.detail})" for c in node.checks)
@@ -336,6 +339,8 @@ def _finish(
             except KeyboardInterrupt:
                 interrupted = True
                 code, message = ExitCode.INTERRUPTED, "interrupted"
+                if not any(c.outcome == "error" for c in rec.cases):  # stopped between stages
+                    rec.add(TestCase("interrupted", "smoke", 0.0, "error", "interrupted", "interrupted"))
             finally:
                 if teardown is not None:
                     kept = teardown(code != ExitCode.OK)
