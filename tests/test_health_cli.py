@@ -161,7 +161,7 @@ def test_wait_until_healthy_over_one_connection_per_node(nodes: LoopbackNodes, t
 
 def test_wait_that_runs_out_exits_5_with_the_last_full_round(nodes: LoopbackNodes, tmp_path: Path, home: Path) -> None:
     answer(nodes.nodes["core-02"], "degraded")
-    run = health(nodes, tmp_path, home, "--distro", "coreos", "--check", "etcd", "--wait", "5", "--json")
+    run = health(nodes, tmp_path, home, "--distro", "coreos", "--check", "etcd", "--wait", "8", "--json")
     assert run.returncode == ExitCode.TIMEOUT, run.stderr
     report = run.json()
     assert report["healthy"] is False
@@ -172,7 +172,7 @@ def test_wait_that_runs_out_exits_5_with_the_last_full_round(nodes: LoopbackNode
     assert etcd["core-01"] == etcd["core-03"] == {"status": "pass", "detail": "3 of 3 members healthy"}
     rounds = {len(calls(node)) for node in nodes.nodes.values()}
     assert len(rounds) == 1 and rounds.pop() >= 1  # every round asked every node
-    assert "deadline of 5s passed before the cluster was healthy" in run.stderr
+    assert "deadline of 8s passed before the cluster was healthy" in run.stderr
     assert "core-02 etcd: cluster is degraded" in run.stderr
 
 
