@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -266,6 +267,19 @@ class NetnsCluster:
         path.write_text(script)
         path.chmod(0o755)
         return path
+
+    def log_calls(self, i: int, tool: str, env: Sequence[str] = ()) -> Path:
+        """Put a logging pass-through in front of the real `tool` on node i: not a stand-in, it changes nothing
+        in what the tool does. Each call adds a line to the returned file: the `env` variables named, then the
+        arguments (e.g. `ETCDCTL_API=3 endpoint status -w json`)."""
+        real = shutil.which(tool)
+        if real is None:
+            raise FileNotFoundError(f"{tool} is not installed")
+        log = self.nodes[i].bin / f"{tool}.calls"
+        log.write_text("")
+        named = "".join(f"{name}=${{{name}}} " for name in env)
+        self.install_tool(i, tool, f'#!/bin/sh\nprintf "%s\\n" "{named}$*" >>"{log}"\nexec {real} "$@"\n')
+        return log
 
     def stop_sshd(self, i: int) -> None:
         processes.stop(self.nodes[i].sshd, timeout=5.0)
