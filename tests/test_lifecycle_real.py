@@ -4,9 +4,15 @@ VBoxManage, so these hold on a machine that has VirtualBox too."""
 from __future__ import annotations
 
 import json
+import os
+import select
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+from harness import processes
 from harness.cli import lab
 from harness.lifecycle_labs import make_lab
 from harness.tool_path import VIRTUALBOX_TOOLS, path_without
@@ -99,4 +105,61 @@ def test_destroy_of_a_never_created_lab_retires_the_token(tmp_path: Path) -> Non
     run = lab("destroy", lab_dir, "--force", "--json", env=env)
     assert run.returncode == 0, run.stderr
     assert run.json() == {"lab_dir": str(lab_dir.resolve()), "destroyed": [], "token_retired": True}
+    assert token in state_of(lab_dir)["used_tokens"]
+
+
+def answer_on_a_terminal(argv: list[str], env: dict[str, str], prompt: bytes, answer: bytes) -> tuple[int, str]:
+    """`lab ARGV` with stdin and stderr on a pseudo-terminal: waits for `prompt`, types `answer` and Enter.
+    Returns the exit code and everything written to the terminal."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coreos_lab", *argv],
+        stdin=slave,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env={**os.environ, **env},
+    )
+    os.close(slave)
+    screen = b""
+
+    def read_until(marker: bytes | None, timeout: float = 60) -> None:
+        """Until `marker` shows, or (None) until the terminal closes: the command has exited."""
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while (marker is None or marker not in screen) and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer is gone
+                    chunk = b""
+                if not chunk:
+                    break
+                screen += chunk
+        assert marker is None or marker in screen, screen.decode(errors="replace")
+
+    try:
+        try:
+            read_until(prompt)
+            os.write(master, answer + b"\n")
+            read_until(None, timeout=120)
+            returncode = proc.wait(timeout=30)
+        finally:
+            processes.kill(proc)
+    finally:
+        os.close(master)
+    return returncode, screen.decode(errors="replace")
+
+
+def test_destroy_asks_on_a_terminal_and_does_what_the_answer_says(tmp_path: Path) -> None:
+    lab_dir, env = lab_without_virtualbox(tmp_path)
+    assert lab("render", lab_dir, env=env).returncode == 0
+    token = state_of(lab_dir)["token"]["token"]
+    prompt = f"Destroy the 3 machine(s) of {lab_dir.resolve()}? [y/N]".encode()
+    returncode, screen = answer_on_a_terminal(["destroy", str(lab_dir)], env, prompt, b"n")
+    assert returncode == ExitCode.ERROR, screen
+    assert "nothing destroyed" in screen
+    assert state_of(lab_dir)["token"]["token"] == token and token not in state_of(lab_dir)["used_tokens"]
+    returncode, screen = answer_on_a_terminal(["destroy", str(lab_dir)], env, prompt, b"y")
+    assert returncode == 0, screen
+    assert "destroyed: no machine existed; discovery token retired" in screen
     assert token in state_of(lab_dir)["used_tokens"]

@@ -270,6 +270,24 @@ def test_edited_file_is_refused_then_force_keeps_copy(tmp_path: Path, mirror: Pa
     assert render(lab_dir).written == []  # and the new file is ours again
 
 
+def test_cli_force_replaces_an_edited_file_and_keeps_the_edit(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror)
+    assert lab("render", lab_dir).returncode == 0
+    vagrantfile = lab_dir / "Vagrantfile"
+    rendered = vagrantfile.read_text()
+    vagrantfile.write_text(rendered + "# my tweak\n")
+    refused = lab("render", lab_dir)
+    assert refused.returncode == ExitCode.USAGE
+    assert "Vagrantfile: was edited since the last render" in refused.stderr and "--force" in refused.stderr
+    forced = lab("render", lab_dir, "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    doc = forced.json()
+    assert doc["written"] == ["Vagrantfile"] and doc["token"] == "kept"
+    (copy,) = doc["kept_copies"]
+    assert copy.startswith("Vagrantfile.orig-") and (lab_dir / copy).read_text() == rendered + "# my tweak\n"
+    assert vagrantfile.read_text() == rendered
+
+
 def test_foreign_file_is_not_overwritten(tmp_path: Path, mirror: Path) -> None:
     lab_dir = write_lab(tmp_path / "lab", mirror)
     (lab_dir / "user-data").mkdir()
