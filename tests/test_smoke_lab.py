@@ -22,6 +22,7 @@ from harness.boxes import add_box
 from harness.cli import lab, start_lab
 from harness.lifecycle_labs import install_standins, make_lab
 from harness.netns import NetnsCluster, netns_cluster
+from harness.tool_path import VIRTUALBOX_TOOLS, path_without
 from harness.waiting import wait_until
 
 from coreos_lab.errors import ExitCode
@@ -57,6 +58,7 @@ def test_throwaway_smoke_without_virtualbox_fails_preflight_and_leaves_nothing(t
     scratch.mkdir()
     junit = tmp_path / "report" / "smoke.xml"
     env = {"LAB_MIRROR_ROOT": str(root), "TMPDIR": str(scratch), "VAGRANT_HOME": str(tmp_path / "vagrant.d")}
+    env["PATH"] = path_without(tmp_path / "bin", *VIRTUALBOX_TOOLS)  # holds on a machine that has VirtualBox
     run = lab("smoke", "--nodes", "1", "--junit", junit, env=env, cwd=tmp_path, timeout=180)
     assert run.returncode == ExitCode.MISSING_TOOL, run.stderr
     assert "VirtualBox" in run.stderr
