@@ -13,7 +13,6 @@ import os
 import pwd
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from pathlib import Path
 from harness import processes
 from harness.netns import SSHD, keygen, sshd_config
 from harness.ports import free_port
+from harness.waiting import wait_until
 
 USER = pwd.getpwuid(os.geteuid()).pw_name  # whom sshd lets in: the user it runs as
 
@@ -114,16 +114,14 @@ def _accepts(port: int) -> bool:
         return False
 
 
-def _wait_listening(node: LoopbackNode, timeout: float = 60.0) -> None:
-    """Until sshd accepts connections; the timeout is about a hang, not speed."""
-    deadline = time.monotonic() + timeout
-    while not _accepts(node.port):
+def _wait_listening(node: LoopbackNode) -> None:
+    def listening() -> bool:
         assert node.sshd is not None
         if node.sshd.poll() is not None:
             raise RuntimeError(f"sshd of {node.name} exited with {node.sshd.returncode}:\n{node.log.read_text()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"sshd of {node.name} not listening after {timeout:g}s:\n{node.log.read_text()}")
-        time.sleep(0.02)
+        return _accepts(node.port)
+
+    wait_until(listening, lambda: f"sshd of {node.name} listening:\n{node.log.read_text()}")
 
 
 @contextmanager
