@@ -10,6 +10,10 @@ Target (issue 7): median(9 nodes) / median(1 node) ≤ 1.5, for that topology.
 `--also-all-members` measures a second cluster whose 9 nodes are all members, for information: there every
 node's `cluster-health` asks every member for a quorum read (81 instead of 27), and all of that, like every
 node's sshd and etcdctl, shares this machine's cores instead of running on 9 machines.
+
+Also for information, on the same cluster: what naming the proxies saves a Flatcar round (a proxy has no v3 API;
+unnamed, it is probed in v3 first, which waits out etcdctl's 2 s dial timeout), and the time of one command over
+one SSH connection (`true`; with Nagle's algorithm left on it would wait for the peer's delayed ACK, ~40 ms).
 Needs root, iproute2, openssh-server, etcd.
 Usage: python bench/health_scaling.py [--runs N] [--distro coreos|flatcar] [--also-all-members]
 """
@@ -27,8 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from harness.netns import netns_cluster
+from harness.netns import NetnsCluster, netns_cluster
 
+from coreos_lab.cluster.ssh import SSHSession, parse_ssh_config
 from coreos_lab.lab.settings import DEFAULT_ETCD_MEMBERS
 
 NODES = 9
@@ -49,8 +54,9 @@ def timed(argv: list[str]) -> float:
     return elapsed
 
 
-def measure(distro: str, members: int, runs: int) -> tuple[float, float]:
-    """Medians (1 node, all nodes) in seconds, on a fresh cluster with `members` etcd members."""
+def measure(distro: str, members: int, runs: int, *, details: bool = False) -> tuple[float, float]:
+    """Medians (1 node, all nodes) in seconds, on a fresh cluster with `members` etcd members; `details` also
+    prints the proxy probe's cost and the time per command."""
     with tempfile.TemporaryDirectory(prefix="health-bench-") as tmp, netns_cluster(Path(tmp) / "nodes", NODES) as c:
         c.start_all_etcd(members=members)
         one = c.write_ssh_config(Path(tmp) / "one", [1])
@@ -66,7 +72,37 @@ def measure(distro: str, members: int, runs: int) -> tuple[float, float]:
         for _ in range(runs):  # interleaved, so drift in machine load hits both sides alike
             ones.append(timed(one_node))
             alls.append(timed(all_nodes))
+        if details:
+            flatcar = [*lab_argv(), "health", "--distro", "flatcar", "--check", "etcd", "--check", "members"]
+            flatcar += ["--members", str(members), "--ssh-config", str(all_)]
+            probe_cost(flatcar, proxies, runs)
+            command_time(c, runs)
     return statistics.median(ones), statistics.median(alls)
+
+
+def probe_cost(flatcar: list[str], proxies: list[str], runs: int) -> None:
+    named, probed = [], []
+    for _ in range(runs):
+        named.append(timed([*flatcar, *proxies]))
+        probed.append(timed(flatcar))
+    saved = statistics.median(probed) - statistics.median(named)
+    print(f"flatcar, all {NODES} nodes, medians of {runs} runs:")
+    print(f"  proxies named   {statistics.median(named) * 1000:7.0f} ms")
+    print(f"  proxies probed  {statistics.median(probed) * 1000:7.0f} ms  (naming them saves {saved * 1000:.0f} ms)")
+
+
+def command_time(cluster: NetnsCluster, runs: int) -> None:
+    target = parse_ssh_config(cluster.ssh_config([1]))[0]
+    times = []
+    with SSHSession(target) as session:
+        session.run(["true"])  # warm-up
+        for _ in range(runs * 10):
+            start = time.perf_counter()
+            session.run(["true"])
+            times.append(time.perf_counter() - start)
+    print(
+        f"one command over one SSH connection (`true`, median of {len(times)}): {statistics.median(times) * 1000:.1f} ms"
+    )
 
 
 def report(title: str, one: float, all_: float) -> float:
@@ -88,7 +124,7 @@ def main() -> int:
     ratio = report(
         f"lab health ({args.distro}; {members} etcd members + {NODES - members} proxies, as `lab init --nodes {NODES}`),"
         f" medians of {args.runs} runs:",
-        *measure(args.distro, members, args.runs),
+        *measure(args.distro, members, args.runs, details=True),
     )
     if args.also_all_members:
         report(f"for information, all {NODES} nodes etcd members:", *measure(args.distro, NODES, args.runs))

@@ -134,6 +134,9 @@ def _health_stage(rec: Recorder, cluster: ClusterTargets, checks: Sequence[str],
         )
     except HealthTimeout as exc:
         report = exc.report
+    except KeyboardInterrupt:  # as in Recorder.stage: the report says where the run was stopped
+        rec.add(TestCase("health", "smoke.health", time.monotonic() - start, "error", "interrupted", "interrupted"))
+        raise
     elapsed = time.monotonic() - start
     for node in report.nodes:
         summary = "; ".join(f"{c.name}: {c.status.value} ({c.detail})" for c in node.checks)
@@ -333,6 +336,8 @@ def _finish(
             except KeyboardInterrupt:
                 interrupted = True
                 code, message = ExitCode.INTERRUPTED, "interrupted"
+                if not any(c.outcome == "error" for c in rec.cases):  # stopped between stages
+                    rec.add(TestCase("interrupted", "smoke", 0.0, "error", "interrupted", "interrupted"))
             finally:
                 if teardown is not None:
                     kept = teardown(code != ExitCode.OK)

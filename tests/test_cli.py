@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 from harness.cli import lab
 
 from coreos_lab import __version__
@@ -43,3 +46,39 @@ def test_help_does_not_import_heavy_modules() -> None:
 
 def test_exit_codes_are_the_documented_ones() -> None:
     assert [int(c) for c in ExitCode] == [0, 1, 2, 3, 4, 5, 130]
+
+
+TRACEBACK = "Traceback (most recent call last):"
+
+
+def test_debug_and_lab_debug_add_the_traceback_to_an_error(tmp_path: Path) -> None:
+    """A refused command (a missing mirror root: exit 2) says one line and a hint; `--debug` or LAB_DEBUG put the
+    traceback above them. LAB_DEBUG=0 is off, as for the option it feeds."""
+    missing = tmp_path / "no-such-mirror"
+    error = f"error: mirror root {missing} does not exist"
+    for run in (
+        lab("mirror", "list", "--root", missing, env={"LAB_DEBUG": ""}),
+        lab("mirror", "list", "--root", missing, env={"LAB_DEBUG": "0"}),
+    ):
+        assert run.returncode == ExitCode.USAGE
+        assert run.stderr.startswith(error) and TRACEBACK not in run.stderr
+    for run in (
+        lab("--debug", "mirror", "list", "--root", missing, env={"LAB_DEBUG": ""}),
+        lab("mirror", "list", "--root", missing, env={"LAB_DEBUG": "1"}),
+    ):
+        assert run.returncode == ExitCode.USAGE
+        assert run.stderr.startswith(TRACEBACK), run.stderr
+        assert f"coreos_lab.errors.BadInput: mirror root {missing} does not exist" in run.stderr
+        assert f"\n{error}\n" in run.stderr  # the usual message still ends it
+
+
+@pytest.mark.integration
+@pytest.mark.vagrant
+def test_debug_logs_the_commands_lab_runs(tmp_path: Path) -> None:
+    """Debug logging: `lab doctor` asks Vagrant its version, which --debug shows on stderr."""
+    env = {"LAB_DEBUG": "", "VAGRANT_HOME": str(tmp_path / "vagrant.d")}
+    plain = lab("doctor", tmp_path, env=env)
+    debug = lab("--debug", "doctor", tmp_path, env=env)
+    assert plain.returncode == debug.returncode != ExitCode.USAGE
+    assert "DEBUG coreos_lab.proc: run: [" in debug.stderr and "'--version']" in debug.stderr
+    assert "DEBUG" not in plain.stderr

@@ -314,8 +314,12 @@ def test_cli_config_json_shows_sources(tmp_path: Path, mirror: Path) -> None:
     assert settings["memory"] == {"value": 512, "source": "flag --memory"}
     assert settings["cpus"] == {"value": 2, "source": "env LAB_CPUS"}
     assert settings["channel"] == {"value": "stable", "source": "default"}
-    human = lab("config", lab_dir)
-    assert human.returncode == 0 and "env LAB_CPUS" not in human.stdout and "lab.yaml" in human.stdout
+    # The table shows the same values and sources, one row per setting.
+    human = lab("config", lab_dir, "--memory", "512", env={"LAB_CPUS": "2"})
+    assert human.returncode == 0, human.stderr
+    rows = {words[0]: words[1:] for words in map(str.split, human.stdout.splitlines()) if words}
+    assert rows["nodes"] == ["4", "lab.yaml"] and rows["channel"] == ["stable", "default"]
+    assert rows["memory"] == ["512", "flag", "--memory"] and rows["cpus"] == ["2", "env", "LAB_CPUS"]
 
 
 def test_cli_bad_config_exits_2_and_writes_nothing(tmp_path: Path, mirror: Path) -> None:

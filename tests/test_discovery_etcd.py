@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import time
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from harness.etcd import EtcdLauncher, cluster_health, etcd_launcher, free_port, member_names, wait_healthy
 from harness.server_process import ServerProcess
+from harness.waiting import wait_until
 
 from coreos_lab.discovery import client
 from coreos_lab.server import EmbeddedServer
@@ -40,22 +41,24 @@ def test_members_bootstrap_through_a_fresh_token(
     assert {url for m in info.members for url in m.peer_urls} == {m.peer_url for m in members}
 
 
-def _wait_registered(token_url: str, count: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while len(client.show(token_url).members) < count:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{count} member(s) did not register at {token_url}")
-        time.sleep(0.05)
+def _polls_parked(log_text: str, token_url: str) -> int:
+    """Long polls on the token that the server logged as waiting (`lab --debug`), i.e. a member's polls for peers."""
+    token = token_url.rsplit("/", 1)[1]
+    return log_text.count(f"long poll on /{token}/ waits for index")
 
 
 def test_cluster_forms_across_a_server_restart(mirror_root: Path, etcd_launcher: EtcdLauncher) -> None:
     port = free_port()
-    first = ServerProcess(mirror_root, port).start()
+    first = ServerProcess(mirror_root, port, env={"LAB_DEBUG": "1"}).start()
     try:
         token_url = client.new_token(first.url, 3)
         m1 = etcd_launcher.start("m1", discovery=token_url)
-        _wait_registered(token_url, 1)
-        time.sleep(0.3)  # m1 is now parked in its long poll for peers
+        wait_until(
+            lambda: _polls_parked(first.log_path.read_text(), token_url) >= 1,
+            lambda: (
+                f"m1's long poll for peers on the server:\n{first.log_path.read_text()[-3000:]}\n{m1.log()[-3000:]}"
+            ),
+        )
     finally:
         first.kill()  # a crash, not a clean stop: only what was committed to disk survives
     assert m1.running()
@@ -79,11 +82,19 @@ def test_reusing_a_token_for_a_fresh_cluster_exits_with_cluster_is_full(
     assert len(client.show(token_url).members) == 3  # the late member never registered
 
 
-def test_a_size_without_enough_members_keeps_waiting(server: EmbeddedServer, etcd_launcher: EtcdLauncher) -> None:
-    token_url = client.new_token(server.url, 2)
-    lonely = etcd_launcher.start("m1", discovery=token_url)
-    _wait_registered(token_url, 1)
-    time.sleep(1.0)
-    assert lonely.running() and not lonely.healthy()
-    info = client.show(token_url)
+def test_a_size_without_enough_members_keeps_waiting(
+    mirror_root: Path, etcd_launcher: EtcdLauncher, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("LAB_DISCOVERY_WAIT_TIMEOUT", "0.5")
+    caplog.set_level(logging.DEBUG, logger="coreos_lab.discovery.api")
+    with EmbeddedServer(mirror_root, port=0) as server:
+        token_url = client.new_token(server.url, 2)
+        lonely = etcd_launcher.start("m1", discovery=token_url)
+        # A second poll for peers: the first one ended empty at the wait timeout and m1 asked again, still waiting.
+        wait_until(
+            lambda: _polls_parked("\n".join(r.getMessage() for r in list(caplog.records)), token_url) >= 2,
+            lambda: f"m1 polling again for peers:\n{lonely.log()[-3000:]}",
+        )
+        assert lonely.running() and not lonely.healthy()
+        info = client.show(token_url)
     assert not info.complete and [m.name for m in info.members] == ["m1"]

@@ -1,4 +1,6 @@
-"""`lab doctor` checks, against the real machine: Debian's Vagrant, no VirtualBox, real routes in a namespace."""
+"""`lab doctor` checks, against the real machine: Debian's Vagrant, real routes in a namespace. VirtualBox cannot
+run here: its absence is a PATH without VBoxManage, its presence a stand-in VBoxManage, so the tests hold on a
+machine that has it."""
 
 from __future__ import annotations
 
@@ -10,11 +12,11 @@ from pathlib import Path
 
 import pytest
 from harness.cli import lab
+from harness.tool_path import VIRTUALBOX_TOOLS, path_without
 
 from coreos_lab.doctor import port_free
 from coreos_lab.errors import ExitCode
 from coreos_lab.vagrant.virtualbox import (
-    VBOX_NETWORKS_CONF,
     debian_breaks,
     hostonly_ranges,
     known_bad_pair,
@@ -24,6 +26,7 @@ from coreos_lab.vagrant.virtualbox import (
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.debian
 def test_debian_vagrant_declares_it_breaks_virtualbox_7_1() -> None:
     """The packaged Vagrant's own control field, read through dpkg (Breaks: virtualbox (>= 7.1))."""
     assert debian_breaks("vagrant", "virtualbox") == (">=", "7.1")
@@ -31,6 +34,7 @@ def test_debian_vagrant_declares_it_breaks_virtualbox_7_1() -> None:
     assert message is not None and "breaks VirtualBox >= 7.1" in message and "7.1.4r165100" in message
 
 
+@pytest.mark.debian
 def test_installed_vagrant_driver_table_is_read() -> None:
     series = supported_virtualbox_series("2.3.4")
     assert "7.0" in series and "6.1" in series and "7.1" not in series
@@ -53,7 +57,8 @@ def test_port_free_sees_a_listening_socket() -> None:
 @pytest.mark.integration
 @pytest.mark.vagrant
 def test_doctor_without_a_lab_reports_virtualbox_missing(tmp_path: Path) -> None:
-    run = lab("doctor", tmp_path, "--json", env={"VAGRANT_HOME": str(tmp_path / "vagrant.d")})
+    env = {"VAGRANT_HOME": str(tmp_path / "vagrant.d"), "PATH": path_without(tmp_path / "bin", *VIRTUALBOX_TOOLS)}
+    run = lab("doctor", tmp_path, "--json", env=env)
     assert run.returncode == ExitCode.MISSING_TOOL, run.stderr
     report = run.json()
     assert report["ok"] is False
@@ -67,7 +72,8 @@ def test_doctor_without_a_lab_reports_virtualbox_missing(tmp_path: Path) -> None
 @pytest.mark.integration
 @pytest.mark.vagrant
 def test_doctor_human_output_goes_to_stderr(tmp_path: Path) -> None:
-    run = lab("doctor", tmp_path, env={"VAGRANT_HOME": str(tmp_path / "vagrant.d")})
+    env = {"VAGRANT_HOME": str(tmp_path / "vagrant.d"), "PATH": path_without(tmp_path / "bin", *VIRTUALBOX_TOOLS)}
+    run = lab("doctor", tmp_path, env=env)
     assert run.returncode == ExitCode.MISSING_TOOL
     assert run.stdout == ""
     assert "fail  virtualbox: VirtualBox not found" in run.stderr
@@ -143,7 +149,12 @@ def _fake_vboxmanage(bin_dir: Path, output: str) -> dict[str, str]:
 @pytest.mark.parametrize(
     ("output", "check", "expected"),
     [
-        ("7.1.4r165100\n", "virtualbox-vagrant", "declares it breaks VirtualBox >= 7.1; found VirtualBox 7.1.4r165100"),
+        pytest.param(
+            "7.1.4r165100\n",
+            "virtualbox-vagrant",
+            "declares it breaks VirtualBox >= 7.1; found VirtualBox 7.1.4r165100",
+            marks=pytest.mark.debian,  # the Breaks: field of Debian's vagrant package
+        ),
         (VBOXDRV_WARNING + "7.0.14r161095\n", "virtualbox", "kernel module (vboxdrv) is not loaded"),
     ],
 )
@@ -173,24 +184,47 @@ def test_hostonly_ranges_of_networks_conf() -> None:
     assert [str(n) for n in hostonly_ranges(text)] == ["10.0.0.0/8", "192.168.0.0/16", "2001::/64"]
 
 
+# `lab doctor` reading VirtualBox's networks.conf from a path the test chooses instead of /etc/vbox/networks.conf,
+# which belongs to the machine (VirtualBox cannot run here; a contributor's may have the file). The rest is the
+# real CLI.
+DOCTOR_WITH_NETWORKS_CONF = """
+import sys
+from pathlib import Path
+import coreos_lab.vagrant.virtualbox
+coreos_lab.vagrant.virtualbox.VBOX_NETWORKS_CONF = Path(sys.argv.pop(1))
+from coreos_lab.cli import main
+main()
+"""
+
+
+def doctor_network_finding(networks_conf: Path, lab_dir: Path, env: dict[str, str]) -> dict[str, str]:
+    argv = [sys.executable, "-c", DOCTOR_WITH_NETWORKS_CONF, str(networks_conf), "doctor", str(lab_dir), "--json"]
+    run = subprocess.run(argv, env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+    assert run.returncode in (0, ExitCode.MISSING_TOOL), run.stderr
+    finding: dict[str, str] = next(f for f in json.loads(run.stdout)["findings"] if f["check"] == "virtualbox-network")
+    return finding
+
+
 @pytest.mark.integration
 @pytest.mark.vagrant
 def test_doctor_flags_a_subnet_virtualbox_will_refuse(tmp_path: Path) -> None:
     """coreos-vagrant's 172.17.8.0/24 is outside VirtualBox ≥ 6.1.28's default host-only range."""
     from harness.lifecycle_labs import make_lab
 
-    assert not VBOX_NETWORKS_CONF.exists()  # this machine has no VirtualBox: the default range applies
+    absent = tmp_path / "vbox" / "networks.conf"  # never written: the default range applies
     lab_dir, env = make_lab(tmp_path, subnet="172.30.8.0/24")
     env.update(_fake_vboxmanage(tmp_path / "bin", "7.0.14r161095\n"))
-    run = lab("doctor", lab_dir, "--json", env=env)
-    assert run.returncode == ExitCode.MISSING_TOOL, run.stderr
-    finding = next(f for f in run.json()["findings"] if f["check"] == "virtualbox-network")
+    finding = doctor_network_finding(absent, lab_dir, env)
     assert finding["level"] == "fail"
     assert "only in 192.168.56.0/21" in finding["detail"] and "172.30.8.0/24" in finding["detail"]
-    assert "* 172.30.8.0/24" in finding["fix"]
+    assert f"* 172.30.8.0/24` to {absent}" in finding["fix"]
     (tmp_path / "inside").mkdir()
     inside, inside_env = make_lab(tmp_path / "inside", subnet="192.168.60.0/24")
     inside_env["PATH"] = env["PATH"]  # the same stand-in VBoxManage
-    ok = lab("doctor", inside, "--json", env=inside_env)
-    levels = {f["check"]: f["level"] for f in ok.json()["findings"]}
-    assert levels["virtualbox-network"] == "ok"
+    assert doctor_network_finding(absent, inside, inside_env)["level"] == "ok"
+    # A networks.conf that lists the subnet makes it allowed, and the default range is then gone.
+    listed = tmp_path / "networks.conf"
+    listed.write_text("* 10.0.0.0/8 172.30.8.0/24\n")
+    assert doctor_network_finding(listed, lab_dir, env)["level"] == "ok"
+    refused = doctor_network_finding(listed, inside, inside_env)
+    assert refused["level"] == "fail" and "only in 10.0.0.0/8, 172.30.8.0/24" in refused["detail"]

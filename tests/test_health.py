@@ -269,11 +269,12 @@ class FakeClock:
 @dataclass
 class StandInRounds:
     """Stands in for `check_cluster` (one round over every node); the real rounds, over SSH to real etcd, run in
-    test_health_netns.py. Each round takes `seconds` of the fake clock and fails with a real-looking etcd
-    failure until round `healthy_from`. Records when each round started and what it was given."""
+    test_health_netns.py. Each round takes the next of `seconds` on the fake clock (the last one repeats) and
+    fails with a real-looking etcd failure until round `healthy_from`. Records when each round started and what
+    it was given."""
 
     clock: FakeClock
-    seconds: float
+    seconds: list[float]
     healthy_from: int | None = None
     started: list[float] = field(default_factory=list)
     kwargs: list[dict[str, Any]] = field(default_factory=list)
@@ -283,8 +284,8 @@ class StandInRounds:
 
         self.started.append(self.clock.now())
         self.kwargs.append(kwargs)
-        self.clock.seconds += self.seconds
         number = len(self.started)
+        self.clock.seconds += self.seconds[min(number, len(self.seconds)) - 1]
         if self.healthy_from is not None and number >= self.healthy_from:
             result = CheckResult("etcd", Status.PASS, f"round {number}: 3 of 3 members healthy")
         else:
@@ -298,7 +299,7 @@ def clock() -> FakeClock:
 
 
 def _rounds(
-    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, seconds: float, healthy_from: int | None = None
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock, seconds: list[float], healthy_from: int | None = None
 ) -> StandInRounds:
     import coreos_lab.cluster.health as health
 
@@ -316,7 +317,7 @@ def test_wait_starts_no_round_that_the_deadline_would_cut_short(
     """A round cut short would fail its checks on our own shortened timeouts: the last full round is reported."""
     import coreos_lab.cluster.health as health
 
-    rounds = _rounds(monkeypatch, clock, seconds=0.4)
+    rounds = _rounds(monkeypatch, clock, seconds=[0.4])
     with pytest.raises(health.HealthTimeout) as caught:
         health.wait_healthy(TARGETS, "coreos", ["etcd"], 3, timeout=1.5, first_delay=0.05, clock=clock)
     # Round 3 starts at 0.95 s and ends at 1.35 s; a fourth (0.4 s, judged by the last) would end past 1.5 s.
@@ -330,11 +331,26 @@ def test_wait_starts_no_round_that_the_deadline_would_cut_short(
     assert caught.value.report.nodes[0].checks[0].detail == "round 3: cluster is unavailable"
 
 
+def test_a_round_that_runs_into_the_deadline_is_not_the_one_reported(
+    monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    """Judged by the last round (0.4 s), round 3 fits; it takes 0.8 s and ends past the deadline, where our own
+    shortened timeouts may have failed its checks (a busy machine): round 2, the last full one, is reported."""
+    import coreos_lab.cluster.health as health
+
+    rounds = _rounds(monkeypatch, clock, seconds=[0.4, 0.4, 0.8])
+    with pytest.raises(health.HealthTimeout) as caught:
+        health.wait_healthy(TARGETS, "coreos", ["etcd"], 3, timeout=1.5, first_delay=0.05, clock=clock)
+    assert rounds.started == pytest.approx([0.0, 0.45, 0.95]) and clock.now() == pytest.approx(1.75)
+    assert caught.value.report.nodes[0].checks[0].detail == "round 2: cluster is unavailable"
+    assert "core-01 etcd: round 2: cluster is unavailable" in caught.value.message
+
+
 def test_wait_backs_off_and_returns_the_first_healthy_round(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
     """README: re-checks with backoff, 0.5 s doubling to 5 s; each node's connection is kept from round to round."""
     import coreos_lab.cluster.health as health
 
-    rounds = _rounds(monkeypatch, clock, seconds=0.0, healthy_from=7)
+    rounds = _rounds(monkeypatch, clock, seconds=[0.0], healthy_from=7)
 
     def show(node: Any) -> None: ...
 

@@ -11,13 +11,13 @@ import json
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from harness import processes
 from harness.cli import LabRun, lab, start_lab
 from harness.netns import NetnsCluster, netns_cluster
+from harness.waiting import wait_until
 
 from coreos_lab.cluster.ssh import SSHSession, parse_ssh_config
 from coreos_lab.errors import ExitCode
@@ -92,32 +92,42 @@ def test_killed_etcd_is_named(cluster: NetnsCluster, tmp_path: Path, home: Path,
     assert "core-02 etcd:" in run.stderr
 
 
+def logins(cluster: NetnsCluster) -> list[int]:
+    """Per node, the logins its sshd has accepted."""
+    return [(node.workdir / "sshd.log").read_text().count("Accepted publickey") for node in cluster.nodes.values()]
+
+
 def test_wait_until_a_late_member_joins(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
-    """Several rounds over one SSH connection per node: sshd accepts each node's connection once."""
+    """Several rounds over one SSH connection per node: each node's sshd accepts one login."""
     token = cluster.new_token(3)
     cluster.start_etcd(1, cluster.etcd_env(1, discovery=token))
     cluster.start_etcd(2, cluster.etcd_env(2, discovery=token))  # both wait in discovery for the third
+    core_03_calls = cluster.log_calls(3, "etcdctl")  # counts core-03's rounds
     config = cluster.write_ssh_config(tmp_path / "ssh_config")
-    sshd_log = cluster.nodes[1].workdir / "sshd.log"
-    accepted_before = sshd_log.read_text().count("Accepted publickey")
-    started = time.monotonic()
+    logins_before = logins(cluster)
     proc = start_lab(
-        "health", "--ssh-config", config, "--distro", "coreos", *ETCD_CHECKS, "--wait", "60", "--json",
+        "health", "--ssh-config", config, "--distro", "coreos", *ETCD_CHECKS, "--wait", "120", "--json",
         env={"HOME": str(home)},
     )  # fmt: skip
-    try:
-        time.sleep(3)
+
+    def rounds_on_core_03() -> int:
+        return core_03_calls.read_text().count("cluster-health")
+
+    def two_rounds_ran() -> bool:
         assert proc.poll() is None, "health returned before the third member existed"
+        return rounds_on_core_03() >= 2
+
+    try:
+        wait_until(two_rounds_ran, "two rounds on core-03 before its etcd starts")
         cluster.start_etcd(3, cluster.etcd_env(3, discovery=token))
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate(timeout=120)
     finally:
         processes.kill(proc)
     assert proc.returncode == ExitCode.OK, err
-    assert time.monotonic() - started < 60
     assert json.loads(out)["healthy"] is True
     assert "core-03: etcd: etcd not answering" in err  # the per-node state while waiting (stderr is not a terminal)
-    # Rounds at 0, 0.5 and 1.5 s had run before core-03's etcd started at 3 s; the node's sshd saw one login.
-    assert sshd_log.read_text().count("Accepted publickey") - accepted_before == 1
+    assert rounds_on_core_03() >= 3  # and at least one more once it had started
+    assert [after - before for after, before in zip(logins(cluster), logins_before, strict=True)] == [1, 1, 1]
 
 
 def test_wait_deadline_exits_5_with_the_failing_checks(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
@@ -125,23 +135,20 @@ def test_wait_deadline_exits_5_with_the_failing_checks(cluster: NetnsCluster, tm
     cluster.start_etcd(1)
     cluster.start_etcd(2)
     cluster.wait_etcd([1, 2])
-    started = time.monotonic()
     run = health(cluster, tmp_path, home, "--distro", "coreos", *ETCD_CHECKS, "--wait", "3", "--json")
     assert run.returncode == ExitCode.TIMEOUT
-    assert time.monotonic() - started < 15
     report = run.json()
     assert report["healthy"] is False
     assert report["nodes"]["core-03"]["checks"]["etcd"]["status"] == "fail"
     assert "deadline of 3s passed" in run.stderr and "core-03 etcd:" in run.stderr
 
 
-def test_unreachable_node_fails_alone_and_quickly(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+def test_unreachable_node_fails_alone(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
     cluster.start_all_etcd()
     cluster.stop_sshd(3)  # core-03's etcd still serves its peers; only SSH to it is gone
     config = cluster.write_ssh_config(tmp_path / "ssh_config")
     # And a node that does not exist at all: nobody answers ARP for it on the bridge.
     config.write_text(config.read_text() + "Host ghost\n  HostName 172.17.8.199\n  User root\n  IdentitiesOnly yes\n")
-    started = time.monotonic()
     run = lab(
         "health",
         "--ssh-config",
@@ -156,7 +163,6 @@ def test_unreachable_node_fails_alone_and_quickly(cluster: NetnsCluster, tmp_pat
         "--json",
         env={"HOME": str(home)},
     )
-    elapsed = time.monotonic() - started
     assert run.returncode == ExitCode.UNHEALTHY
     nodes = run.json()["nodes"]
     assert nodes["core-01"]["healthy"] and nodes["core-02"]["healthy"]
@@ -164,7 +170,6 @@ def test_unreachable_node_fails_alone_and_quickly(cluster: NetnsCluster, tmp_pat
         for check in nodes[name]["checks"].values():
             assert check["status"] == "fail" and "ssh to root@172.17.8." in check["detail"]
     assert "refused" in nodes["core-03"]["checks"]["etcd"]["detail"].lower()
-    assert elapsed < 10
 
 
 # Stand-ins: systemd and fleet cannot run in a namespace, so these scripts answer in the real tools' formats
@@ -225,44 +230,46 @@ def test_units_and_fleet_checks_with_stand_in_tools(cluster: NetnsCluster, tmp_p
 
 def test_flatcar_proxies_named_by_the_configuration_skip_the_v3_probe(tmp_path: Path, home: Path) -> None:
     """A v2 proxy has no v3 API, so probing it waits out etcdctl's dial timeout (2 s). A lab's configuration
-    (or --proxy) names its proxies: they are asked in v2 at once, and the round is that much quicker."""
+    (or --proxy) names its proxies: they are asked in v2 at once, never in v3 (bench/health_scaling.py measures
+    what that saves)."""
     with netns_cluster(tmp_path / "nodes", 4) as cluster:
         cluster.start_all_etcd(members=3)
+        proxy_calls = cluster.log_calls(4, "etcdctl", ["ETCDCTL_API"])  # which API core-04 is asked in
         config = cluster.write_ssh_config(tmp_path / "ssh_config")
         base = ["health", "--ssh-config", config, "--distro", "flatcar", *ETCD_CHECKS, "--json"]
         env = {"HOME": str(home)}
 
-        started = time.monotonic()
         probed = lab(*base, "--members", "3", env=env, timeout=120)
-        probed_seconds = time.monotonic() - started
         assert probed.returncode == ExitCode.OK, probed.stderr
         assert "(local etcd answers v2 only: a proxy)" in probed.json()["nodes"]["core-04"]["checks"]["etcd"]["detail"]
+        probe = proxy_calls.read_text().splitlines()
+        assert probe[0].startswith("ETCDCTL_API=3 ") and "endpoint status" in probe[0]  # the probe, then v2
+        assert probe[1:] == ["ETCDCTL_API=2 cluster-health", "ETCDCTL_API=2 member list"]
+        proxy_calls.write_text("")
 
-        started = time.monotonic()
         named = lab(*base, "--proxy", "core-04", env=env, timeout=120)  # --members follows: 3 hosts are no proxy
-        named_seconds = time.monotonic() - started
         assert named.returncode == ExitCode.OK, named.stderr
+        assert proxy_calls.read_text().splitlines() == ["ETCDCTL_API=2 cluster-health", "ETCDCTL_API=2 member list"]
         report = named.json()
         assert report["expected_members"] == 3
         proxy = report["nodes"]["core-04"]["checks"]
         assert proxy["etcd"] == {"status": "pass", "detail": "3 of 3 members healthy (etcd proxy: asked in v2)"}
         assert proxy["members"]["status"] == "pass" and "(core-01, core-02, core-03)" in proxy["members"]["detail"]
         assert report["nodes"]["core-01"]["checks"]["etcd"]["detail"] == "3 of 3 members healthy"
-        assert named_seconds < probed_seconds - 1.0, (named_seconds, probed_seconds)
 
 
 def test_commands_are_not_held_back_by_nagle(cluster: NetnsCluster, tmp_path: Path) -> None:
     """With Nagle on, every command waits for the peer's delayed ACK (~40 ms a round trip, measured 48 ms per
-    `true` against 4 ms); the session's socket must have TCP_NODELAY, and a few commands stay quick."""
+    `true` against 4 ms); the session's socket must have TCP_NODELAY, kept for every command on it (the time per
+    command is measured by bench/health_scaling.py)."""
     config = cluster.write_ssh_config(tmp_path / "ssh_config", [1])
     with SSHSession(parse_ssh_config(config.read_text())[0]) as session:
         transport = session._client.get_transport() if session._client else None
         assert transport is not None
         assert transport.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
-        started = time.monotonic()
         results = [session.run(["true"]) for _ in range(10)]
         assert all(r.returncode == 0 for r in results)
-        assert time.monotonic() - started < 2.0
+        assert session._client is not None and session._client.get_transport() is transport  # no reconnect
 
 
 def test_leftovers_of_a_crashed_run_are_removed(tmp_path: Path) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import re
 from pathlib import Path
 
 import pytest
@@ -177,70 +180,126 @@ def test_fleet_list_machines_no_legend_full() -> None:
     ]
 
 
-def test_fleet_error_prefers_the_etcd_complaint() -> None:
-    err = (
-        "Error retrieving list of active machines: googleapi: Error 503: fleet server unable to communicate with etcd\n"
-    )
-    assert "Error 503" in (parsers.fleet_error("", err) or "")
+def test_fleet_list_machines_of_a_coreos_vagrant_cluster() -> None:
+    machines = parsers.parse_fleet_machines((FIXTURES / "fleet" / "list-machines.coreos-vagrant.stdout").read_text())
+    assert [(m.machine, m.ip) for m in machines] == [
+        ("113f16a7...", "172.17.8.103"),
+        ("85c0c595...", "172.17.8.102"),
+        ("e793afb9...", "172.17.8.101"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "recorded_failure",
+    ["fleet-0.x.etcd-503", "fleet-0.x.no-fleetd", "fleet-1.0.etcd-503", "fleet-1.0.no-fleetd", "fleet-1.0.http-404"],
+)
+def test_fleet_error_is_the_error_line_not_fleets_generic_hints(recorded_failure: str) -> None:
+    """fleet 1.0 follows every list-machines error with "Possible issues: etcd is unhealthy and/or lost quorum …",
+    whatever went wrong; the line that says what did is the first."""
+    stderr = (FIXTURES / "fleet" / f"list-machines.{recorded_failure}.stderr").read_text()
+    assert (FIXTURES / "fleet" / f"list-machines.{recorded_failure}.rc").read_text().strip() == "1"
+    assert parsers.fleet_error("", stderr) == stderr.splitlines()[0]
     assert parsers.fleet_error("", "something else\n") == "something else"
 
 
-# ---------------------------------------------------------------- garbage never crashes
+# ---------------------------------------------------------------- garbage is never reported healthy
 
-_TEXT = st.text(max_size=2000) | st.lists(
+# Lines in the formats the parsers read, with states, ids and URLs drawn from small sets (so that the same member
+# comes up more than once), mixed with arbitrary text.
+_ID = st.sampled_from(["25d6ce33763c5524", "6ae27f9fa2984b1d", "ff32f4b39b9c47bd"])
+_URL = st.sampled_from(["http://172.17.8.101:2379", "http://172.17.8.102:2379", "127.0.0.1:2379", "", "x y"])
+_STATE = st.sampled_from(["healthy", "unhealthy", "unreachable", "degraded", "unavailable", ""])
+_FORMATTED_LINE = st.one_of(
+    st.builds("member {} is {}: got {} result from {}".format, _ID, _STATE, _STATE, _URL),
+    st.builds("member {} is {}: [{}] are all unreachable".format, _ID, _STATE, _URL),
+    st.builds("failed to check the health of member {} on {}: Get {}/health".format, _ID, _URL, _URL),
+    st.builds("cluster is {}".format, _STATE),
+    st.builds("cluster may be {}: failed to list members".format, _STATE),
+    st.builds("{} is {}: successfully committed proposal: took = 2ms".format, _URL, _STATE),
+    st.builds("{} is {}: failed to commit proposal: context deadline exceeded".format, _URL, _STATE),
+    st.builds(
+        "{}{}: name=core-01 peerURLs={} clientURLs={} isLeader={}".format,
+        _ID,
+        st.sampled_from(["", "[unstarted]"]),
+        _URL,
+        _URL,
+        st.sampled_from(["true", "false"]),
+    ),
+    st.builds(
+        "{}\t{}\t{}".format,
+        st.sampled_from(["113f16a7...", "e793afb9c1d24d6fb4e1c2a3d4e5f6a7", "MACHINE", "hello", " ", ""]),
+        st.sampled_from(["172.17.8.101", "fe80::1", "-", "IP", "x y", " ", ""]),
+        st.sampled_from(["-", "role=services", ""]),
+    ),
+    st.just("Error:  client: etcd cluster is unavailable or misconfigured"),
+    st.text(max_size=80),
+)
+_LINES = st.lists(st.tuples(st.sampled_from(["", " ", "\t"]), _FORMATTED_LINE), max_size=12).map(
+    lambda lines: "\n".join(indent + line for indent, line in lines)
+)
+_FRAGMENTS = st.lists(
     st.sampled_from(
-        [
-            "member ",
-            "cluster is healthy",
-            "is unreachable: [",
-            "http://",
-            ":2379",
-            " is healthy: ",
-            "[",
-            "]",
-            "{",
-            "}",
-            '"members":',
-            '"ID":',
-            '"health":',
-            '"endpoint":',
-            "\t",
-            "\n",
-            ", started, ",
-            "name=",
-            "isLeader=true",
-            "[unstarted]",
-            "Error:",
-            "ff32f4b39b9c47bd",
-            "1e400",
-            "null",
-            "-1",
-        ]
+        ["member ", "cluster is healthy", "is unreachable: [", "http://", ":2379", " is healthy: ", "[", "]", "{", "}",
+         '"members":', '"ID":', '"health":', '"endpoint":', "\t", "\n", ", started, ", "name=", "isLeader=true",
+         "[unstarted]", "Error:", "ff32f4b39b9c47bd", "1e400", "null", "-1"]
     ),
     max_size=60,
-).map("".join)
+).map("".join)  # fmt: skip
+_TEXT = _LINES | _FRAGMENTS | st.text(max_size=2000)
 
-_PARSERS_2 = [
-    parsers.parse_v2_cluster_health,
-    parsers.parse_v3_endpoint_health_json,
-    parsers.parse_v2_member_list,
-    parsers.parse_v3_member_list_json,
-    parsers.fleet_error,
-]
-_PARSERS_1 = [
-    parsers.parse_v3_endpoint_health_lines,
-    parsers.parse_v3_endpoint_status_json,
-    parsers.parse_fleet_machines,
-]
+_V2_SAYS_HEALTHY = re.compile(r"^member [0-9a-f]+ is healthy: ")
+_V2_SAYS_NOT_HEALTHY = re.compile(r"^member [0-9a-f]+ is (?:unhealthy|unreachable): |failed to list members")
+_V3_SAYS_HEALTHY = re.compile(r"^\S+ is healthy: ")
+_V3_SAYS_NOT_HEALTHY = re.compile(r"^\S+ is unhealthy: ")
+_FLEET_MACHINE_ID = re.compile(r"^[0-9a-f]{8,32}(?:\.\.\.)?$")
+
+
+def _lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines()]
+
+
+def _is_ip_or_dash(text: str) -> bool:
+    try:
+        return text == "-" or bool(ipaddress.ip_address(text))
+    except ValueError:
+        return False
+
+
+def _assert_verdict_is_earned(health: parsers.ClusterHealth, says_healthy: bool, says_not_healthy: bool) -> None:
+    """Healthy only with at least one member, none of them unhealthy, and no line of the text saying otherwise;
+    and the health check's own verdict (no error, no unhealthy member) is the same."""
+    if health.healthy:
+        assert health.members and not health.unhealthy_members and health.error is None
+        assert says_healthy and not says_not_healthy
+    assert health.healthy == (health.error is None and not health.unhealthy_members)
 
 
 @settings(max_examples=300, deadline=None)
 @given(stdout=_TEXT, stderr=_TEXT)
-def test_parsers_never_crash_on_garbage(stdout: str, stderr: str) -> None:
-    for parse in _PARSERS_2:
-        parse(stdout, stderr)  # type: ignore[operator]
-    for parse1 in _PARSERS_1:
-        parse1(stdout)
+def test_garbage_is_never_reported_healthy(stdout: str, stderr: str) -> None:
+    v2 = parsers.parse_v2_cluster_health(stdout, stderr)
+    lines = _lines(stdout)
+    _assert_verdict_is_earned(
+        v2, any(map(_V2_SAYS_HEALTHY.match, lines)), any(_V2_SAYS_NOT_HEALTHY.search(line) for line in lines)
+    )
+    v3 = parsers.parse_v3_endpoint_health_lines(stderr)
+    lines = _lines(stderr)
+    _assert_verdict_is_earned(v3, any(map(_V3_SAYS_HEALTHY.match, lines)), any(map(_V3_SAYS_NOT_HEALTHY.match, lines)))
+    # fleet: only rows with a machine id and an address (or fleet's "-" for none) count as machines, each once.
+    machines = parsers.parse_fleet_machines(stdout)
+    rows = [line.split("\t") for line in _lines(stdout)]
+    assert len(machines) <= sum(1 for row in rows if len(row) >= 2)
+    for machine in machines:
+        assert _FLEET_MACHINE_ID.match(machine.machine) and _is_ip_or_dash(machine.ip)
+    # The others: their own properties are checked on recorded outputs above; here, garbage does not crash them.
+    parsers.parse_v2_member_list(stdout, stderr)
+    parsers.parse_v3_member_list_json(stdout, stderr)
+    parsers.parse_v3_endpoint_status_json(stdout)
+    parsers.parse_v3_endpoint_health_json(stdout, stderr)
+    error = parsers.fleet_error(stdout, stderr)
+    assert error is None or error in {" ".join(line.split()) for line in _lines(f"{stderr}\n{stdout}")} | set(
+        _lines(f"{stderr}\n{stdout}")
+    )
 
 
 _JSON = st.recursive(
@@ -256,16 +315,43 @@ _JSON = st.recursive(
     ),
     max_leaves=30,
 )
+_ENDPOINT_HEALTH = st.fixed_dictionaries(
+    {"endpoint": _URL | st.integers(), "health": st.sampled_from([True, False, "true", "false", None, 1])},
+    optional={"took": st.just("2ms"), "error": st.sampled_from(["context deadline exceeded", ""])},
+)
+
+_MEMBER_LIST = st.fixed_dictionaries(
+    {
+        "members": st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "ID": st.integers(min_value=0) | st.text(max_size=5),
+                    "name": st.sampled_from(["core-01", "", None, 3]),
+                    "peerURLs": st.lists(_URL, max_size=2),
+                },
+            )
+            | _JSON,
+            max_size=4,
+        )
+    }
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(document=_JSON)
-def test_json_parsers_never_crash_on_odd_json(document: object) -> None:
-    import json
-
-    text = json.dumps(document)
-    health = parsers.parse_v3_endpoint_health_json(text)
-    assert health.healthy in (True, False)
-    listing = parsers.parse_v3_member_list_json(text)
-    assert all(isinstance(m.id, str) for m in listing.members)
-    assert all(isinstance(s.leader_id, str) for s in parsers.parse_v3_endpoint_status_json(text))
+@given(document=_JSON | st.lists(_ENDPOINT_HEALTH | _JSON, max_size=5) | _MEMBER_LIST)
+def test_odd_json_is_never_reported_healthy(document: object) -> None:
+    health = parsers.parse_v3_endpoint_health_json(json.dumps(document))
+    endpoints = [
+        item for item in (document if isinstance(document, list) else [])
+        if isinstance(item, dict) and isinstance(item.get("endpoint"), str)
+    ]  # fmt: skip
+    says_healthy = bool(endpoints)
+    says_not_healthy = any(item.get("health") not in (True, "true") for item in endpoints)
+    _assert_verdict_is_earned(health, says_healthy, says_not_healthy)
+    # A member is started only when it has a name (an unstarted one has none yet).
+    listing = parsers.parse_v3_member_list_json(json.dumps(document))
+    raw = document.get("members") if isinstance(document, dict) else None
+    named = [item for item in raw if isinstance(item, dict)] if isinstance(raw, list) else []
+    assert [m.started for m in listing.members] == [isinstance(i.get("name"), str) and bool(i["name"]) for i in named]
+    assert all(isinstance(s.leader_id, str) for s in parsers.parse_v3_endpoint_status_json(json.dumps(document)))

@@ -89,4 +89,9 @@ def test_cli_rejects_unknown_driver(tmp_path: Path, mirror: Path) -> None:
     run = lab("init", tmp_path / "lab", "--provider", "libvirt", "--libvirt-driver", "vmware", "--root", mirror)
     assert run.returncode == ExitCode.USAGE
     assert "--libvirt-driver" in run.stderr
-    assert not (tmp_path / "lab" / "lab.yaml").exists()
+    # The option's choices stop that before lab runs; from the environment the value reaches lab's own
+    # validation, which must refuse it before anything is written.
+    run = lab("init", tmp_path / "lab", "--provider", "libvirt", "--root", mirror, env={"LAB_LIBVIRT_DRIVER": "vmware"})
+    assert run.returncode == ExitCode.USAGE
+    assert "libvirt.driver (from env LAB_LIBVIRT_DRIVER): 'vmware' is not allowed" in run.stderr
+    assert not (tmp_path / "lab").exists()

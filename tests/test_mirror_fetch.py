@@ -7,13 +7,13 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from harness import processes
 from harness.cli import lab
 from harness.upstream import FixtureServer, ReleaseUpstream, SigningKeys, keys, upstream
+from harness.waiting import wait_until
 
 from coreos_lab.errors import ExitCode
 from coreos_lab.mirror.store import BoxKey, MirrorStore
@@ -170,8 +170,11 @@ def test_a_cut_download_is_never_listed_and_resumes_with_range(mirror_root: Path
 
 
 def test_ctrl_c_leaves_a_resumable_part(mirror_root: Path, upstream: ReleaseUpstream) -> None:
-    release = upstream.publish("flatcar", "stable", "3815.2.0")
-    upstream.bincache.throttle = (32, 0.2)
+    # Large enough that the bytes before the hold pass any write buffer and show in the .part on disk.
+    box = b"\x1f\x8b" + bytes(range(256)) * 1024
+    release = upstream.publish("flatcar", "stable", "3815.2.0", box=box)
+    upstream.bincache.hold_after[release.box_path] = len(box) // 2
+    part = MirrorStore(mirror_root).part_path(BoxKey("flatcar-stable", "3815.2.0", "virtualbox"))
     argv = [
         sys.executable,
         "-m",
@@ -185,25 +188,21 @@ def test_ctrl_c_leaves_a_resumable_part(mirror_root: Path, upstream: ReleaseUpst
     ]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while not upstream.bincache.seen(".box") and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(1.0)  # a few throttled chunks arrive
+        wait_until(lambda: part.exists() and part.stat().st_size > 0, "the first bytes of the box in the .part file")
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=30)
+        _, stderr = proc.communicate(timeout=120)
     finally:
+        upstream.bincache.release.set()
         processes.kill(proc)
     assert proc.returncode == ExitCode.INTERRUPTED, stderr
-    store = MirrorStore(mirror_root)
-    part = store.part_path(BoxKey("flatcar-stable", "3815.2.0", "virtualbox"))
     kept = part.read_bytes()
-    assert 0 < len(kept) < len(release.box) and release.box.startswith(kept)
+    assert 0 < len(kept) <= len(box) // 2 and box.startswith(kept)
+    store = MirrorStore(mirror_root)
     assert store.entries() == []
-    upstream.bincache.throttle = None
     resumed = fetch(mirror_root, upstream)
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.json()["resumed_from"] == len(kept)
-    assert store.artifact_path(store.entries()[0].key).read_bytes() == release.box
+    assert store.artifact_path(store.entries()[0].key).read_bytes() == box
 
 
 def test_an_upstream_that_ignores_range_gets_a_full_download(mirror_root: Path, upstream: ReleaseUpstream) -> None:
@@ -252,21 +251,26 @@ def test_a_part_holding_other_bytes_is_discarded_after_the_checksum_fails(
     assert store.entries()[0].sha256 == release.sha256
 
 
-def test_two_fetches_of_the_same_box_take_turns(mirror_root: Path, upstream: ReleaseUpstream) -> None:
+def test_two_fetches_of_the_same_box_take_turns(mirror_root: Path, upstream: ReleaseUpstream, tmp_path: Path) -> None:
     release = upstream.publish("flatcar", "stable", "3815.2.0")
-    upstream.bincache.throttle = (64, 0.25)  # ~2 s for the whole box: the second fetch starts meanwhile
+    upstream.bincache.hold_after[release.box_path] = len(release.box) // 2  # the first fetch stays mid-download
     argv = [sys.executable, "-m", "coreos_lab", "mirror", "fetch", "--root", str(mirror_root)]
     argv += ["--upstream", upstream.url, "--json"]
-    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    second_stderr = tmp_path / "second.stderr"
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
     try:
+        wait_until(lambda: upstream.bincache.seen(".box"), "the first fetch downloading the box")
+        with second_stderr.open("w") as err:
+            procs.append(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True))
+        wait_until(lambda: "waiting for another lab process" in second_stderr.read_text(), "the second fetch waiting")
+        upstream.bincache.release.set()
         outputs = [p.communicate(timeout=120) for p in procs]
     finally:
+        upstream.bincache.release.set()
         for p in procs:
             processes.kill(p)
-    assert [p.returncode for p in procs] == [0, 0], outputs
-    actions = sorted(json.loads(out)["action"] for out, _ in outputs)
-    assert actions == ["added", "unchanged"]
-    assert any("waiting for another lab process" in err for _, err in outputs)
+    assert [p.returncode for p in procs] == [0, 0], (outputs, second_stderr.read_text())
+    assert [json.loads(out)["action"] for out, _ in outputs] == ["added", "unchanged"]
     assert len(upstream.bincache.seen(".box")) == 1
     assert MirrorStore(mirror_root).entries()[0].sha256 == release.sha256
 

@@ -306,3 +306,31 @@ def test_name_and_version_are_required_without_metadata(mirror_root: Path, box: 
     assert run.returncode == ExitCode.USAGE
     assert f"--name is required when importing {path} without --metadata" in run.stderr
     assert files_under(mirror_root) == []
+
+
+def test_architecture_chooses_the_box_and_files_a_box_without_metadata(
+    mirror_root: Path, box: tuple[Path, bytes], tmp_path: Path
+) -> None:
+    path, data = box
+    # The amd64 entry's checksum is not this box's: only the arm64 entry describes it.
+    doc = metadata_for(data, checksum="0" * 64)
+    providers = doc["versions"][0]["providers"]
+    providers.append(providers[0] | {"architecture": "arm64", "checksum": hashlib.sha256(data).hexdigest()})
+    meta = write_json(tmp_path / "box.json", doc)
+    ambiguous = lab("mirror", "import", path, "--metadata", meta, "--root", mirror_root)
+    assert ambiguous.returncode == ExitCode.USAGE
+    assert "2 boxes match" in ambiguous.stderr and "3815.2.0 virtualbox/arm64" in ambiguous.stderr
+    assert "--architecture" in ambiguous.stderr
+    chosen = lab(
+        "mirror", "import", path, "--metadata", meta, "--architecture", "arm64", "--root", mirror_root, "--json"
+    )
+    assert chosen.returncode == 0, chosen.stderr
+    assert chosen.json()["box"]["architecture"] == "arm64"
+    store = MirrorStore(mirror_root)
+    assert [e.key for e in store.entries()] == [BoxKey("flatcar-stable", "3815.2.0", "virtualbox", "arm64")]
+    assert store.artifact_path(BoxKey("flatcar-stable", "3815.2.0", "virtualbox", "arm64")).read_bytes() == data
+    # Without metadata the box's own metadata.json names no architecture: the option files it (default amd64).
+    bare = ["--name", "coreos-alpha", "--version", "1.0.0", "--root", mirror_root, "--json"]
+    run = lab("mirror", "import", path, *bare, "--architecture", "arm64")
+    assert run.returncode == 0, run.stderr
+    assert (run.json()["box"]["name"], run.json()["box"]["architecture"]) == ("coreos-alpha", "arm64")

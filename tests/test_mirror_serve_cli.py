@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from harness import processes
 from harness.boxes import add_box
 from harness.cli import lab
 from harness.mirror import mirror_server
@@ -142,3 +143,71 @@ def test_one_server_answers_boxes_and_discovery(mirror_root: Path) -> None:
         assert status == 200 and json.loads(body)["node"]["value"] == "3"
         status, body = fetch(f"{srv.url}/coreos-stable")
         assert status == 200 and json.loads(body)["name"] == "coreos-stable"
+
+
+def test_host_names_the_address_to_listen_on(mirror_root: Path) -> None:
+    """`--host localhost` (which resolves to 127.0.0.1): announced under that name, answering on its address."""
+    add_box(MirrorStore(mirror_root), "coreos-stable", "1.0.0")
+    with mirror_server(mirror_root, "--host", "localhost") as srv:
+        assert srv.url.startswith("http://localhost:"), srv.lines
+        port = int(srv.url.rsplit(":", 1)[1])
+        status, body = fetch(f"http://127.0.0.1:{port}/coreos-stable")
+        assert status == 200 and json.loads(body)["name"] == "coreos-stable"
+        assert srv.stop() == 0
+
+
+BOX = "/coreos-stable/1.0.0/virtualbox-amd64.box"
+
+
+def serve_on_a_terminal(mirror_root: Path, *args: str) -> tuple[int, bytes]:
+    """`lab mirror serve ARGS` with stderr on a pseudo-terminal: one box download, then SIGTERM. Returns the exit
+    code and everything the server wrote to the terminal, read to its end."""
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coreos_lab", "mirror", "serve", "--root", str(mirror_root), "--port", "0", *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=slave,
+        env=dict(os.environ, TERM="xterm-256color", COLUMNS="160"),
+    )
+    os.close(slave)
+    screen = b""
+
+    def read_until(marker: bytes | None, timeout: float = 20) -> None:
+        """Until `marker` shows, or (None) until the terminal closes: the server has exited."""
+        nonlocal screen
+        deadline = time.monotonic() + timeout
+        while (marker is None or marker not in screen) and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.2)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer is gone
+                    chunk = b""
+                if not chunk:
+                    break
+                screen += chunk
+        assert marker is None or marker in screen, screen.decode(errors="replace")
+
+    try:
+        try:
+            read_until(b"Ctrl-C stops")
+            port = int(screen.split(b"http://127.0.0.1:")[1].split(b":")[0].split(b" ")[0])
+            fetch(f"http://127.0.0.1:{port}{BOX}")
+            read_until(f'"GET {BOX} HTTP/1.1" 200'.encode())
+        finally:
+            processes.stop(proc, timeout=15)
+        read_until(None)
+    finally:
+        os.close(master)
+    return proc.returncode, screen
+
+
+@pytest.mark.parametrize(("args", "drawn"), [((), True), (("--no-live",), False)], ids=["default", "no-live"])
+def test_no_live_draws_nothing_on_a_terminal(mirror_root: Path, args: tuple[str, ...], drawn: bool) -> None:
+    """On a terminal the live view is on by default: rich hides the cursor while it draws. `--no-live` leaves
+    plain lines only: the announce, the access log, "stopped"."""
+    add_box(MirrorStore(mirror_root), "coreos-stable", "1.0.0")
+    returncode, screen = serve_on_a_terminal(mirror_root, *args)
+    assert returncode == 0
+    assert (b"\x1b[?25l" in screen) is drawn, screen.decode(errors="replace")
+    assert f'"GET {BOX} HTTP/1.1" 200'.encode() in screen and screen.rstrip().endswith(b"stopped")

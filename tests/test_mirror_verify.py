@@ -1,11 +1,11 @@
-"""`lab mirror verify`: re-hash every box, report damage, exit 1 on any."""
+"""`lab mirror verify`: re-hash every box, report damage, exit 1 on any. And `lab mirror list`, its reading twin."""
 
 from __future__ import annotations
 
 import threading
 from pathlib import Path
 
-from harness.boxes import add_box
+from harness.boxes import add_box, sha256
 from harness.cli import lab
 
 from coreos_lab.errors import ExitCode
@@ -133,3 +133,31 @@ def test_the_default_root_before_any_import_is_an_empty_mirror(tmp_path: Path) -
     run = lab("mirror", "list", "--json", cwd=tmp_path, env=env)
     assert run.returncode == ExitCode.OK, run.stderr
     assert run.json() == {"root": str(tmp_path / "data" / "coreos-lab" / "boxes"), "boxes": []}
+
+
+def test_list_prints_a_table_with_a_column_for_each_field(mirror_root: Path, tmp_path: Path) -> None:
+    store = MirrorStore(mirror_root)
+    big = bytes(1536 * 1024)  # 1.5 MiB
+    add_box(store, "flatcar-stable", "3815.2.0")
+    add_box(store, "coreos-stable", "1235.9.0", provider="libvirt", data=big)
+    small = store.artifact_path(BoxKey("flatcar-stable", "3815.2.0", "virtualbox"))
+    run = lab("mirror", "list", "--root", mirror_root, "--base-url", "http://10.0.2.2:8080")
+    assert run.returncode == 0, run.stderr
+    header, *rows = run.stdout.splitlines()
+    columns = ["name", "version", "provider", "architecture", "size", "sha256", "metadata_url", "box_url"]
+    assert header.split() == columns
+    # Every value starts where its column's title does (sizes have a space, so split() alone would not do).
+    starts = [header.index(column) for column in columns]
+    cells = [[row[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)] for row in rows]
+    base = "http://10.0.2.2:8080"
+    coreos, flatcar = f"{base}/coreos-stable", f"{base}/flatcar-stable"
+    assert cells == [
+        ["coreos-stable", "1235.9.0", "libvirt", "amd64", "1.5 MiB", sha256(big)[:12], coreos,
+         f"{coreos}/1235.9.0/libvirt-amd64.box"],
+        ["flatcar-stable", "3815.2.0", "virtualbox", "amd64", f"{small.stat().st_size} B",
+         sha256(small.read_bytes())[:12], flatcar, f"{flatcar}/3815.2.0/virtualbox-amd64.box"],
+    ]  # fmt: skip
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    none = lab("mirror", "list", "--root", empty)
+    assert none.returncode == 0 and none.stdout == "" and f"no boxes in {empty}" in none.stderr

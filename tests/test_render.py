@@ -1,7 +1,7 @@
 """`lab render`: golden outputs, user-data that reads back as intended, edit protection, the token lifecycle.
 
 Golden files live in tests/golden/<case>/; the discovery token (random) is written there as `<token>`.
-Regenerate them after an intended template change with:  UPDATE_GOLDEN=1 pytest tests/test_render.py -k golden
+After an intended template change, regenerate and review them as tests/golden/README.md says.
 """
 
 from __future__ import annotations
@@ -82,12 +82,27 @@ def test_golden(tmp_path: Path, mirror: Path, case: str) -> None:
     if state.token is not None:
         files = {rel: text.replace(state.token.token, "<token>") for rel, text in files.items()}
     golden_dir = GOLDEN / case
-    if os.environ.get("UPDATE_GOLDEN"):
-        for rel, text in files.items():
-            (golden_dir / rel).parent.mkdir(parents=True, exist_ok=True)
-            (golden_dir / rel).write_text(text)
     expected = {str(p.relative_to(golden_dir)): p.read_text() for p in golden_dir.rglob("*") if p.is_file()}
+    if os.environ.get("UPDATE_GOLDEN"):
+        if os.environ.get("CI"):
+            pytest.fail("UPDATE_GOLDEN is set in CI: goldens are regenerated and reviewed locally, never in CI")
+        if files != expected:
+            rewrite_golden(golden_dir, files)
+            changed = sorted(rel for rel in files.keys() | expected.keys() if files.get(rel) != expected.get(rel))
+            # A rewrite is a change to review, never a pass: the next run without UPDATE_GOLDEN compares.
+            pytest.fail(
+                f"goldens of {case} rewritten ({', '.join(changed)}): review `git diff tests/golden`, commit them"
+            )
     assert files == expected
+
+
+def rewrite_golden(golden_dir: Path, files: dict[str, str]) -> None:
+    """The case's golden folder holds exactly `files`: stale ones go, so a renamed output shows in git diff."""
+    for stale in (p for p in golden_dir.rglob("*") if p.is_file() and str(p.relative_to(golden_dir)) not in files):
+        stale.unlink()
+    for rel, text in files.items():
+        (golden_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+        (golden_dir / rel).write_text(text)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -254,6 +269,24 @@ def test_edited_file_is_refused_then_force_keeps_copy(tmp_path: Path, mirror: Pa
     assert "# my tweak" not in vagrantfile.read_text()
     assert "$vm_memory = 2048" in (lab_dir / "config.rb").read_text()
     assert render(lab_dir).written == []  # and the new file is ours again
+
+
+def test_cli_force_replaces_an_edited_file_and_keeps_the_edit(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror)
+    assert lab("render", lab_dir).returncode == 0
+    vagrantfile = lab_dir / "Vagrantfile"
+    rendered = vagrantfile.read_text()
+    vagrantfile.write_text(rendered + "# my tweak\n")
+    refused = lab("render", lab_dir)
+    assert refused.returncode == ExitCode.USAGE
+    assert "Vagrantfile: was edited since the last render" in refused.stderr and "--force" in refused.stderr
+    forced = lab("render", lab_dir, "--force", "--json")
+    assert forced.returncode == 0, forced.stderr
+    doc = forced.json()
+    assert doc["written"] == ["Vagrantfile"] and doc["token"] == "kept"
+    (copy,) = doc["kept_copies"]
+    assert copy.startswith("Vagrantfile.orig-") and (lab_dir / copy).read_text() == rendered + "# my tweak\n"
+    assert vagrantfile.read_text() == rendered
 
 
 def test_foreign_file_is_not_overwritten(tmp_path: Path, mirror: Path) -> None:

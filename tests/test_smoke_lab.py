@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
-import time
+import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -22,6 +22,8 @@ from harness.boxes import add_box
 from harness.cli import lab, start_lab
 from harness.lifecycle_labs import install_standins, make_lab
 from harness.netns import NetnsCluster, netns_cluster
+from harness.tool_path import VIRTUALBOX_TOOLS, path_without
+from harness.waiting import wait_until
 
 from coreos_lab.errors import ExitCode
 from coreos_lab.mirror.store import MirrorStore
@@ -56,6 +58,7 @@ def test_throwaway_smoke_without_virtualbox_fails_preflight_and_leaves_nothing(t
     scratch.mkdir()
     junit = tmp_path / "report" / "smoke.xml"
     env = {"LAB_MIRROR_ROOT": str(root), "TMPDIR": str(scratch), "VAGRANT_HOME": str(tmp_path / "vagrant.d")}
+    env["PATH"] = path_without(tmp_path / "bin", *VIRTUALBOX_TOOLS)  # holds on a machine that has VirtualBox
     run = lab("smoke", "--nodes", "1", "--junit", junit, env=env, cwd=tmp_path, timeout=180)
     assert run.returncode == ExitCode.MISSING_TOOL, run.stderr
     assert "VirtualBox" in run.stderr
@@ -138,8 +141,10 @@ def test_failed_smoke_keeps_the_lab_when_asked(tmp_path: Path, cluster: NetnsClu
     env["STANDIN_SSH_CONFIG"] = str(cluster.write_ssh_config(tmp_path / "ssh_config"))
     env["HOME"] = str(tmp_path)
     junit = tmp_path / "smoke.xml"
+    # core-02 never gets healthy, so health waits out whatever the budget leaves after preflight and up: enough
+    # for those two on a loaded machine (5 s was not), not so much that the test idles for minutes.
     run = lab(
-        "smoke", lab_dir, *ETCD_CHECKS, "--timeout", "5", "--junit", junit, "--keep-on-failure",
+        "smoke", lab_dir, *ETCD_CHECKS, "--timeout", "30", "--junit", junit, "--keep-on-failure",
         env=env, timeout=240,
     )  # fmt: skip
     assert run.returncode == ExitCode.UNHEALTHY, run.stderr
@@ -151,31 +156,43 @@ def test_failed_smoke_keeps_the_lab_when_asked(tmp_path: Path, cluster: NetnsClu
 
 
 @pytest.mark.integration
-def test_interrupted_smoke_still_tears_down_and_reports(tmp_path: Path) -> None:
-    """SIGINT while waiting for health (nodes unreachable): destroy runs, the report is written, exit 130."""
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupted_smoke_still_tears_down_and_reports(tmp_path: Path, signum: signal.Signals) -> None:
+    """Ctrl-C, or SIGTERM (how CI cancels a job), while health is being waited for: destroy runs, the token is
+    retired, the report records the interruption, exit 130.
+
+    The nodes are a listening socket that takes connections and hangs up: health checks reach them, never pass.
+    """
     lab_dir, env = make_lab(tmp_path)
     env.update(install_standins(tmp_path, NODES))
-    closed = tmp_path / "ssh_config"
-    closed.write_text("".join(f"Host {n}\n  HostName 127.0.0.1\n  Port 9\n  User core\n\n" for n in NODES))
-    env["STANDIN_SSH_CONFIG"] = str(closed)
     junit = tmp_path / "smoke.xml"
-    process = start_lab("smoke", lab_dir, *ETCD_CHECKS, "--junit", junit, env=env)
-    try:
-        assert process.stderr is not None
-        seen = []
-        deadline = time.monotonic() + 120
-        for line in process.stderr:  # wait until the machines are up and health is being waited for
-            seen.append(line)
-            if line.startswith("PASS") and " up " in line:
-                break
-            assert time.monotonic() < deadline, "".join(seen)
-        time.sleep(1)
-        process.send_signal(signal.SIGINT)
-        _, rest = process.communicate(timeout=60)
-    finally:
-        processes.kill(process)
-    assert process.returncode == ExitCode.INTERRUPTED, "".join(seen) + rest
+    with socket.create_server(("127.0.0.1", 0)) as nodes:
+        port = nodes.getsockname()[1]
+        config = tmp_path / "ssh_config"
+        config.write_text("".join(f"Host {n}\n  HostName 127.0.0.1\n  Port {port}\n  User core\n\n" for n in NODES))
+        env["STANDIN_SSH_CONFIG"] = str(config)
+        process = start_lab("smoke", lab_dir, *ETCD_CHECKS, "--junit", junit, env=env)
+        try:
+            nodes.settimeout(0.1)
+
+            def health_connected() -> bool:
+                assert process.poll() is None, process.communicate()[1]  # lab ended before its health stage
+                try:
+                    nodes.accept()[0].close()
+                except TimeoutError:
+                    return False
+                return True
+
+            wait_until(health_connected, "a health check connecting to a node (the machines are up)")
+            process.send_signal(signum)
+            _, stderr = process.communicate(timeout=120)
+        finally:
+            processes.kill(process)
+    assert process.returncode == ExitCode.INTERRUPTED, stderr
     assert verbs(tmp_path)[-1] == "destroy"
     assert not any((lab_dir / ".vagrant" / "machines").glob("*/*/id"))
-    outcome = cases(junit)
-    assert outcome["up"] == "passed" and outcome["destroy"] == "passed"
+    state = json.loads((lab_dir / ".lab" / "state.json").read_text())
+    assert state["token"] is None and len(state["used_tokens"]) == 1  # retired: never rendered again
+    assert cases(junit) == {"preflight": "passed", "up": "passed", "health": "error", "destroy": "passed"}
+    interrupted = ET.parse(junit).getroot().find(".//testcase[@name='health']/error")
+    assert interrupted is not None and interrupted.get("message") == "interrupted"

@@ -1,7 +1,7 @@
 """`lab smoke --ssh-config` against real nodes: sshd + etcd 3.4 in network namespaces.
 
 The namespaces have no systemd and no fleet, so these runs select the etcd checks; the fleet unit stage
-is then not part of the run (its list-units parser is tested from a recorded sample in test_smoke_units.py).
+is then not part of the run (test_units_fleet_cli.py runs it against stand-ins replaying fleet's outputs).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ import pytest
 from coreos_lab.cluster.health.parsers import parse_fleet_units
 from coreos_lab.errors import ExitCode, StageFailed, Unhealthy
 from coreos_lab.junit import TestCase, write_junit
-from coreos_lab.smoke import Recorder
+from coreos_lab.smoke import Recorder, _finish
 
 FLEET_UNITS = (
     "UNIT\t\t\tMACHINE\t\t\t\tACTIVE\tSUB\n"
@@ -62,3 +62,27 @@ def test_stage_records_interrupt_as_error() -> None:
     with pytest.raises(KeyboardInterrupt), rec.stage("up"):
         raise KeyboardInterrupt
     assert rec.cases[0].outcome == "error"
+
+
+def test_an_interrupt_between_stages_is_still_in_the_report(tmp_path: Path) -> None:
+    """Stopped outside any stage (e.g. while the machines' SSH config is read): the report must not look green."""
+    rec = Recorder()
+    junit = tmp_path / "smoke.xml"
+
+    def body() -> None:
+        with rec.stage("up"):
+            pass
+        raise KeyboardInterrupt
+
+    torn_down: list[bool] = []
+
+    def teardown(failed: bool) -> None:
+        torn_down.append(failed)
+
+    with pytest.raises(KeyboardInterrupt):
+        _finish(rec, junit, body, teardown)
+    assert torn_down == [True]
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None and suite.get("errors") == "1"
+    error = suite.find("testcase[@name='interrupted']/error")
+    assert error is not None and error.get("message") == "interrupted"

@@ -1,4 +1,4 @@
-"""The Vagrant adapter against the real Vagrant CLI (Debian's 2.3.4, no VirtualBox on this machine)."""
+"""The Vagrant adapter against the real Vagrant CLI (Debian's 2.3.4); VirtualBox's absence is a PATH without it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from harness.boxes import write_box
+from harness.tool_path import VIRTUALBOX_TOOLS, path_without
 
 from coreos_lab.errors import ToolMissing
 from coreos_lab.vagrant.adapter import Vagrant
@@ -29,7 +30,10 @@ def test_version(lab_dir: Path) -> None:
     assert Vagrant(lab_dir).version().startswith("2.")
 
 
-def test_status_with_virtualbox_missing_is_tool_missing_and_logged(lab_dir: Path) -> None:
+def test_status_with_virtualbox_missing_is_tool_missing_and_logged(
+    lab_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", path_without(tmp_path / "bin", *VIRTUALBOX_TOOLS))  # holds where VirtualBox is
     vagrant = Vagrant(lab_dir, provider="virtualbox")
     with pytest.raises(ToolMissing) as caught:
         vagrant.status()

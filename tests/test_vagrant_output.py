@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coreos_lab.errors import ExitCode, ToolMissing
 from coreos_lab.vagrant.adapter import (
+    ENCODED_COMMA,
+    PROVIDER_ERRORS,
     VagrantFailed,
     decode,
     error_from_output,
@@ -100,12 +103,49 @@ def test_non_machine_lines_are_skipped() -> None:
     assert line is not None and line.data == ("Vagrant::Errors::X", "msg, more")
 
 
-@given(st.text())
-def test_parser_never_crashes_on_garbage(text: str) -> None:
-    lines = parse_machine_readable(text)
-    parse_status(lines)
-    parse_box_list(lines)
-    error_from_output(["vagrant", "up"], 1, text, provider=None, log_path=None)
+def _encode(field: str) -> str:
+    return field.replace(",", ENCODED_COMMA).replace("\n", "\\n")
+
+
+_RECORD = st.tuples(
+    st.sampled_from(["core-01", "core-02", "", "a,b"]),  # target
+    st.sampled_from(["state", "provider-name", "state-human-short", "ui", "metadata", "error-exit", "box-name"]),
+    st.sampled_from(
+        ["running", "poweroff", "not_created", "", "a,b", "two\nlines", "Vagrant::Errors::ProviderNotUsable",
+         "Vagrant::Errors::SSHNotReady", "VagrantPlugins::ProviderLibvirt::Errors::FogLibvirtConnectionError"]
+    ),
+)  # fmt: skip
+# Anything else Vagrant, Ruby or a plugin prints: never a machine-readable line, whatever it contains.
+_NOISE = st.text(max_size=60).filter(lambda t: not any(re.match(r"\d+,", part) for part in t.splitlines()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(_RECORD, _NOISE), max_size=15), st.sampled_from(["\n", "\r\n"]))
+def test_only_what_vagrant_said_is_reported(lines: list[tuple[str, str, str] | str], newline: str) -> None:
+    """A machine, its state and its provider are reported only as Vagrant's lines say (the last line of a kind
+    wins; no state line: "unknown", never "running"), and a failure is blamed on the error Vagrant named last."""
+    text = newline.join(
+        line if isinstance(line, str) else f"1700000000,{_encode(line[0])},{line[1]},{_encode(line[2])}"
+        for line in lines
+    )
+    records = [line for line in lines if not isinstance(line, str)]
+    said: dict[str, dict[str, str]] = {}
+    for target, kind, value in records:
+        if target and kind in ("state", "provider-name", "state-human-short"):
+            said.setdefault(target, {})[kind] = value
+    statuses = parse_status(parse_machine_readable(text))
+    assert [s.name for s in statuses] == list(said)
+    for status in statuses:
+        assert status.state == said[status.name].get("state", "unknown")
+        assert status.running == (said[status.name].get("state") == "running")
+        assert status.provider == said[status.name].get("provider-name")
+
+    error = error_from_output(["vagrant", "up"], 1, text, provider=None, log_path=None)
+    named = [value for _, kind, value in records if kind == "error-exit"]
+    if named and named[-1].rsplit("::", 1)[-1] in PROVIDER_ERRORS:
+        assert isinstance(error, ToolMissing)
+    else:
+        assert isinstance(error, VagrantFailed) and error.error_class == (named[-1] if named else None)
 
 
 @pytest.mark.parametrize("target", ["", "core-01", "a%!(VAGRANT_COMMA)b"])

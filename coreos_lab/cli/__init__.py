@@ -37,10 +37,19 @@ def _register() -> None:
     commands.register(cli)
 
 
+def _env_flag(name: str) -> bool:
+    """The variable read as click reads the option it feeds (LAB_DEBUG=0 is off, as for --debug's envvar)."""
+    value = os.environ.get(name, "")
+    try:
+        return bool(value) and bool(click.BOOL.convert(value, None, None))
+    except click.BadParameter:
+        return False
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point with the single error boundary."""
     _register()
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or bool(os.environ.get("LAB_DEBUG"))
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or _env_flag("LAB_DEBUG")
     try:
         # In non-standalone mode click returns a command's return value, or the code of `ctx.exit(code)`:
         # commands return an ExitCode when they finish with anything but 0.

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import paramiko
 
-from coreos_lab.errors import BadInput, LabError
+from coreos_lab.errors import BadInput, ExitCode, LabError
 from coreos_lab.proc import CommandResult
 
 # paramiko logs transport errors (e.g. a banner timeout) from its own thread; without a handler Python would
@@ -37,7 +37,9 @@ class SSHError(LabError):
 
 
 class CommandTimeout(SSHError):
-    """A command did not finish in time; the connection itself may still be fine."""
+    """A command did not finish in time (a deadline passed: exit 5); the connection itself may still be fine."""
+
+    exit_code = ExitCode.TIMEOUT
 
 
 @dataclass(frozen=True)

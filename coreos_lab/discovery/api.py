@@ -12,6 +12,7 @@ times out answers 200 with an empty body, which etcd's client takes as "poll aga
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +40,8 @@ TOKEN_PATTERN = "{token:[0-9a-f]{32}}"
 _PREV_EXIST = {"false": False, "true": True}
 # v2 write options etcd's discovery never sends; refused rather than silently ignored.
 _UNSUPPORTED_WRITE_OPTIONS = ("ttl", "dir", "prevValue", "prevIndex", "refresh")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
@@ -72,7 +75,8 @@ class DiscoveryService:
 
     @property
     def pending_watches(self) -> int:
-        return sum(len(w) for w in self._watches.values())
+        """Long polls waiting right now. Safe to read from another thread: `list()` copies the values at once."""
+        return sum(len(w) for w in list(self._watches.values()))
 
     def _notify(self, token: str, event: Event) -> None:
         watches = self._watches.get(token, [])
@@ -150,6 +154,8 @@ class DiscoveryService:
             # No await between the history check and registering: no write can slip in between.
             watch = _Watch(name, recursive, since, asyncio.get_running_loop().create_future())
             self._watches.setdefault(token, []).append(watch)
+            # `lab --debug mirror serve` shows each member's poll for peers as it starts waiting.
+            log.debug("long poll on /%s/%s waits for index %d", token, name, since)
             try:
                 event = await asyncio.wait_for(watch.future, self.wait_timeout)
             except TimeoutError:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,6 +53,18 @@ def node_ip(index: int) -> str:
 
 def node_name(index: int) -> str:
     return f"core-{index:02d}"
+
+
+def sshd_config(listen: str, port: int, host_key: Path, authorized_keys: Path, bin_dir: Path) -> str:
+    """A test node's sshd config: key login only (root's too), its own host key and authorized keys, and
+    `bin_dir` first on PATH in sessions (stand-in tools). StrictModes off: the files are in a temporary directory."""
+    return (
+        f"ListenAddress {listen}\nPort {port}\nHostKey {host_key}\nPidFile none\n"
+        f"AuthorizedKeysFile {authorized_keys}\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
+        "UseDNS no\nMaxStartups 100\nMaxSessions 100\n"
+        f"SetEnv PATH={bin_dir}:{_SESSION_PATH}\n"
+    )
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -188,7 +201,7 @@ class NetnsCluster:
         if re.search(rf"inet {re.escape(BRIDGE_IP)}/", taken):
             raise RuntimeError(f"{BRIDGE_IP} is already in use on this machine by something other than this harness")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        _keygen(self.user_key)
+        keygen(self.user_key)
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{BRIDGE_IP}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -219,17 +232,11 @@ class NetnsCluster:
         node = self.nodes[i]
         host_key = node.workdir / "ssh_host_ed25519_key"
         if not host_key.exists():
-            _keygen(host_key)
+            keygen(host_key)
         authorized = node.workdir / "authorized_keys"
         authorized.write_text(self.user_key.with_suffix(".pub").read_text())
         config = node.workdir / "sshd_config"
-        config.write_text(
-            f"ListenAddress {node.ip}\nPort 22\nHostKey {host_key}\nPidFile none\n"
-            f"AuthorizedKeysFile {authorized}\nPermitRootLogin prohibit-password\nPubkeyAuthentication yes\n"
-            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n"
-            "UseDNS no\nMaxStartups 100\nMaxSessions 100\n"
-            f"SetEnv PATH={node.bin}:{_SESSION_PATH}\n"
-        )
+        config.write_text(sshd_config(node.ip, 22, host_key, authorized, node.bin))
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
         log = node.workdir / "sshd.log"
         # Each node gets its own empty home for root (a mount namespace, bind mount): like a fresh node, and the
@@ -260,6 +267,19 @@ class NetnsCluster:
         path.write_text(script)
         path.chmod(0o755)
         return path
+
+    def log_calls(self, i: int, tool: str, env: Sequence[str] = ()) -> Path:
+        """Put a logging pass-through in front of the real `tool` on node i: not a stand-in, it changes nothing
+        in what the tool does. Each call adds a line to the returned file: the `env` variables named, then the
+        arguments (e.g. `ETCDCTL_API=3 endpoint status -w json`)."""
+        real = shutil.which(tool)
+        if real is None:
+            raise FileNotFoundError(f"{tool} is not installed")
+        log = self.nodes[i].bin / f"{tool}.calls"
+        log.write_text("")
+        named = "".join(f"{name}=${{{name}}} " for name in env)
+        self.install_tool(i, tool, f'#!/bin/sh\nprintf "%s\\n" "{named}$*" >>"{log}"\nexec {real} "$@"\n')
+        return log
 
     def stop_sshd(self, i: int) -> None:
         processes.stop(self.nodes[i].sshd, timeout=5.0)
@@ -395,7 +415,8 @@ class NetnsCluster:
         _ip("link", "delete", self.bridge, check=False)
 
 
-def _keygen(path: Path) -> None:
+def keygen(path: Path) -> None:
+    """An ed25519 key pair without passphrase: `path` and `path.pub`."""
     subprocess.run(
         ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "coreos-lab-test", "-f", str(path)],
         check=True,

@@ -7,7 +7,8 @@ machine state the way Vagrant does (`.vagrant/machines/NAME/PROVIDER/id`). It re
 end) as JSON lines in $STANDIN_CALLS so tests can check order and concurrency.
 
 Knobs: STANDIN_MACHINES (comma-separated names), STANDIN_FAIL (a machine whose `up` fails),
-STANDIN_UP_SECONDS (how long an `up` takes to boot), STANDIN_PROVISION_SECONDS (and then to provision),
+STANDIN_UP_SECONDS (how long an `up` takes to boot), STANDIN_PROVISION_SECONDS (and then to provision; with
+STANDIN_PROVISION_UNTIL_SSH_CONFIG=1, until `vagrant ssh-config` has run, for at most that long),
 STANDIN_SSH_CONFIG (a file `vagrant ssh-config` prints); VAGRANT_LOG adds a log line on stderr, as Vagrant's.
 """
 
@@ -41,6 +42,22 @@ def state(name: str) -> str:
     if not (directory / "id").is_file():
         return "not_created"
     return "poweroff" if (directory / "halted").exists() else "running"
+
+
+def ssh_config_marker() -> Path:
+    """Exists once `vagrant ssh-config` has run in this lab."""
+    return Path.cwd() / ".vagrant" / "standin-ssh-config-ran"
+
+
+def provision() -> None:
+    """What Vagrant does after boot: takes STANDIN_PROVISION_SECONDS, or lasts until ssh-config has run."""
+    seconds = float(os.environ.get("STANDIN_PROVISION_SECONDS", "0"))
+    if not os.environ.get("STANDIN_PROVISION_UNTIL_SSH_CONFIG"):
+        time.sleep(seconds)
+        return
+    deadline = time.monotonic() + seconds
+    while not ssh_config_marker().exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def boxes_file() -> Path:
@@ -101,7 +118,7 @@ def main(argv: list[str]) -> int:
         (directory / "id").write_text(f"standin-{name}")
         (directory / "halted").unlink(missing_ok=True)
         emit(name, "ui", "info", f"==> {name}: Machine booted and ready!")
-        time.sleep(float(os.environ.get("STANDIN_PROVISION_SECONDS", "0")))  # what Vagrant does after boot
+        provision()
         emit(name, "ui", "info", f"==> {name}: Running provisioner: shell...")
         return 0
     if command == "halt":
@@ -120,6 +137,8 @@ def main(argv: list[str]) -> int:
     if command == "ssh-config":
         # The machines' OpenSSH config: a file the test wrote (e.g. for nodes in network namespaces).
         config = os.environ.get("STANDIN_SSH_CONFIG")
+        ssh_config_marker().parent.mkdir(parents=True, exist_ok=True)
+        ssh_config_marker().touch()
         if config:
             print(Path(config).read_text(), end="")
         return 0

@@ -2,8 +2,8 @@
 
 Two servers: the release host (`/<channel>/amd64-usr/<version>/…`, `current/`, version.txt, JSON, DIGESTS,
 signatures) and a separate "bincache" host where Flatcar's JSON points its box URL. Each server can cut a
-download mid-way, ignore Range, throttle, act as a forward proxy for the others, and records every request
-with its headers. Signatures are made with a throwaway gpg key in a temporary GNUPGHOME.
+download mid-way, hold it mid-way until released, ignore Range, throttle, act as a forward proxy for the others,
+and records every request with its headers. Signatures are made with a throwaway gpg key in a temporary GNUPGHOME.
 """
 
 from __future__ import annotations
@@ -48,6 +48,10 @@ class FixtureServer:
         self.ignore_range = False
         self.misplace_ranges = False  # answer a Range with 206 but the whole file (Content-Range from byte 0)
         self.throttle: tuple[int, float] | None = None  # (chunk size, seconds between chunks)
+        # path → body bytes to send before holding the rest back until `release` is set: a download in progress
+        # for as long as the test needs, however slow the machine.
+        self.hold_after: dict[str, int] = {}
+        self.release = threading.Event()
         self.proxied: dict[str, FixtureServer] = {}  # netloc → server, when used as a forward proxy
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
         self._httpd.daemon_threads = True
@@ -68,6 +72,7 @@ class FixtureServer:
         return [r for r in self.requests if r.method == method and r.path.endswith(path_suffix)]
 
     def close(self) -> None:
+        self.release.set()  # no handler stays held
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=10)
@@ -128,6 +133,12 @@ class _Handler(BaseHTTPRequestHandler):
         if cut is not None:
             payload = payload[:cut]
             self.close_connection = True
+        held = server.hold_after.get(path)
+        if held is not None and held < len(payload):
+            self.wfile.write(payload[:held])
+            self.wfile.flush()
+            server.release.wait()
+            payload = payload[held:]
         chunk, pause = server.throttle or (len(payload) or 1, 0.0)
         for offset in range(0, len(payload), chunk):
             self.wfile.write(payload[offset : offset + chunk])

@@ -174,14 +174,16 @@ def wait_healthy(
 
     Connect and command timeouts shrink to the time left, so a round never runs far past the deadline; a round
     that would not fit before it, judged by the last one, is not started: its checks would fail on our own
-    shortened timeouts and hide the real failures of the last full round. Each node's connection stays open
-    from round to round: a new one costs a key exchange, slow on emulated guests. `clock` times the rounds, the
-    deadline and the pauses between rounds.
+    shortened timeouts and hide the real failures of the last full round. A round slower than the last may still
+    run into the deadline, its failures then perhaps our shortened timeouts': the last round that ended before
+    the deadline is reported instead. Each node's connection stays open from round to round: a new one costs a
+    key exchange, slow on emulated guests. `clock` times the rounds, the deadline and the pauses between rounds.
     """
     checks = tuple(checks)
     deadline = clock.now() + timeout
     delay = first_delay
     sessions = [SSHSession(t, connect_timeout=connect_timeout) for t in targets]
+    full: HealthReport | None = None  # the last round that ended before the deadline
     try:
         while True:
             left = max(deadline - clock.now(), 1.0)
@@ -201,9 +203,11 @@ def wait_healthy(
                 return report
             round_seconds = clock.now() - round_started
             left = deadline - clock.now()
+            if left > 0 or full is None:
+                full = report
             if left <= round_seconds:
-                failing = "; ".join(f"{node} {c.name}: {c.detail}" for node, c in report.failing())
-                raise HealthTimeout(f"not healthy after {timeout:g}s: {failing}", report)
+                failing = "; ".join(f"{node} {c.name}: {c.detail}" for node, c in full.failing())
+                raise HealthTimeout(f"not healthy after {timeout:g}s: {failing}", full)
             clock.sleep(min(delay, left - round_seconds))
             delay = min(delay * 2, max_delay)
     finally:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
@@ -61,6 +62,8 @@ def parse_v2_cluster_health(stdout: str, stderr: str = "") -> ClusterHealth:
     for raw in stdout.splitlines():
         line = raw.strip()
         if m := _V2_MEMBER.match(line):
+            if m["id"] in members and not members[m["id"]].healthy:
+                continue  # a member once said to be unhealthy stays so, whatever another line says
             url_match = _V2_URL.search(m["rest"])
             members[m["id"]] = EtcdMemberHealth(
                 member=m["id"],
@@ -239,12 +242,24 @@ class FleetMachine:
     metadata: str = ""
 
 
+_FLEET_MACHINE_ID = re.compile(r"^[0-9a-f]{8,32}(?:\.\.\.)?$")  # /etc/machine-id, or its first 8 digits and "..."
+
+
+def _fleet_address(text: str) -> bool:
+    """fleet's IP column: the machine's public IP, or "-" when it has none."""
+    try:
+        return text == "-" or bool(ipaddress.ip_address(text))
+    except ValueError:
+        return False
+
+
 def parse_fleet_machines(stdout: str) -> list[FleetMachine]:
-    """`fleetctl list-machines` rows (tab-separated; a `MACHINE IP METADATA` header is skipped if present)."""
+    """`fleetctl list-machines` rows (tab-separated; the `MACHINE IP METADATA` legend, if there, and any line that
+    is no machine row are skipped: only machines count toward "fleet sees every machine")."""
     machines: list[FleetMachine] = []
     for raw in stdout.splitlines():
-        parts = [p for p in raw.strip().split("\t") if p]
-        if len(parts) < 2 or parts[0] == "MACHINE":
+        parts = [p.strip() for p in raw.split("\t") if p.strip()]
+        if len(parts) < 2 or not _FLEET_MACHINE_ID.match(parts[0]) or not _fleet_address(parts[1]):
             continue
         machines.append(FleetMachine(parts[0], parts[1], parts[2] if len(parts) > 2 else ""))
     return machines
@@ -269,7 +284,10 @@ def parse_fleet_units(stdout: str) -> list[FleetUnit]:
     return units
 
 
-FLEET_ETCD_TROUBLE = ("etcd is unhealthy", "lost quorum", "googleapi: Error 503")
+# fleet's API answers 503 "fleet server unable to communicate with etcd". Not markers: the "Possible issues:"
+# lines fleetctl 1.0 prints after every list-machines error ("etcd is unhealthy and/or lost quorum", …): they name
+# no cause.
+FLEET_ETCD_TROUBLE = ("unable to communicate with etcd", "googleapi: Error 503")
 
 
 def fleet_error(stdout: str, stderr: str) -> str | None:
