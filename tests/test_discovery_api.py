@@ -1,5 +1,5 @@
 """The discovery protocol over real HTTP (the server's aiohttp app on a loopback port), as etcd's v2
-discovery client and discovery.etcd.io's users speak it (DESIGN §6)."""
+discovery client and discovery.etcd.io's users speak it (docs/field-notes.md §5)."""
 
 from __future__ import annotations
 

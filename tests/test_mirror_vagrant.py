@@ -51,7 +51,7 @@ def installed_boxes(home: Path) -> list[tuple[str, str]]:
 
 
 def temp_file(home: Path, url: str) -> Path:
-    """Where Vagrant keeps an unfinished download of `url` (DESIGN §3)."""
+    """Where Vagrant keeps an unfinished download of `url` (docs/field-notes.md §1)."""
     return home / "tmp" / f"box{hashlib.sha1(url.encode()).hexdigest()}"
 
 

@@ -1,4 +1,4 @@
-"""The etcd v2 discovery protocol over HTTP (DESIGN §6), added to the server's aiohttp app by `setup`.
+"""The etcd v2 discovery protocol over HTTP (docs/field-notes.md §5), added to the server's aiohttp app by `setup`.
 
 Routes: `GET /new?size=N` (discovery.etcd.io's API: the token URL as plain text) and the v2 keys API under
 `/<token>`, which is the URL etcd gets as `--discovery`. Tokens are 32 lowercase hex characters, so these

@@ -1,6 +1,6 @@
 """The one adapter over the Vagrant CLI: every `vagrant` call of the program goes through `Vagrant`.
 
-It hides Vagrant's quirks (DESIGN §3) from the rest of the program:
+It hides Vagrant's quirks (docs/field-notes.md §1) from the rest of the program:
 - commands run with `--machine-readable`; fields are decoded (`%!(VAGRANT_COMMA)` → `,`, literal `\\n` →
   newline) and an `error-exit` line becomes a `LabError` naming what went wrong (a provider Vagrant cannot use
   → `ToolMissing`), instead of a bare non-zero exit;

@@ -1,4 +1,5 @@
-"""Tiny but valid Vagrant boxes (DESIGN §3) for tests: `vagrant box add` accepts them without VirtualBox."""
+"""Tiny but valid Vagrant boxes (docs/field-notes.md §1) for tests: `vagrant box add` accepts them without
+VirtualBox."""
 
 from __future__ import annotations
 

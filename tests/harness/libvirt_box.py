@@ -1,4 +1,4 @@
-"""A tiny CoreOS-like libvirt box, built offline from this machine's Debian packages (DESIGN §9).
+"""A tiny CoreOS-like libvirt box, built offline from this machine's Debian packages (docs/field-notes.md §6).
 
 The guest runs the host's Debian kernel with an initramfs root: busybox-static, dropbear, scp and Debian's
 etcd 3.4. It honours the CoreOS Vagrant box contract `lab` relies on (user `core`, the Vagrant

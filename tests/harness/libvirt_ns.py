@@ -1,4 +1,4 @@
-"""The libvirt stack inside a network namespace this process creates (DESIGN §9).
+"""The libvirt stack inside a network namespace this process creates (docs/field-notes.md §6).
 
 `LibvirtNamespace` adds `lablv<pid>`, starts virtlogd and libvirtd in it (no systemd here) with their own pid
 files, makes sure the `default` storage pool exists, and on exit removes every domain, volume and network it

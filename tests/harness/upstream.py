@@ -1,4 +1,4 @@
-"""A fixture upstream on 127.0.0.1 laid out like the CoreOS and Flatcar release servers (DESIGN §4).
+"""A fixture upstream on 127.0.0.1 laid out like the CoreOS and Flatcar release servers (docs/field-notes.md §2).
 
 Two servers: the release host (`/<channel>/amd64-usr/<version>/…`, `current/`, version.txt, JSON, DIGESTS,
 signatures) and a separate "bincache" host where Flatcar's JSON points its box URL. Each server can cut a

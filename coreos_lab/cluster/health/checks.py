@@ -1,4 +1,4 @@
-"""The checks run on each node over SSH, per distro (DESIGN §5).
+"""The checks run on each node over SSH, per distro (docs/field-notes.md §4).
 
 - units: the distro's units active, one `systemctl is-active` each (with several units it exits 0 if *any*
   is active). When it finds the etcd unit stopped, the etcd checks of that node skip (etcdctl would only wait

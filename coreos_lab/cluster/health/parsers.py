@@ -1,4 +1,5 @@
-"""Parsers for the outputs of the health commands (DESIGN §5). Pure functions of text; never raise on garbage.
+"""Parsers for the outputs of the health commands (docs/field-notes.md §4). Pure functions of text; never raise on
+garbage.
 
 - `ETCDCTL_API=2 etcdctl cluster-health`: one line per member and a summary. etcd2 (≤ 3.2) prints
   "cluster is healthy" if *any* member is healthy, so the verdict is computed from the member lines; 3.3+
