@@ -4,17 +4,12 @@ VBoxManage, so these hold on a machine that has VirtualBox too."""
 from __future__ import annotations
 
 import json
-import os
-import select
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from harness import processes
 from harness.cli import lab
 from harness.lifecycle_labs import make_lab
+from harness.terminal import on_a_terminal
 from harness.tool_path import VIRTUALBOX_TOOLS, path_without
 
 from coreos_lab.discovery.store import DiscoveryStore
@@ -111,43 +106,12 @@ def test_destroy_of_a_never_created_lab_retires_the_token(tmp_path: Path) -> Non
 def answer_on_a_terminal(argv: list[str], env: dict[str, str], prompt: bytes, answer: bytes) -> tuple[int, str]:
     """`lab ARGV` with stdin and stderr on a pseudo-terminal: waits for `prompt`, types `answer` and Enter.
     Returns the exit code and everything written to the terminal."""
-    master, slave = os.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coreos_lab", *argv],
-        stdin=slave,
-        stdout=subprocess.DEVNULL,
-        stderr=slave,
-        env={**os.environ, **env},
-    )
-    os.close(slave)
-    screen = b""
-
-    def read_until(marker: bytes | None, timeout: float = 60) -> None:
-        """Until `marker` shows, or (None) until the terminal closes: the command has exited."""
-        nonlocal screen
-        deadline = time.monotonic() + timeout
-        while (marker is None or marker not in screen) and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: every writer is gone
-                    chunk = b""
-                if not chunk:
-                    break
-                screen += chunk
-        assert marker is None or marker in screen, screen.decode(errors="replace")
-
-    try:
-        try:
-            read_until(prompt)
-            os.write(master, answer + b"\n")
-            read_until(None, timeout=120)
-            returncode = proc.wait(timeout=30)
-        finally:
-            processes.kill(proc)
-    finally:
-        os.close(master)
-    return returncode, screen.decode(errors="replace")
+    with on_a_terminal(argv, env, stdin=True) as terminal:
+        terminal.read_until(prompt)
+        terminal.type(answer)
+        terminal.read_until(None, timeout=120)
+        returncode = terminal.proc.wait(timeout=30)
+    return returncode, terminal.text
 
 
 def test_destroy_asks_on_a_terminal_and_does_what_the_answer_says(tmp_path: Path) -> None:

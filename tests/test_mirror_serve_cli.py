@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -18,6 +14,7 @@ from harness import processes
 from harness.boxes import add_box
 from harness.cli import lab
 from harness.mirror import mirror_server
+from harness.terminal import on_a_terminal
 
 from coreos_lab.errors import ExitCode
 from coreos_lab.mirror.store import MirrorStore
@@ -86,44 +83,28 @@ def test_port_in_use_is_a_clear_error(mirror_root: Path) -> None:
     assert f"cannot listen on 127.0.0.1:{port}" in run.stderr and "--port" in run.stderr
 
 
+SERVE_ON_A_TERMINAL = {"TERM": "xterm-256color", "COLUMNS": "160"}
+
+
+def announced_port(screen: bytes) -> int:
+    return int(screen.split(b"http://127.0.0.1:")[1].split(b":")[0].split(b" ")[0])
+
+
 def test_live_view_shows_a_download_in_progress_on_a_terminal(mirror_root: Path) -> None:
     """stderr on a pseudo-terminal; a client that stops reading keeps one download in progress."""
     store = MirrorStore(mirror_root)
     add_box(store, "coreos-stable", "1.0.0", data=os.urandom(24 * 1024 * 1024))
-    master, slave = os.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coreos_lab", "mirror", "serve", "--root", str(mirror_root), "--port", "0"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=slave,
-        env=dict(os.environ, TERM="xterm-256color", COLUMNS="160"),
-    )
-    os.close(slave)
-    screen = b""
-    try:
-
-        def read_until(marker: bytes, timeout: float = 20) -> None:
-            nonlocal screen
-            deadline = time.monotonic() + timeout
-            while marker not in screen and time.monotonic() < deadline:
-                ready, _, _ = select.select([master], [], [], 0.2)
-                if ready:
-                    screen += os.read(master, 65536)
-            assert marker in screen, screen.decode(errors="replace")
-
-        read_until(b"Ctrl-C stops")
-        port = int(screen.split(b"http://127.0.0.1:")[1].split(b":")[0].split(b" ")[0])
-        with socket.create_connection(("127.0.0.1", port)) as sock:
+    argv = ["mirror", "serve", "--root", str(mirror_root), "--port", "0"]
+    with on_a_terminal(argv, SERVE_ON_A_TERMINAL) as terminal:
+        terminal.read_until(b"Ctrl-C stops", timeout=20)
+        with socket.create_connection(("127.0.0.1", announced_port(terminal.screen))) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
             sock.sendall(b"GET /coreos-stable/1.0.0/virtualbox-amd64.box HTTP/1.1\r\nHost: x\r\n\r\n")
             sock.recv(65536)  # the headers and a little body, then the client stalls
-            read_until(b"coreos-stable/1.0.0/virtualbox-amd64.box")
-            assert b"MB" in screen
-    finally:
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=15)
-        os.close(master)
-    assert proc.returncode == 0
+            terminal.read_until(b"coreos-stable/1.0.0/virtualbox-amd64.box", timeout=20)
+            assert b"MB" in terminal.screen
+        processes.stop(terminal.proc, timeout=15)
+    assert terminal.proc.returncode == 0
 
 
 def test_help_lists_serve() -> None:
@@ -162,44 +143,14 @@ BOX = "/coreos-stable/1.0.0/virtualbox-amd64.box"
 def serve_on_a_terminal(mirror_root: Path, *args: str) -> tuple[int, bytes]:
     """`lab mirror serve ARGS` with stderr on a pseudo-terminal: one box download, then SIGTERM. Returns the exit
     code and everything the server wrote to the terminal, read to its end."""
-    master, slave = os.openpty()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "coreos_lab", "mirror", "serve", "--root", str(mirror_root), "--port", "0", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=slave,
-        env=dict(os.environ, TERM="xterm-256color", COLUMNS="160"),
-    )
-    os.close(slave)
-    screen = b""
-
-    def read_until(marker: bytes | None, timeout: float = 20) -> None:
-        """Until `marker` shows, or (None) until the terminal closes: the server has exited."""
-        nonlocal screen
-        deadline = time.monotonic() + timeout
-        while (marker is None or marker not in screen) and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.2)[0]:
-                try:
-                    chunk = os.read(master, 65536)
-                except OSError:  # EIO: every writer is gone
-                    chunk = b""
-                if not chunk:
-                    break
-                screen += chunk
-        assert marker is None or marker in screen, screen.decode(errors="replace")
-
-    try:
-        try:
-            read_until(b"Ctrl-C stops")
-            port = int(screen.split(b"http://127.0.0.1:")[1].split(b":")[0].split(b" ")[0])
-            fetch(f"http://127.0.0.1:{port}{BOX}")
-            read_until(f'"GET {BOX} HTTP/1.1" 200'.encode())
-        finally:
-            processes.stop(proc, timeout=15)
-        read_until(None)
-    finally:
-        os.close(master)
-    return proc.returncode, screen
+    argv = ["mirror", "serve", "--root", str(mirror_root), "--port", "0", *args]
+    with on_a_terminal(argv, SERVE_ON_A_TERMINAL) as terminal:
+        terminal.read_until(b"Ctrl-C stops", timeout=20)
+        fetch(f"http://127.0.0.1:{announced_port(terminal.screen)}{BOX}")
+        terminal.read_until(f'"GET {BOX} HTTP/1.1" 200'.encode(), timeout=20)
+        processes.stop(terminal.proc, timeout=15)
+        terminal.read_until(None, timeout=20)
+    return terminal.proc.returncode, terminal.screen
 
 
 @pytest.mark.parametrize(("args", "drawn"), [((), True), (("--no-live",), False)], ids=["default", "no-live"])
