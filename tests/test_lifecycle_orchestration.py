@@ -15,6 +15,7 @@ import pytest
 from harness import processes
 from harness.cli import lab, start_lab
 from harness.lifecycle_labs import install_standins, make_lab
+from harness.waiting import wait_until
 
 from coreos_lab.errors import ExitCode
 
@@ -167,24 +168,23 @@ def test_interrupted_up_stops_its_vagrant_processes_and_exits_130(
     tmp_path: Path, standin_lab: tuple[Path, dict]
 ) -> None:
     import signal
-    import time
 
     lab_dir, env = standin_lab
-    env["STANDIN_UP_SECONDS"] = "60"
+    env["STANDIN_UP_SECONDS"] = "600"  # far longer than the test waits: only the interrupt can end these ups
     process = start_lab("up", lab_dir, "--no-wait", env=env)
     try:
         logs = [lab_dir / ".lab" / "logs" / f"up-{name}.log" for name in NODES]
-        deadline = time.monotonic() + 60
-        while not all(log.exists() and "Bringing machine" in log.read_text() for log in logs):
-            assert time.monotonic() < deadline, "the ups never started"
+
+        def every_up_booting() -> bool:
             assert process.poll() is None, process.communicate()
-            time.sleep(0.2)
-        started = time.monotonic()
+            return all(log.exists() and "Bringing machine" in log.read_text() for log in logs)
+
+        wait_until(every_up_booting, "every machine's vagrant up booting")
         process.send_signal(signal.SIGINT)  # to lab only, not its process group: lab must pass it on
-        _, stderr = process.communicate(timeout=30)
+        _, stderr = process.communicate(timeout=120)
     finally:
         processes.kill(process)
     assert process.returncode == ExitCode.INTERRUPTED, stderr
-    assert time.monotonic() - started < 20  # the 60 s ups were stopped, not waited for
     for log in logs:
-        assert "== exit" in log.read_text()  # every vagrant process ended
+        text = log.read_text()
+        assert "== exit" in text and "== exit 0" not in text, text  # every vagrant up was stopped, none finished

@@ -90,15 +90,15 @@ def test_rendered_etcd_environment_forms_a_cluster(tmp_path: Path, mirror_root: 
                 return "\n".join((tmp_path / f"{n.name}.log").read_text(errors="replace")[-1500:] for n in config.nodes)
 
             try:
-                wait_for(lambda: members() == ["core-01", "core-02", "core-03"], 30, "three started members")
-                wait_for(lambda: get_json(f"http://{first.ip}:2379/health") == {"health": "true"}, 30, "health")
+                wait_for(lambda: members() == ["core-01", "core-02", "core-03"], 120, "three started members")
+                wait_for(lambda: get_json(f"http://{first.ip}:2379/health") == {"health": "true"}, 120, "health")
             except AssertionError as exc:
                 raise AssertionError(f"{exc}\n{logs()}") from None
             # The proxy machine serves clients on its own address and reaches the members.
             request = urllib.request.Request(f"http://{proxy.ip}:2379/v2/keys/lab", data=b"value=formed", method="PUT")
             request.add_header("Content-Type", "application/x-www-form-urlencoded")
             wait_for(
-                lambda: urllib.request.urlopen(request, timeout=2).status in (200, 201), 30, "a write via the proxy"
+                lambda: urllib.request.urlopen(request, timeout=2).status in (200, 201), 120, "a write via the proxy"
             )
             # A quorum read: a plain v2 read is served from the member's own, possibly lagging, copy.
             doc = get_json(f"http://{config.nodes[1].ip}:2379/v2/keys/lab?quorum=true")

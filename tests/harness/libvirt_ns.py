@@ -109,7 +109,7 @@ class LibvirtNamespace:
 
     @staticmethod
     def _wait_pid(path: Path) -> int:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 120  # about a hang, not speed
         while time.monotonic() < deadline:
             pid = _pid_from(path)
             if pid is not None:

@@ -41,7 +41,7 @@ class MirrorProcess:
 
     def access_lines(self, path: str) -> list[str]:
         """Access-log lines for requests to `path`; waits briefly since a line follows the response."""
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 60  # about a hang, not speed
         while True:
             found = [line for line in self.lines if f" {path} HTTP/" in line]
             if found or time.monotonic() > deadline:

@@ -388,7 +388,7 @@ class NetnsCluster:
         if wait:
             self.wait_etcd()
 
-    def kill_etcd(self, i: int, *, settle: float = 20.0) -> None:
+    def kill_etcd(self, i: int, *, settle: float = 120.0) -> None:
         """Kill node i's etcd, then wait up to `settle` seconds until the others answer /health again: if the
         killed member led, the rest elect a new leader first, and until then every member looks unhealthy."""
         node = self.nodes[i]

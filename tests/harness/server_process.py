@@ -30,7 +30,7 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 20.0) -> ServerProcess:
+    def start(self, timeout: float = 120.0) -> ServerProcess:
         env = {**os.environ, **self.env}
         argv = [sys.executable, "-m", "coreos_lab", "mirror", "serve", "--root", str(self.mirror_root)]
         argv += ["--port", str(self.port), "--no-live"]
