@@ -21,6 +21,14 @@ def mirror_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A HOME of our own for `lab` runs over SSH: proves nothing is written to the user's known_hosts."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[NetnsCluster]:
     """Three nodes in network namespaces with sshd up, etcd not started (tests/harness/netns.py)."""
     from harness.netns import netns_cluster

@@ -81,14 +81,6 @@ def nodes(tmp_path: Path) -> Iterator[LoopbackNodes]:
         yield made
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    """A HOME of our own: proves nothing is written to the user's known_hosts."""
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
-
-
 def health(nodes: LoopbackNodes, tmp_path: Path, home: Path, *args: str, names: list[str] | None = None) -> LabRun:
     config = nodes.write_ssh_config(tmp_path / "ssh_config", names)
     return lab("health", "--ssh-config", config, *args, env={"HOME": str(home)}, timeout=120)

@@ -27,14 +27,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.etcd, pytest.mark.netns]
 ETCD_CHECKS = ("--check", "etcd", "--check", "members")
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    """A HOME of our own: proves nothing is written to the user's known_hosts."""
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
-
-
 def health(cluster: NetnsCluster, tmp_path: Path, home: Path, *args: str, nodes: list[int] | None = None) -> LabRun:
     config = cluster.write_ssh_config(tmp_path / "ssh_config", nodes)
     return lab("health", "--ssh-config", config, *args, env={"HOME": str(home)}, timeout=120)

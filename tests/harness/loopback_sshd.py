@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import processes
-from harness.netns import SSHD, keygen, sshd_config
+from harness.netns import SSHD, keygen, ssh_config_entry, sshd_config
 from harness.ports import free_port
 from harness.waiting import wait_until
 
@@ -90,12 +90,7 @@ class LoopbackNodes:
     def ssh_config(self, names: list[str] | None = None) -> str:
         """An OpenSSH config for the nodes, shaped like `vagrant ssh-config`'s."""
         chosen = [self.nodes[n] for n in names] if names else list(self.nodes.values())
-        return "".join(
-            f"Host {node.name}\n  HostName 127.0.0.1\n  User {USER}\n  Port {node.port}\n"
-            f"  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  PasswordAuthentication no\n"
-            f"  IdentityFile {self.user_key}\n  IdentitiesOnly yes\n  LogLevel FATAL\n\n"
-            for node in chosen
-        )
+        return "".join(ssh_config_entry(node.name, "127.0.0.1", USER, node.port, self.user_key) for node in chosen)
 
     def write_ssh_config(self, path: Path, names: list[str] | None = None) -> Path:
         path.write_text(self.ssh_config(names))

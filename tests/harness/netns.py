@@ -287,12 +287,7 @@ class NetnsCluster:
     def ssh_config(self, indexes: Sequence[int] | None = None) -> str:
         """An OpenSSH config for the nodes, shaped like `vagrant ssh-config`'s."""
         chosen = indexes or sorted(self.nodes)
-        return "".join(
-            f"Host {node_name(i)}\n  HostName {node_ip(i)}\n  User root\n  Port 22\n"
-            f"  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  PasswordAuthentication no\n"
-            f"  IdentityFile {self.user_key}\n  IdentitiesOnly yes\n  LogLevel FATAL\n\n"
-            for i in chosen
-        )
+        return "".join(ssh_config_entry(node_name(i), node_ip(i), "root", 22, self.user_key) for i in chosen)
 
     def write_ssh_config(self, path: Path, indexes: Sequence[int] | None = None) -> Path:
         path.write_text(self.ssh_config(indexes))
@@ -413,6 +408,15 @@ class NetnsCluster:
             _ip("link", "delete", node.veth, check=False)
             _ip("netns", "delete", node.namespace, check=False)
         _ip("link", "delete", self.bridge, check=False)
+
+
+def ssh_config_entry(name: str, host: str, user: str, port: int, key: Path) -> str:
+    """One host of an OpenSSH config, shaped like `vagrant ssh-config`'s."""
+    return (
+        f"Host {name}\n  HostName {host}\n  User {user}\n  Port {port}\n"
+        f"  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  PasswordAuthentication no\n"
+        f"  IdentityFile {key}\n  IdentitiesOnly yes\n  LogLevel FATAL\n\n"
+    )
 
 
 def keygen(path: Path) -> None:
