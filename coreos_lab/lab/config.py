@@ -9,9 +9,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from coreos_lab.distros import DISTROS
 from coreos_lab.errors import BadInput
 from coreos_lab.lab import validate
-from coreos_lab.lab.model import LabConfig, box_name
+from coreos_lab.lab.model import LabConfig
 from coreos_lab.lab.settings import CONFIG_FILE, SETTINGS, STRUCTURED, fill_dependent_defaults
 
 
@@ -138,12 +139,15 @@ def check_version_in_mirror(config: LabConfig, where: str) -> None:
 
 def fetch_hint(distro: str, channel: str, version: str | None = None) -> str:
     pinned = f" --version {version}" if version else ""
-    return f"put the box in the mirror first: `lab mirror fetch --distro {distro} --channel {channel}{pinned}` (or `lab mirror import BOX`)"
+    return (
+        f"put the box in the mirror first: `lab mirror fetch --distro {distro} --channel {channel}{pinned}`"
+        " (or `lab mirror import BOX`)"
+    )
 
 
 def newest_version(mirror_root: Path, distro: str, channel: str, provider: str) -> str | None:
     """The newest version of `<distro>-<channel>` the mirror has for `provider`, if any."""
     from coreos_lab.mirror.store import MirrorStore
 
-    entry = MirrorStore(mirror_root).latest(box_name(distro, channel), provider)
+    entry = MirrorStore(mirror_root).latest(DISTROS[distro].box_name(channel), provider)
     return entry.version if entry is not None else None

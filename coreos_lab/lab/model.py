@@ -117,7 +117,7 @@ class LabConfig:
 
     @property
     def box_name(self) -> str:
-        return box_name(self.distro, self.channel)
+        return DISTROS[self.distro].box_name(self.channel)
 
     @property
     def etcd_members(self) -> int:
@@ -165,10 +165,6 @@ class LabConfig:
             },
             "nodes": [n.as_dict() for n in self.nodes],
         }
-
-
-def box_name(distro: str, channel: str) -> str:
-    return DISTROS[distro].box_name(channel)
 
 
 def guest_url(host_url: str, guest_host: str) -> str:
