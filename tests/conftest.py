@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,6 +12,14 @@ import pytest
 if TYPE_CHECKING:
     from harness.libvirt_ns import LibvirtNamespace
     from harness.netns import NetnsCluster
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Ctrl-C must reach the `lab` processes the tests interrupt. A suite started as a background job of a
+    non-interactive shell (`cmd &`, nohup) inherits SIGINT ignored, every child with it, and Python then installs
+    no KeyboardInterrupt handler: restore the default here, so that each child starts as from a terminal."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
