@@ -119,7 +119,8 @@ def test_wait_until_a_late_member_joins(cluster: NetnsCluster, tmp_path: Path, h
     assert json.loads(out)["healthy"] is True, out
     # the per-node state while waiting (stderr is not a terminal)
     assert "core-03: etcd: etcd not answering" in err, err
-    assert rounds_on_core_03() >= 3, core_03_calls.read_text()  # and at least one more once it had started
+    # No count of rounds after the start: the second round may still be asking core-03 when its etcd comes up,
+    # and pass. "healthy" itself can only come from a cluster-health that core-03's new member answered.
     new_logins = [after - before for after, before in zip(logins(cluster), logins_before, strict=True)]
     assert new_logins == [1, 1, 1], err
 
