@@ -3,7 +3,6 @@ pieces that the live view follows. In-process server (EmbeddedServer), real HTTP
 
 from __future__ import annotations
 
-import http.client
 import os
 from collections.abc import Iterator
 from email.utils import formatdate
@@ -12,6 +11,7 @@ from typing import ClassVar
 
 import pytest
 from harness.boxes import add_box
+from harness.http_client import Client
 from harness.waiting import wait_until
 
 from coreos_lab.mirror import http as mirror_http
@@ -51,18 +51,8 @@ def server(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Embed
         yield srv
 
 
-def request(srv: EmbeddedServer, method: str, path: str, headers: dict[str, str] | None = None):
-    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
-    try:
-        conn.request(method, path, headers=headers or {})
-        resp = conn.getresponse()
-        return resp.status, resp.headers, resp.read()
-    finally:
-        conn.close()
-
-
 def test_the_body_goes_out_in_pieces_the_tracker_follows(server: EmbeddedServer) -> None:
-    status, _, body = request(server, "GET", BOX, {"Range": "bytes=1000-"})
+    status, _, body = Client(server.url).request("GET", BOX, {"Range": "bytes=1000-"})
     assert (status, body) == (206, DATA[1000:])
     (transfer,) = RecordingTracker.transfers
     assert transfer.label == BOX.lstrip("/") and transfer.total == len(DATA) - 1000
@@ -73,26 +63,29 @@ def test_the_body_goes_out_in_pieces_the_tracker_follows(server: EmbeddedServer)
 
 
 def test_head_sends_no_body_and_starts_no_transfer(server: EmbeddedServer) -> None:
-    status, headers, body = request(server, "HEAD", BOX)
+    status, headers, body = Client(server.url).request("HEAD", BOX)
     assert (status, body) == (200, b"") and headers["Content-Length"] == str(len(DATA))
     assert RecordingTracker.transfers == []
 
 
 def test_conditional_requests(server: EmbeddedServer) -> None:
-    _, headers, _ = request(server, "HEAD", BOX)
+    _, headers, _ = Client(server.url).request("HEAD", BOX)
     etag, modified = headers["ETag"], headers["Last-Modified"]
-    status, answer, body = request(server, "GET", BOX, {"If-None-Match": etag})
+    status, answer, body = Client(server.url).request("GET", BOX, {"If-None-Match": etag})
     assert (status, body) == (304, b"") and answer["ETag"] == etag
-    assert request(server, "GET", BOX, {"If-None-Match": '"other"'})[0] == 200
-    assert request(server, "GET", BOX, {"If-Modified-Since": modified})[0] == 304
-    assert request(server, "GET", BOX, {"If-Match": '"other"'})[0] == 412
-    assert request(server, "GET", BOX, {"If-Match": etag})[2] == DATA
-    assert request(server, "GET", BOX, {"If-Unmodified-Since": formatdate(1_000_000_000, usegmt=True)})[0] == 412
+    assert Client(server.url).request("GET", BOX, {"If-None-Match": '"other"'})[0] == 200
+    assert Client(server.url).request("GET", BOX, {"If-Modified-Since": modified})[0] == 304
+    assert Client(server.url).request("GET", BOX, {"If-Match": '"other"'})[0] == 412
+    assert Client(server.url).request("GET", BOX, {"If-Match": etag})[2] == DATA
+    assert (
+        Client(server.url).request("GET", BOX, {"If-Unmodified-Since": formatdate(1_000_000_000, usegmt=True)})[0]
+        == 412
+    )
 
 
 def test_only_get_and_head_are_answered(server: EmbeddedServer) -> None:
-    status, headers, _ = request(server, "POST", BOX)
+    status, headers, _ = Client(server.url).request("POST", BOX)
     assert status == 405 and headers["Allow"] == "GET,HEAD"
-    assert request(server, "DELETE", "/coreos-stable")[0] == 405
-    status, _, body = request(server, "POST", "/a/b/c/d/e/f")
+    assert Client(server.url).request("DELETE", "/coreos-stable")[0] == 405
+    status, _, body = Client(server.url).request("POST", "/a/b/c/d/e/f")
     assert (status, body) == (404, b"404: Not Found")

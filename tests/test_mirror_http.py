@@ -7,19 +7,17 @@ sent with http.client or as raw bytes on a socket where the exact request line m
 from __future__ import annotations
 
 import hashlib
-import http.client
 import json
 import os
-import socket
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 from harness.boxes import add_box
+from harness.http_client import Client
 
 from coreos_lab.mirror.store import MirrorStore
 from coreos_lab.server import EmbeddedServer
@@ -27,35 +25,6 @@ from coreos_lab.server import EmbeddedServer
 BOX = "/coreos-stable/1.0.0/virtualbox-amd64.box"
 
 pytestmark = pytest.mark.integration
-
-
-class Client:
-    def __init__(self, url: str):
-        parts = urlsplit(url)
-        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
-
-    def request(
-        self, method: str, path: str, headers: dict[str, str] | None = None
-    ) -> tuple[int, http.client.HTTPMessage, bytes]:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
-        try:
-            conn.request(method, path, headers=headers or {})
-            resp = conn.getresponse()
-            return resp.status, resp.headers, resp.read()
-        finally:
-            conn.close()
-
-    def raw(self, request_line: str, extra: str = "") -> tuple[int, bytes]:
-        """Send exactly `request_line` (no client-side path normalisation); returns status and body."""
-        with socket.create_connection((self.host, self.port), timeout=30) as sock:
-            sock.sendall(
-                f"{request_line}\r\nHost: {self.host}:{self.port}\r\n{extra}Connection: close\r\n\r\n".encode()
-            )
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        return int(head.split()[1]), body
 
 
 @pytest.fixture
