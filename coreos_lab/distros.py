@@ -1,8 +1,9 @@
 """The distros a lab can run, one row each: every fact about a distro that the rest of the package asks.
 
 CoreOS Container Linux (gone since 2020, still kept in mirrors behind firewalls) runs etcd2 and fleet; Flatcar,
-its successor, runs etcd v3 as etcd-member.service and has no fleet (docs/field-notes.md §2, §3). Nothing
-outside this module spells out a release server, a user-data directory or a unit name per distro.
+its successor, runs etcd v3 from a container image as etcd-member.service and has no fleet (docs/field-notes.md
+§2, §3). Nothing outside this module spells out a release server, a user-data directory, a unit name or an etcd
+image per distro.
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ class Distro:
     etcd_unit: str  # the systemd unit that runs etcd
     etcd_api: int  # the etcd API the cluster is asked in: 2 (etcd2), or 3 (etcd v3, serving v2 to proxies too)
     fleet: bool  # fleet runs beside etcd
+    # The container image etcd runs from, or None when etcd is on the host (CoreOS's etcd2). Flatcar's
+    # etcd-member.service runs `/usr/lib/flatcar/etcd-wrapper`, which ends in `docker run … --entrypoint
+    # /usr/local/bin/etcd ${ETCD_IMAGE:-${ETCD_IMAGE_URL}:${ETCD_IMAGE_TAG}}`: this is the unit's
+    # ETCD_IMAGE_URL:ETCD_IMAGE_TAG (amd64; arm64 appends `-arm64`, and the Vagrant box is amd64 only).
+    etcd_image: str | None
 
     def box_name(self, channel: str) -> str:
         """The box's name, as the release server's JSON names it (never renamed: Vagrant checks it)."""
@@ -63,6 +69,7 @@ DISTROS: dict[str, Distro] = {
         etcd_unit="etcd2",
         etcd_api=2,
         fleet=True,
+        etcd_image=None,
     ),
     "flatcar": Distro(
         name="flatcar",
@@ -73,6 +80,7 @@ DISTROS: dict[str, Distro] = {
         etcd_unit="etcd-member",
         etcd_api=3,
         fleet=False,
+        etcd_image="quay.io/coreos/etcd:v3.5.16",
     ),
 }
 DISTRO_NAMES: tuple[str, ...] = tuple(DISTROS)

@@ -182,6 +182,76 @@ def check_mirror(ctx: DoctorContext) -> Iterable[DoctorFinding]:
         )
 
 
+def check_etcd_image(ctx: DoctorContext) -> Iterable[DoctorFinding]:
+    """Flatcar's etcd runs from a container image that the guests pull from the mirror (unless the lab pulls it
+    from upstream): the mirror must have it. Asked where `check_mirror` found the box (it runs first): the mirror
+    answering at the lab's URL, as a registry, else the local store that `lab up` then serves."""
+    plan, image = ctx.plan, ctx.plan.etcd_image if ctx.plan else None
+    if plan is None or image is None:
+        return
+    if not plan.etcd_image_from_mirror:
+        yield DoctorFinding("mirror-image", "ok", f"the guests pull {image} from its registry (etcd.image_source)")
+        return
+    from coreos_lab.lab.model import mirror_reference
+    from coreos_lab.mirror.images.reference import parse_reference
+
+    ref = parse_reference(image)
+    if ctx.facts.get("mirror_metadata") is not None:
+        present = mirror_has_manifest(plan.mirror_url, ref.repository, ref.reference)
+        where = plan.mirror_url
+    elif plan.mirror_is_local:
+        present = stored_image_has(ctx.mirror_root, ref.repository, ref.reference)
+        where = str(ctx.mirror_root)
+    else:
+        return  # no mirror to ask: check_mirror has failed already
+    wanted = f"etcd image {image} (as {mirror_reference(image)})"
+    if present:
+        yield DoctorFinding("mirror-image", "ok", f"{wanted} is in the mirror ({where})")
+    else:
+        yield DoctorFinding(
+            "mirror-image",
+            "fail",
+            f"{wanted} is not in the mirror ({where}); the {plan.distro} guests pull it from there",
+            f"lab mirror image fetch {image}{root_option(ctx.mirror_root)} (or `lab mirror image import` an image "
+            "saved elsewhere; `etcd.image_source: upstream` in lab.yaml pulls it from its registry instead)",
+        )
+
+
+def root_option(mirror_root: Path) -> str:
+    """` --root DIR` for a command the user is told to run, when the lab's mirror is not where it looks anyway."""
+    import shlex
+
+    from coreos_lab.paths import default_mirror_root
+
+    if mirror_root.expanduser().resolve() == default_mirror_root().expanduser().resolve():
+        return ""
+    return f" --root {shlex.quote(str(mirror_root))}"
+
+
+def mirror_has_manifest(mirror_url: str, repository: str, reference: str, timeout: float = 3.0) -> bool:
+    """Whether the registry at `mirror_url` has `repository`'s manifest `reference` (a tag or digest): `HEAD
+    /v2/<repository>/manifests/<reference>`, accepting every manifest type, as Docker asks."""
+    import requests
+
+    from coreos_lab.mirror.images.manifests import MANIFEST_MEDIA_TYPES
+
+    url = f"{mirror_url.rstrip('/')}/v2/{repository}/manifests/{reference}"
+    try:
+        response = requests.head(url, headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)}, timeout=timeout)
+    except requests.RequestException:
+        return False
+    return response.status_code == 200
+
+
+def stored_image_has(mirror_root: Path, repository: str, reference: str) -> bool:
+    """Whether the local store has `repository`'s manifest `reference` (a tag or digest)."""
+    from coreos_lab.mirror.images.store import ImageStore
+
+    if not mirror_root.is_dir():
+        return False
+    return ImageStore(mirror_root).lookup_manifest(repository, reference) is not None
+
+
 def vagrant_has_box(plan: LabPlan) -> bool:
     """Whether Vagrant already has the lab's box (name, version, provider): `vagrant box list`."""
     from coreos_lab.vagrant.adapter import Vagrant
@@ -270,6 +340,7 @@ COMMON_CHECKS: list[Check] = [
     check_virtualization,
     check_subnet,
     check_mirror,
+    check_etcd_image,
     check_vagrant_box,
     check_ports,
 ]

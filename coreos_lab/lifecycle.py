@@ -1,9 +1,9 @@
 """Bringing a lab's machines up and down with Vagrant: up, halt, destroy, status, ssh.
 
 `up` works in a fixed order so that a missing prerequisite costs nothing:
-1. preflight — Vagrant present, provider usable, lab subnet clear, box available (in the mirror at the lab's
-   URL or in the local store), ports free — before any side effect: on failure exit 4, nothing created,
-   no token consumed;
+1. preflight — Vagrant present, provider usable, lab subnet clear, box (and Flatcar's etcd image) available
+   (in the mirror at the lab's URL or in the local store), ports free — before any side effect: on failure
+   exit 4, nothing created, no token consumed;
 2. the mirror + discovery server: the one answering at the lab's mirror URL, else an embedded one that runs
    for the duration of the command;
 3. render (idempotent: keeps an existing cluster's token, mints one for a new cluster);
@@ -24,6 +24,7 @@ from typing import Any
 
 from coreos_lab import proc
 from coreos_lab.doctor import (
+    check_etcd_image,
     check_mirror,
     check_ports,
     check_subnet,
@@ -77,7 +78,7 @@ def preflight(plan: LabPlan) -> Preflight:
     The checks are doctor's own, so `lab doctor` and `lab up` never disagree. The mirror is probed here, once.
     """
     ctx = DoctorContext(plan=plan, provider=plan.provider, mirror_root=mirror_root_of(plan))
-    checks = [check_vagrant, *provider_checks(plan.provider), check_subnet, check_mirror, check_ports]
+    checks = [check_vagrant, *provider_checks(plan.provider), check_subnet, check_mirror, check_etcd_image, check_ports]
     findings: list[DoctorFinding] = []
     for check in checks:
         for finding in check(ctx):

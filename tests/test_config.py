@@ -9,6 +9,7 @@ import pytest
 from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
 
+from coreos_lab.distros import DISTROS
 from coreos_lab.errors import BadInput, ExitCode
 from coreos_lab.lab.config import load_config
 from coreos_lab.lab.labfile import init_lab
@@ -89,6 +90,81 @@ def test_flatcar_lts_and_guest_host(tmp_path: Path, mirror: Path) -> None:
     assert config.guest_mirror_url == "http://192.168.121.1:9999"
 
 
+FLATCAR: dict[str, Any] = {"distro": "flatcar", "version": "3815.2.0"}
+DIGEST = "sha256:" + "ab" * 32
+
+ETCD_IMAGES: list[tuple[str, dict[str, Any], dict[str, str], str | None, str | None]] = [
+    # (case, lab.yaml settings, environment, the guests' ETCD_IMAGE, the registry Docker allows over HTTP)
+    ("flatcar default", FLATCAR, {}, "10.0.2.2:8080/coreos/etcd:v3.5.16", "10.0.2.2:8080"),
+    (
+        "own registry with a port",
+        {**FLATCAR, "etcd": {"image": "registry.internal:5000/team/etcd:v3.5.17"}},
+        {},
+        "10.0.2.2:8080/team/etcd:v3.5.17",
+        "10.0.2.2:8080",
+    ),
+    ("docker hub name", FLATCAR, {"LAB_ETCD_IMAGE": "etcd"}, "10.0.2.2:8080/library/etcd:latest", "10.0.2.2:8080"),
+    (
+        "pinned by digest",
+        {**FLATCAR, "etcd": {"image": f"quay.io/coreos/etcd@{DIGEST}"}},
+        {},
+        f"10.0.2.2:8080/coreos/etcd@{DIGEST}",
+        "10.0.2.2:8080",
+    ),
+    (
+        "libvirt guests, another port",
+        {**FLATCAR, "mirror": {"url": "http://127.0.0.1:9999", "guest_host": "192.168.121.1"}},
+        {},
+        "192.168.121.1:9999/coreos/etcd:v3.5.16",
+        "192.168.121.1:9999",
+    ),
+    (
+        "https mirror",
+        {**FLATCAR, "mirror": {"url": "https://mirror.internal"}},
+        {},
+        "10.0.2.2:443/coreos/etcd:v3.5.16",
+        None,
+    ),
+    ("upstream: the unit's default", {**FLATCAR, "etcd": {"image_source": "upstream"}}, {}, None, None),
+    (
+        "upstream, an image named",
+        {**FLATCAR, "etcd": {"image_source": "upstream", "image": "registry.internal/etcd:v3.5.16"}},
+        {},
+        "registry.internal/etcd:v3.5.16",
+        None,
+    ),
+    (
+        "upstream from env, a mirror with a path is fine",
+        {**FLATCAR, "mirror": {"url": "http://127.0.0.1:8080/boxes"}},
+        {"LAB_ETCD_IMAGE_SOURCE": "upstream"},
+        None,
+        None,
+    ),
+    ("coreos: etcd2 on the host", {"mirror": {"url": "http://127.0.0.1:8080/boxes"}}, {}, None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "env", "etcd_image", "insecure"), [c[1:] for c in ETCD_IMAGES], ids=[c[0] for c in ETCD_IMAGES]
+)
+def test_where_the_guests_pull_etcds_image(
+    tmp_path: Path, mirror: Path, settings: dict[str, Any], env: dict[str, str], etcd_image: str | None,
+    insecure: str | None,
+) -> None:  # fmt: skip
+    config = load_config(write_lab(tmp_path / "lab", mirror, **settings), environ=env)
+    assert config.guest_etcd_image == etcd_image
+    assert config.insecure_registry == insecure
+
+
+def test_flatcar_etcd_image_defaults_to_the_distros_from_the_mirror(tmp_path: Path, mirror: Path) -> None:
+    config = load_config(write_lab(tmp_path / "lab", mirror, **FLATCAR), environ={})
+    assert (config["etcd.image"], config.sources["etcd.image"]) == (DISTROS["flatcar"].etcd_image, "default")
+    assert (config["etcd.image_source"], config.sources["etcd.image_source"]) == ("mirror", "default")
+    assert config.etcd_image_from_mirror
+    coreos = load_config(write_lab(tmp_path / "coreos", mirror), environ={})
+    assert coreos["etcd.image"] is None and not coreos.etcd_image_from_mirror
+
+
 BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
     # (case, lab.yaml settings, environment, expected text in the message)
     ("no nodes", {"nodes": 0}, {}, "lab.yaml: nodes: 0 is out of range; allowed: 1 to 99"),
@@ -98,7 +174,12 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
     ("nodes a boolean", {"nodes": True}, {}, "lab.yaml: nodes: True is not an integer"),
     ("unknown key", {"num_instances": 3}, {}, "lab.yaml: num_instances: unknown key; allowed:"),
     ("misspelt key", {"chanel": "beta"}, {}, "lab.yaml: chanel: unknown key (did you mean 'channel'?)"),
-    ("unknown nested key", {"etcd": {"size": 3}}, {}, "lab.yaml: etcd.size: unknown key; allowed: members"),
+    (
+        "unknown nested key",
+        {"etcd": {"size": 3}},
+        {},
+        "lab.yaml: etcd.size: unknown key; allowed: image, image_source, members",
+    ),
     ("section not a mapping", {"etcd": 3}, {}, "lab.yaml: etcd: expected a mapping, found 3"),
     ("members > nodes", {"nodes": 2, "etcd": {"members": 3}}, {}, "etcd.members: 3 etcd members but only 2 nodes"),
     ("members 0", {"etcd": {"members": 0}}, {}, "lab.yaml: etcd.members: 0 is out of range"),
@@ -212,6 +293,37 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
         "fleet.metadata: Flatcar has no fleet",
     ),
     ("bool from env", {}, {"LAB_GUI": "maybe"}, "environment LAB_GUI: 'maybe' is not a boolean"),
+    (
+        "etcd image on coreos",
+        {"etcd": {"image": "quay.io/coreos/etcd:v3.5.16"}},
+        {},
+        "lab.yaml: etcd.image: 'quay.io/coreos/etcd:v3.5.16' is not used: CoreOS runs etcd on the host",
+    ),
+    (
+        "bad etcd image",
+        {**FLATCAR, "etcd": {"image": "quay.io/CoreOS/etcd:v3.5.16"}},
+        {},
+        "lab.yaml: etcd.image: invalid image reference 'quay.io/CoreOS/etcd:v3.5.16': repository 'CoreOS/etcd'",
+    ),
+    (
+        "bad etcd image source",
+        {**FLATCAR, "etcd": {"image_source": "quay"}},
+        {},
+        "lab.yaml: etcd.image_source: 'quay' is not allowed; choose one of mirror, upstream",
+    ),
+    (
+        "bad etcd image source from env",
+        FLATCAR,
+        {"LAB_ETCD_IMAGE_SOURCE": "docker"},
+        "etcd.image_source (from env LAB_ETCD_IMAGE_SOURCE): 'docker' is not allowed",
+    ),
+    (
+        "flatcar mirror with a path",
+        {**FLATCAR, "mirror": {"url": "http://127.0.0.1:8080/boxes"}},
+        {},
+        "lab.yaml: mirror.url: 'http://127.0.0.1:8080/boxes' has a path (/boxes); Flatcar guests pull etcd's image "
+        "from the mirror as a registry, which Docker finds only at the root of a host:port (/v2/)",
+    ),
 ]
 
 
@@ -277,6 +389,42 @@ def test_init_pins_newest_and_reads_back(tmp_path: Path, mirror: Path) -> None:
     assert dict(reloaded.values) == dict(result.config.values)
     text = result.path.read_text()
     assert 'version: "1068.8.0"' in text and "# machines:" in text
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "written"),
+    [
+        ({}, {}, ['# image: "quay.io/coreos/etcd:v3.5.16"   # default: the distro\'s', 'image_source: "mirror"']),
+        (
+            {"etcd.image": "registry.internal/etcd:v3.5.17", "etcd.image_source": "upstream"},
+            {},
+            ['  image: "registry.internal/etcd:v3.5.17"\n', 'image_source: "upstream"'],
+        ),
+        (
+            {},
+            {"LAB_ETCD_IMAGE": "registry.internal/etcd:v3.5.17"},
+            ['# image: "registry.internal/etcd:v3.5.17"   # set by env LAB_ETCD_IMAGE'],
+        ),
+    ],
+    ids=["defaults", "flags", "env"],
+)
+def test_init_writes_flatcars_etcd_image_and_reads_back(
+    tmp_path: Path, mirror: Path, flags: dict[str, str], env: dict[str, str], written: list[str]
+) -> None:
+    all_flags = {"mirror.root": str(mirror), "distro": "flatcar", **flags}
+    result = init_lab(tmp_path / "lab", flags=all_flags, environ=env)
+    assert dict(load_config(tmp_path / "lab", environ=env).values) == dict(result.config.values)
+    text = result.path.read_text()
+    assert all(line in text for line in written), text
+
+
+def test_init_writes_no_etcd_image_for_coreos(tmp_path: Path, mirror: Path) -> None:
+    result = init_lab(tmp_path / "lab", flags={"mirror.root": str(mirror)}, environ={})
+    assert "image:" not in result.path.read_text() and "image_source" not in result.path.read_text()
+    upstream = init_lab(
+        tmp_path / "up", flags={"mirror.root": str(mirror), "etcd.image_source": "upstream"}, environ={}
+    )  # irrelevant for CoreOS, but what was asked for is written
+    assert dict(load_config(tmp_path / "up", environ={}).values) == dict(upstream.config.values)
 
 
 def test_init_refuses_unknown_version_and_empty_mirror(tmp_path: Path, mirror: Path) -> None:

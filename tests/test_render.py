@@ -25,6 +25,10 @@ from coreos_lab.lab.state import LabState
 from coreos_lab.paths import discovery_dir
 
 GOLDEN = Path(__file__).parent / "golden"
+DOCKER_DROP_IN = {
+    "name": "20-coreos-lab.conf",
+    "content": '[Service]\nEnvironment="DOCKER_OPTS=--insecure-registry=10.0.2.2:8080"\n',
+}
 UNIT = "[Unit]\nDescription=hello\n\n[Service]\nExecStart=/usr/bin/echo hello # not a comment\n"
 
 CASES: dict[str, dict[str, Any]] = {
@@ -55,6 +59,12 @@ CASES: dict[str, dict[str, Any]] = {
     "coreos-3-static": {"discovery": {"mode": "static"}},
     "flatcar-3": {"distro": "flatcar", "version": "3815.2.0"},
     "flatcar-5-static": {"distro": "flatcar", "version": "3815.2.0", "nodes": 5, "discovery": {"mode": "static"}},
+    "flatcar-1-upstream-image": {
+        "distro": "flatcar",
+        "version": "3815.2.0",
+        "nodes": 1,
+        "etcd": {"image_source": "upstream", "image": "registry.internal/etcd:v3.5.16"},
+    },
 }
 
 
@@ -141,10 +151,17 @@ def test_user_data_reads_back(tmp_path: Path, mirror: Path, case: str) -> None:
             }
             assert coreos["fleet"] == {"public-ip": node.ip, "metadata": node.fleet_metadata}
             assert units["etcd2.service"]["command"] == units["fleet.service"]["command"] == "start"
+            assert "ETCD_IMAGE" not in env  # etcd2 is on the host
         else:
             assert "etcd2" not in coreos and "fleet" not in coreos and "fleet.service" not in units
             assert units["etcd-member.service"]["command"] == "start"
             assert env["ETCD_ENABLE_V2"] == "true"
+            assert env.get("ETCD_IMAGE") == config.guest_etcd_image
+            if config.insecure_registry:  # etcd's image from the mirror: Docker may pull from it, and only it
+                assert env["ETCD_IMAGE"] == "10.0.2.2:8080/coreos/etcd:v3.5.16"
+                assert units["docker.service"] == {"name": "docker.service", "drop-ins": [DOCKER_DROP_IN]}
+            else:
+                assert "docker.service" not in units
     if case == "coreos-5-proxies-extras":
         first = yaml.safe_load((lab_dir / "user-data/core-01.yaml").read_text())["coreos"]
         units = {u["name"]: u for u in first["units"]}
@@ -332,6 +349,32 @@ def test_cli_render_json(tmp_path: Path, mirror: Path) -> None:
     assert doc["written"] == ["Vagrantfile", "config.rb", "user-data/core-01.yaml", "user-data/core-02.yaml"]
     assert doc["token"] == "new" and doc["discovery"]["url"].startswith("http://10.0.2.2:8080/")
     assert "etcd-member.service" in (lab_dir / "user-data" / "core-01.yaml").read_text()
+
+
+def test_flatcar_docker_drop_ins_of_the_lab_and_the_user_both_stay(tmp_path: Path, mirror: Path) -> None:
+    """The user's own docker.service drop-in is a unit entry of its own beside the lab's registry drop-in:
+    coreos-cloudinit writes both."""
+    own = {"name": "50-opts.conf", "content": '[Service]\nEnvironment="A=b"\n'}
+    units = [{"name": "docker.service", "drop_ins": [own]}]
+    lab_dir = write_lab(tmp_path / "lab", mirror, distro="flatcar", version="3815.2.0", nodes=1, units=units)
+    render(lab_dir)
+    entries = yaml.safe_load((lab_dir / "user-data/core-01.yaml").read_text())["coreos"]["units"]
+    docker = [u["drop-ins"] for u in entries if u["name"] == "docker.service"]
+    assert docker == [[DOCKER_DROP_IN], [own]]
+
+
+def test_cli_render_refuses_a_flatcar_mirror_with_a_path(tmp_path: Path, mirror: Path) -> None:
+    """Docker finds a registry only at /v2/ of a host:port: a mirror under a path cannot serve etcd's image."""
+    lab_dir = write_lab(tmp_path / "lab", mirror, distro="flatcar", version="3815.2.0")
+    run = lab("render", lab_dir, "--mirror-url", "http://127.0.0.1:8080/mirror")
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert "mirror.url (from flag --mirror-url): 'http://127.0.0.1:8080/mirror' has a path (/mirror)" in run.stderr
+    assert "etcd.image_source: upstream" in run.stderr
+    assert sorted(p.name for p in lab_dir.iterdir()) == ["lab.yaml"]
+    upstream = lab("render", lab_dir, "--mirror-url", "http://127.0.0.1:8080/mirror", "--etcd-image-source", "upstream")
+    assert upstream.returncode == 0, upstream.stderr
+    text = (lab_dir / "user-data/core-01.yaml").read_text()
+    assert "ETCD_IMAGE=" not in text and "docker.service" not in text  # the unit's default image, from upstream
 
 
 def test_public_mode_asks_the_discovery_service(tmp_path: Path, mirror: Path) -> None:

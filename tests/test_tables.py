@@ -3,6 +3,7 @@ choices and the templates follow them, and no other module spells the facts out.
 
 from __future__ import annotations
 
+import ast
 import ipaddress
 import re
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from coreos_lab.cli.commands import register
 from coreos_lab.distros import DISTRO_NAMES, DISTROS, distro_named
 from coreos_lab.errors import BadInput
 from coreos_lab.lab.settings import SETTINGS_BY_PATH
+from coreos_lab.mirror.images.reference import parse_reference
 from coreos_lab.paths import templates_dir
 from coreos_lab.vagrant.providers import DEFAULT_PROVIDER, PROVIDER_NAMES, PROVIDERS
 
@@ -58,6 +60,8 @@ def test_every_distro_is_complete(name: str) -> None:
     assert distro.units[0] == distro.etcd_unit and ("fleet" in distro.units) == distro.fleet
     assert distro.etcd_api in (2, 3)
     assert distro.box_name("stable") == f"{name}-stable"
+    if distro.etcd_image is not None:  # etcd from a container image, pinned to a tag the mirror keeps
+        assert parse_reference(distro.etcd_image).tag not in (None, "latest")
 
 
 def test_an_unknown_distro_is_bad_input_naming_the_choices() -> None:
@@ -79,6 +83,37 @@ def test_every_provider_is_complete(name: str) -> None:
 def test_management_network_gateway_is_where_libvirt_guests_reach_the_host() -> None:
     assert PROVIDERS["libvirt"].guest_host("10.20.30.0/24") == "10.20.30.1"
     assert PROVIDERS["virtualbox"].guest_host("10.20.30.0/24") == "10.0.2.2"
+
+
+def test_no_other_module_uses_an_etcd_image_of_its_own() -> None:
+    """No string value in the code (prose and examples in messages aside) starts with a distro's etcd image,
+    by its upstream name or as the mirror keeps it: a default image comes from the table."""
+    images = [parse_reference(d.etcd_image) for d in DISTROS.values() if d.etcd_image]
+    facts = tuple(f"{i.registry}/{i.repository}" for i in images) + tuple(i.repository for i in images)
+    offenders = [
+        f"{path.relative_to(PACKAGE)}: {value!r}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "distros.py"
+        for value in _string_values(path)
+        if value.startswith(facts)
+    ]
+    assert offenders == []
+
+
+def _string_values(path: Path) -> list[str]:
+    """The string constants of a module, docstrings left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    documented = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+    docstrings = {
+        id(node.body[0].value)
+        for node in ast.walk(tree)
+        if isinstance(node, documented) and node.body and isinstance(node.body[0], ast.Expr)
+    }
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+    ]
 
 
 def test_no_other_module_spells_out_a_release_server_or_a_user_data_directory() -> None:

@@ -26,6 +26,8 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("memory", "--memory", int, "MiB of memory per machine."),
     ("cpus", "--cpus", int, "Virtual CPUs per machine."),
     ("etcd.members", "--etcd-members", int, "How many machines are etcd members (the rest run proxies)."),
+    ("etcd.image", "--etcd-image", str, "Container image etcd runs from (Flatcar; default: the distro's)."),
+    ("etcd.image_source", "--etcd-image-source", click.Choice(["mirror", "upstream"]), "Where guests pull it."),
     ("discovery.mode", "--discovery-mode", click.Choice(["local", "public", "static"]), "etcd bootstrap."),
     ("mirror.url", "--mirror-url", str, "Mirror/discovery server URL as this host reaches it."),
     ("mirror.guest_host", "--mirror-guest-host", str, "The host's address as guests reach it."),

@@ -152,6 +152,41 @@ class LabConfig:
         return guest_url(self.mirror_url, self.guest_host)
 
     @property
+    def etcd_image(self) -> str | None:
+        """The image etcd runs from, as configured (etcd.image, default the distro's); None: etcd is on the host."""
+        image = self.values.get("etcd.image")
+        return str(image) if image is not None else None
+
+    @property
+    def etcd_image_from_mirror(self) -> bool:
+        """Whether the guests pull etcd's image from the lab's mirror (else from its own registry)."""
+        return self.etcd_image is not None and self.values["etcd.image_source"] == "mirror"
+
+    @property
+    def guest_registry(self) -> str:
+        """The mirror as a registry the guests reach, `host:port`: Docker's name for it (no scheme, no path)."""
+        return urlsplit(self.guest_mirror_url).netloc
+
+    @property
+    def guest_etcd_image(self) -> str | None:
+        """What the guests' ETCD_IMAGE says: the image in the mirror's registry (its repository without the
+        upstream registry host: coreos/etcd:v3.5.16); from upstream, the image as given only when the user named
+        one. None: the unit's own default."""
+        if self.etcd_image is None:
+            return None
+        if self.etcd_image_from_mirror:
+            return f"{self.guest_registry}/{mirror_reference(self.etcd_image)}"
+        return self.etcd_image if self.sources.get("etcd.image", "default") != "default" else None
+
+    @property
+    def insecure_registry(self) -> str | None:
+        """The one registry the guests' Docker must allow over plain HTTP: the mirror, when etcd's image comes
+        from it over http (Docker speaks only HTTPS to any other registry)."""
+        if self.etcd_image_from_mirror and urlsplit(self.guest_mirror_url).scheme == "http":
+            return self.guest_registry
+        return None
+
+    @property
     def user_data_dir(self) -> str:
         return DISTROS[self.distro].user_data_dir
 
@@ -171,3 +206,12 @@ def guest_url(host_url: str, guest_host: str) -> str:
     parts = urlsplit(host_url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return urlunsplit((parts.scheme, f"{guest_host}:{port}", parts.path.rstrip("/"), "", ""))
+
+
+def mirror_reference(image: str) -> str:
+    """An image as the mirror stores and serves it: `quay.io/coreos/etcd:v3.5.16` → `coreos/etcd:v3.5.16` (the
+    registry host dropped; a digest kept, which Docker then pulls by)."""
+    from coreos_lab.mirror.images.reference import parse_reference
+
+    ref = parse_reference(image)
+    return ref.repository + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")

@@ -1,9 +1,9 @@
 """What lifecycle and doctor need to know about a lab, taken from its configuration in one place.
 
-`LabPlan` is deliberately small: the machine names, the provider, the box and where it is served, the
-private subnet and the host ports the lab will bind. Everything else stays with `config` and `render`; a plan
-made by `load_plan` carries the configuration it was made from, so that `lab up` reads lab.yaml once and
-hands it down to render.
+`LabPlan` is deliberately small: the machine names, the provider, the box and where it is served, etcd's
+image (Flatcar), the private subnet and the host ports the lab will bind. Everything else stays with `config`
+and `render`; a plan made by `load_plan` carries the configuration it was made from, so that `lab up` reads
+lab.yaml once and hands it down to render.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ class LabPlan:
     guest_host: str | None = None  # the host's address as guests reach it (mirror.guest_host)
     management_network: str | None = None  # libvirt: the management network's subnet
     libvirt_driver: str | None = None  # libvirt: the domain type as configured (auto, kvm or qemu)
+    etcd_image: str | None = None  # the container image etcd runs from (Flatcar), as configured
+    etcd_image_from_mirror: bool = False  # the guests pull it from the lab's mirror (else from its registry)
     config: LabConfig | None = field(default=None, repr=False, compare=False)  # what the plan was made from
 
     @property
@@ -108,5 +110,7 @@ def plan_from_config(cfg: LabConfig) -> LabPlan:
             str(cfg.values["libvirt.management_network"]) if PROVIDERS[cfg.provider].management_network else None
         ),
         libvirt_driver=str(cfg.values["libvirt.driver"]) if cfg.provider == "libvirt" else None,
+        etcd_image=cfg.etcd_image,
+        etcd_image_from_mirror=cfg.etcd_image_from_mirror,
         config=cfg,
     )

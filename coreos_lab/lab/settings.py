@@ -24,6 +24,9 @@ MAX_NODES = 99  # node names are <prefix>-01 … <prefix>-99
 DEFAULT_ETCD_MEMBERS = 3  # a larger lab runs etcd as a proxy on the other nodes: quorum stays cheap
 
 DISCOVERY_MODES = ("local", "public", "static")
+# Where the guests pull etcd's container image (Flatcar): from the lab's mirror, served to them as a registry,
+# or from the image's own registry (quay.io), which a firewall may block.
+IMAGE_SOURCES = ("mirror", "upstream")
 REBOOT_STRATEGIES = ("off", "reboot", "etcd-lock", "best-effort")
 
 
@@ -94,6 +97,22 @@ SETTINGS: tuple[Setting, ...] = (
         optional=True,
     ),
     Setting(
+        "etcd.image",
+        str,
+        None,
+        "the container image etcd runs from; default: the distro's ("
+        + ", ".join(f"{d.name}: {d.etcd_image}" for d in DISTROS.values() if d.etcd_image)
+        + ")",
+        optional=True,
+    ),
+    Setting(
+        "etcd.image_source",
+        str,
+        "mirror",
+        "where the guests pull etcd's image: the lab's mirror (as a registry), or upstream (the image's registry)",
+        IMAGE_SOURCES,
+    ),
+    Setting(
         "discovery.mode", str, "local", "local token service, a public one, or a static member list", DISCOVERY_MODES
     ),
     Setting("discovery.url", str, "https://discovery.etcd.io", "public discovery service (public mode only)"),
@@ -133,6 +152,8 @@ def fill_dependent_defaults(lab_dir: Path, values: dict[str, Any], sources: dict
     """Defaults that depend on other settings (their source stays "default")."""
     if values["etcd.members"] is None:
         values["etcd.members"] = min(DEFAULT_ETCD_MEMBERS, values["nodes"])
+    if values["etcd.image"] is None and values["distro"] in DISTROS:
+        values["etcd.image"] = DISTROS[values["distro"]].etcd_image  # None where etcd is on the host
     if values["mirror.guest_host"] is None:
         provider = PROVIDERS.get(values["provider"])  # None: a bad provider, reported by validation
         management = parse_subnet(str(values["libvirt.management_network"]))

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from coreos_lab.distros import DISTROS
 from coreos_lab.errors import BadInput
@@ -172,6 +173,7 @@ def check_scalars(
     for path in ("mirror.url", "discovery.url"):
         if not is_http_url(str(values[path]), base=True):
             problems.add(where(path), f"{values[path]!r} is not an http(s) base URL such as http://127.0.0.1:8080")
+    _check_etcd_image(values, where, problems)
     guest = values["mirror.guest_host"]
     if guest is not None and not re.match(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:]+\]$", str(guest)):
         problems.add(where("mirror.guest_host"), f"{guest!r} is not a host name or IP address")
@@ -192,6 +194,34 @@ def check_scalars(
     # Only against a valid node count: "1 to 0" would only repeat the node-count problem.
     if members is not None and isinstance(nodes, int) and 1 <= nodes <= MAX_NODES and members > nodes:
         problems.add(where("etcd.members"), f"{members} etcd members but only {nodes} nodes; allowed: 1 to {nodes}")
+
+
+def _check_etcd_image(values: dict[str, Any], where: Callable[[str], str], problems: Problems) -> None:
+    """etcd.image only where etcd runs from an image, as a valid reference; a mirror the guests pull it from must
+    be a registry Docker can find: `/v2/` at the root of a host:port."""
+    distro = DISTROS.get(values["distro"])
+    image = values["etcd.image"]
+    if distro is None:
+        return
+    if image is not None and distro.etcd_image is None:
+        problems.add(
+            where("etcd.image"), f"{image!r} is not used: {distro.title} runs etcd on the host, not from an image"
+        )
+    elif image is not None:
+        from coreos_lab.mirror.images.reference import parse_reference
+
+        try:
+            parse_reference(str(image))
+        except BadInput as exc:
+            problems.add(where("etcd.image"), f"{exc.message} (e.g. {distro.etcd_image})")
+    mirror_path = urlsplit(str(values["mirror.url"])).path.strip("/")
+    if distro.etcd_image is not None and values["etcd.image_source"] == "mirror" and mirror_path:
+        problems.add(
+            where("mirror.url"),
+            f"{values['mirror.url']!r} has a path (/{mirror_path}); {distro.title} guests pull etcd's image from the "
+            "mirror as a registry, which Docker finds only at the root of a host:port (/v2/): serve the mirror "
+            "there, or set etcd.image_source: upstream",
+        )
 
 
 def build_nodes(

@@ -9,8 +9,11 @@ from pathlib import Path
 
 import yaml
 
+from coreos_lab.distros import DISTROS
+from coreos_lab.mirror.images.reference import parse_reference
 from coreos_lab.mirror.store import MirrorStore
 from harness.boxes import add_box
+from harness.etcd_image import put_in_store, small_image
 from harness.ports import free_port
 
 STANDIN = Path(__file__).with_name("standin_vagrant.py")
@@ -23,11 +26,14 @@ def make_lab(
     distro: str = "coreos",
     version: str = "1.0.0",
     with_box: bool = True,
+    with_image: bool = True,
     # Inside VirtualBox's default host-only range, and off 172.17.8.0/24 (the namespace harness may hold it).
     subnet: str = "192.168.60.0/24",
 ) -> tuple[Path, dict[str, str]]:
-    """A lab dir with lab.yaml, its mirror store (holding the box unless `with_box` is False), a private
-    VAGRANT_HOME, and the environment to run `lab` in it. The mirror URL is a free port nothing listens on."""
+    """A lab dir with lab.yaml, its mirror store (holding the box unless `with_box` is False, and for a distro
+    that runs etcd from an image, a stand-in under the image's name unless `with_image` is False: these labs
+    never boot it), a private VAGRANT_HOME, and the environment to run `lab` in it. The mirror URL is a free
+    port nothing listens on."""
     lab_dir = base / "lab"
     lab_dir.mkdir()
     root = base / "boxes"
@@ -35,6 +41,11 @@ def make_lab(
     name = f"{distro}-stable"
     if with_box:
         add_box(MirrorStore(root), name, version)
+    etcd_image = DISTROS[distro].etcd_image
+    if with_image and etcd_image:
+        ref = parse_reference(etcd_image)
+        assert ref.tag, "a distro's etcd image is pinned to a tag"
+        put_in_store(root, small_image(), ref.repository, ref.tag)
     doc = {
         "distro": distro,
         "channel": "stable",
