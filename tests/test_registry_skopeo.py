@@ -139,3 +139,11 @@ def test_list_tags_and_pinned_digest(store: ImageStore, served: MirrorProcess) -
     assert missing.returncode != 0 and "manifest unknown" in missing.stderr.lower()
     unknown = skopeo("inspect", "--tls-verify=false", docker_ref(served, "coreos/nope:v1"), check=False)
     assert unknown.returncode != 0 and "coreos/nope" in unknown.stderr
+
+
+def test_serve_announces_the_pull_commands(store: ImageStore) -> None:
+    add_image(store, "coreos/etcd", "v3.5.16")
+    with mirror_server(store.dir.parent, "--no-live") as srv:
+        host = srv.url.removeprefix("http://")
+        assert "0 box names, 1 image at /v2/" in srv.lines[0]
+        assert f"  docker pull {host}/coreos/etcd:v3.5.16" in srv.lines

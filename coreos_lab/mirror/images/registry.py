@@ -16,7 +16,6 @@ Refusals are the registry's JSON errors with their codes and statuses (docs/fiel
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,10 +29,11 @@ from coreos_lab.mirror.images.manifests import (
     Descriptor,
     ImageIndex,
     ImageManifest,
+    parse_manifest,
     parse_platform,
 )
 from coreos_lab.mirror.images.reference import COMPONENT, DIGEST_RE, TAG_RE
-from coreos_lab.mirror.images.store import ImageStore
+from coreos_lab.mirror.images.store import ImageStore, StoredImage, sha256_digest
 
 COMPONENT_RE = re.compile(COMPONENT)
 MAX_NAME_LENGTH = 255  # the distribution spec's limit on a repository name
@@ -124,19 +124,21 @@ class Registry:
                     page, link = _page(self.store.repositories(), query, "/v2/_catalog")
                     return Document({"repositories": page}, link)
                 case [*name, "tags", "list"] if name:
-                    repository = self._repository(name)
-                    page, link = _page(self.store.tags(repository), query, f"/v2/{repository}/tags/list")
+                    repository, images = self._repository(name)
+                    page, link = _page([i.tag for i in images], query, f"/v2/{repository}/tags/list")
                     return Document({"name": repository, "tags": page}, link)
                 case [*name, "manifests", reference] if name:
-                    return self._manifest(self._repository(name), reference, accept)
+                    repository, images = self._repository(name)
+                    return self._manifest(repository, [i.tag for i in images], reference, accept)
                 case [*name, "blobs", digest] if name:
-                    return self._blob(self._repository(name), digest)
+                    return self._blob(*self._repository(name), digest)
         except _Refused as refusal:
             return refusal.error
         return unknown_endpoint(path)
 
-    def _repository(self, segments: list[str]) -> str:
-        """The repository the segments name: NAME_INVALID when it cannot be a name, NAME_UNKNOWN when not stored."""
+    def _repository(self, segments: list[str]) -> tuple[str, list[StoredImage]]:
+        """The repository the segments name and its images (the catalog read once per request): NAME_INVALID
+        when it cannot be a name, NAME_UNKNOWN when it holds no image."""
         name = "/".join(segments)
         if len(name) > MAX_NAME_LENGTH or not all(COMPONENT_RE.fullmatch(s) for s in segments):
             raise _Refused(
@@ -148,11 +150,12 @@ class Registry:
                     {"name": name},
                 )
             )
-        if name not in self.store.repositories():
+        images = self.store.images(name)
+        if not images:
             raise _Refused(RegistryError(404, "NAME_UNKNOWN", f"no repository {name!r} in this mirror", {"name": name}))
-        return name
+        return name, images
 
-    def _manifest(self, repository: str, reference: str, accept: str | None) -> Manifest:
+    def _manifest(self, repository: str, tags: list[str], reference: str, accept: str | None) -> Manifest:
         by_digest = ":" in reference
         if by_digest and not DIGEST_RE.fullmatch(reference):
             raise _Refused(_digest_invalid(reference))
@@ -160,7 +163,7 @@ class Registry:
             raise _Refused(_manifest_unknown(repository, reference, "it is not a valid tag"))
         descriptor = self.store.lookup_manifest(repository, reference)
         if descriptor is None:
-            why = "" if by_digest else f"tags: {', '.join(self.store.tags(repository))}"
+            why = "" if by_digest else f"tags: {', '.join(tags)}"
             raise _Refused(_manifest_unknown(repository, reference, why))
         if not by_digest and descriptor.media_type in INDEX_MEDIA_TYPES and not accepts(accept, descriptor.media_type):
             # A client that takes no index gets the default platform's manifest, as Distribution answers a
@@ -189,10 +192,13 @@ class Registry:
             mtime = path.stat().st_mtime
         except OSError:
             raise _Refused(_manifest_unknown(repository, reference, "its blob is missing from the store")) from None
-        if f"sha256:{hashlib.sha256(data).hexdigest()}" != descriptor.digest:
+        if sha256_digest(data) != descriptor.digest:
             # Never serve bytes that are not what their digest says (`lab mirror verify` reports the blob).
             raise _Refused(_manifest_unknown(repository, reference, "its blob is damaged in the store"))
-        media_type = self._parse(repository, reference, descriptor).media_type
+        try:
+            media_type = parse_manifest(data, descriptor.media_type, f"blob {descriptor.digest}").media_type
+        except BadInput as exc:
+            raise _Refused(_manifest_unknown(repository, reference, f"it cannot be read: {exc}")) from None
         return Manifest(data, media_type, descriptor.digest, mtime)
 
     def _parse(self, repository: str, reference: str, descriptor: Descriptor) -> ImageManifest | ImageIndex:
@@ -201,10 +207,10 @@ class Registry:
         except (OSError, BadInput) as exc:
             raise _Refused(_manifest_unknown(repository, reference, f"it cannot be read: {exc}")) from None
 
-    def _blob(self, repository: str, digest: str) -> Blob:
+    def _blob(self, repository: str, images: list[StoredImage], digest: str) -> Blob:
         if not DIGEST_RE.fullmatch(digest):
             raise _Refused(_digest_invalid(digest))
-        needed = self._needed(repository, digest)
+        needed = self._needed(images, digest)
         unknown = RegistryError(
             404, "BLOB_UNKNOWN", f"no blob {digest} in {repository} in this mirror", {"digest": digest}
         )
@@ -221,10 +227,10 @@ class Registry:
             raise _Refused(unknown)
         return Blob(path, digest, size, f"{repository}@{digest[:19]}")
 
-    def _needed(self, repository: str, digest: str) -> Descriptor | None:
-        """The descriptor of `digest` when an image of `repository` needs it: a registry serves a repository's
-        own blobs only, though the store keeps each blob once for all."""
-        for image in self.store.images(repository):
+    def _needed(self, images: list[StoredImage], digest: str) -> Descriptor | None:
+        """The descriptor of `digest` when one of a repository's `images` needs it: a registry serves a
+        repository's own blobs only, though the store keeps each blob once for all."""
+        for image in images:
             try:
                 needed = self.store.required_blobs(image.descriptor)
             except (OSError, BadInput):
