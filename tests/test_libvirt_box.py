@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from harness.boxes import add_box
 from harness.cli import lab
-from harness.libvirt_box import GUEST_FILES, build_box
+from harness.libvirt_box import DISK_BINARIES, FLAVOURS, GUEST_FILES, _kernel, _populate_root, build_box
 from harness.user_data import etcd_environments
 
 from coreos_lab.mirror.store import MirrorStore
@@ -66,10 +66,26 @@ def test_applier_substitutes_nothing_it_does_not_know(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_only_the_coreos_box_has_an_etcd_of_its_own(tmp_path: Path, flavour: str) -> None:
+    """Flatcar's etcd comes from its image (tinybox/pull-image); a Flatcar box with an etcd could pass without."""
+    _, release = _kernel()
+    root = tmp_path / "root"
+    _populate_root(root, release, flavour)
+    assert (root / "bin/etcdctl").is_symlink() and (root / "bin/pull-image").is_file()
+    assert (root / "bin/etcd").is_symlink() == (flavour == "coreos")
+    assert {Path(dst).name for dst in DISK_BINARIES[flavour].values()} == (
+        {"etcd", "etcdctl"} if flavour == "coreos" else {"etcdctl"}
+    )
+
+
+@pytest.mark.integration
 @pytest.mark.libvirt
-def test_built_box_is_a_libvirt_box(tmp_path: Path) -> None:
-    box = build_box(tmp_path / "cache")
-    assert build_box(tmp_path / "cache") == box  # cached by its inputs
+@pytest.mark.parametrize("flavour", FLAVOURS)
+def test_built_box_is_a_libvirt_box(tmp_path: Path, flavour: str) -> None:
+    box = build_box(tmp_path / "cache", flavour)
+    assert build_box(tmp_path / "cache", flavour) == box  # cached by its inputs
+    assert box.name.startswith(f"tinybox-{flavour}-libvirt-")
     with tarfile.open(box) as tar:
         names = tar.getnames()
         meta = json.load(tar.extractfile("metadata.json"))  # type: ignore[arg-type]

@@ -7,7 +7,10 @@ imported into the mirror and added by `lab up` through it, exactly as a real box
 
 The end-to-end lab is a CoreOS one (the default distro: `coreos.etcd2` user-data, etcd v2 API); the box runs
 real etcd 3.4 but has no fleet, so `lab up` waits for the etcd checks (`--check etcd --check members`). The
-smoke test below uses a Flatcar lab (etcd-member drop-in, v3 API), so both distros' paths run for real.
+smoke test below uses a Flatcar lab (etcd-member drop-in, v3 API) on the box's Flatcar flavour, which has no
+etcd of its own: each machine pulls etcd's image (built by the test from Debian's etcd, imported with `lab
+mirror image import`) from the registry of the mirror `lab` serves, as ETCD_IMAGE and the docker.service
+drop-in say, and runs etcd from it. So both distros' paths run for real, Flatcar's offline image included.
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from pathlib import Path
 
 import pytest
 from harness.cli import LabRun, lab
+from harness.etcd_image import etcd_image, oci_layout_tar
 from harness.libvirt_ns import LibvirtNamespace
 from harness.ports import free_port
+
+from coreos_lab.errors import ExitCode
 
 pytestmark = [
     pytest.mark.integration,
@@ -113,14 +119,34 @@ def test_lab_up_health_halt_up_destroy(tmp_path: Path, libvirt_ns: LibvirtNamesp
         libvirt_ns.clean()
 
 
-def test_lab_smoke_on_libvirt_writes_junit(tmp_path: Path, libvirt_ns: LibvirtNamespace, tiny_box: Path) -> None:
-    """`lab smoke --provider libvirt`: a throw-away lab up, proven, torn down, reported as JUnit."""
+@pytest.fixture(scope="session")
+def tiny_flatcar_box() -> Path:
+    """The tiny box's Flatcar flavour: etcdctl on the host, no etcd (tests/harness/libvirt_box.py)."""
+    from harness.libvirt_box import build_box
+
+    return build_box(flavour="flatcar")
+
+
+def test_lab_smoke_on_libvirt_writes_junit(
+    tmp_path: Path, libvirt_ns: LibvirtNamespace, tiny_flatcar_box: Path
+) -> None:
+    """`lab smoke --provider libvirt`: a throw-away Flatcar lab up, proven, torn down, reported as JUnit; healthy
+    only if every machine got etcd's image through the mirror."""
     lab_ = Lab(libvirt_ns, tmp_path)
-    lab_.ok("mirror", "import", tiny_box, "--name", "flatcar-stable", "--version", "1.0.0", "--provider", "libvirt")
+    lab_.ok("mirror", "import", tiny_flatcar_box, "--name", "flatcar-stable", "--version", "1.0.0",
+            "--provider", "libvirt")  # fmt: skip
+    smoke = ("smoke", "--nodes", "3", "--distro", "flatcar", "--provider", "libvirt")
+    refused = tmp_path / "reports" / "without-image.xml"  # preflight: nothing is created without the image
+    without = lab_(*smoke, "--junit", refused)
+    assert without.returncode == ExitCode.MISSING_TOOL, without.stderr
+    assert "etcd image quay.io/coreos/etcd:v3.5.16 (as coreos/etcd:v3.5.16) is not in the mirror" in without.stderr
+    assert "hint: lab mirror image fetch quay.io/coreos/etcd:v3.5.16" in refused.read_text()
+    img = etcd_image()
+    archive = oci_layout_tar(tmp_path / "etcd-v3.5.16.tar", img.manifest, list(img.blobs[1:]), "v3.5.16")
+    lab_.ok("mirror", "image", "import", archive, "--name", "coreos/etcd:v3.5.16")
     junit = tmp_path / "reports" / "smoke.xml"
     try:
-        lab_.ok("smoke", "--nodes", "3", "--distro", "flatcar", "--provider", "libvirt", "--junit", junit,
-                timeout=1200)  # fmt: skip
+        lab_.ok(*smoke, "--junit", junit, timeout=1200)
         text = junit.read_text()
         assert "<testsuite" in text and 'failures="0"' in text and 'errors="0"' in text
         assert libvirt_ns.leftovers() == {"domains": [], "volumes": [], "networks": []}

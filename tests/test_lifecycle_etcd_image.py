@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from harness.cli import lab
-from harness.etcd_image import put_in_store, small_image, write_oci_layout
+from harness.etcd_image import push, put_in_store, small_image, write_oci_layout
 from harness.lifecycle_labs import install_standins, make_lab
-from harness.registry import docker_registry
+from harness.local_registry import registry
 
 from coreos_lab.doctor import check_etcd_image
 from coreos_lab.errors import ExitCode
@@ -99,17 +99,17 @@ def test_a_mirror_answering_at_the_labs_url_is_asked_as_a_registry(tmp_path: Pat
     put_in_store(Path(env["LAB_MIRROR_ROOT"]), small_image(), "coreos/etcd", "v3.5.16")  # not where it is asked
     img = small_image()
     layout = write_oci_layout(tmp_path / "layout", img.manifest, list(img.blobs[1:]), "v3.5.16")
-    with docker_registry(tmp_path) as registry:
-        set_lab_yaml(lab_dir, mirror={"url": registry.url})
+    with registry(tmp_path / "registry") as upstream:
+        set_lab_yaml(lab_dir, mirror={"url": upstream.url})
         [missing] = image_findings(lab_dir, mirror_answers=True)
-        assert missing.level == "fail" and missing.detail.endswith(f"not in the mirror ({registry.url}); " + (
+        assert missing.level == "fail" and missing.detail.endswith(f"not in the mirror ({upstream.url}); " + (
             "the flatcar guests pull it from there"
         ))  # fmt: skip
-        registry.push(layout, "v3.5.16", "coreos/etcd:v3.5.16")
+        push(layout, "v3.5.16", upstream.host, "coreos/etcd:v3.5.16")
         [found] = image_findings(lab_dir, mirror_answers=True)
         assert (found.level, found.detail) == (
             "ok",
-            f"etcd image {IMAGE} (as coreos/etcd:v3.5.16) is in the mirror ({registry.url})",
+            f"etcd image {IMAGE} (as coreos/etcd:v3.5.16) is in the mirror ({upstream.url})",
         )
         pinned = f"quay.io/coreos/etcd@{img.manifest.digest}"
         set_lab_yaml(lab_dir, etcd={"image": pinned})
@@ -172,3 +172,19 @@ def test_up_pulling_from_upstream_needs_no_image_in_the_mirror(standins: tuple[P
     run = lab("up", lab_dir, "--no-wait", "--json", env={**env, "LAB_ETCD_IMAGE_SOURCE": "upstream"})
     assert run.returncode == 0, run.stderr
     assert "ETCD_IMAGE=" not in (lab_dir / "user-data" / "core-01.yaml").read_text()
+
+
+def test_doctor_asks_lab_mirror_serve_running_at_the_labs_url(standins: tuple[Path, dict[str, str]]) -> None:
+    """The mirror answering at mirror.url is our own server: its registry answers the HEAD of the manifest."""
+    from coreos_lab.server import EmbeddedServer
+
+    lab_dir, env = standins
+    plan = load_plan(lab_dir)
+    assert plan.mirror_root is not None
+    with EmbeddedServer(plan.mirror_root, port=plan.mirror_port):
+        before = {f["check"]: f for f in lab("doctor", lab_dir, "--json", env=env).json()["findings"]}
+        put_in_store(plan.mirror_root, small_image(), "coreos/etcd", "v3.5.16")
+        after = {f["check"]: f for f in lab("doctor", lab_dir, "--json", env=env).json()["findings"]}
+    assert before["mirror"]["detail"] == f"mirror reachable at {plan.mirror_url}"
+    assert before["mirror-image"]["level"] == "fail" and f"({plan.mirror_url})" in before["mirror-image"]["detail"]
+    assert after["mirror-image"]["level"] == "ok" and f"({plan.mirror_url})" in after["mirror-image"]["detail"]

@@ -167,6 +167,16 @@ def _layout_files(top: Blob, blobs: list[Blob], ref_name: str) -> list[tuple[str
     return files
 
 
+def push(layout: Path, ref_name: str, registry_host: str, target: str, *, all_platforms: bool = False,
+         docker: bool = False) -> None:  # fmt: skip
+    """`skopeo copy` of `ref_name` in the OCI layout directory `layout` to `<registry_host>/<target>` (plain HTTP);
+    `docker`: converted to Docker's schema 2 media types (a manifest list for an index)."""
+    argv = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false"]
+    argv += ["--all"] if all_platforms else []
+    argv += ["--format", "v2s2"] if docker else []
+    subprocess.run([*argv, f"oci:{layout}:{ref_name}", f"docker://{registry_host}/{target}"], check=True)
+
+
 def put_in_store(mirror_root: Path, img: TestImage, repository: str, tag: str) -> StoredImage:
     """`img` in the mirror's image store as `repository:tag`, through the store's own API."""
     store = ImageStore(mirror_root)

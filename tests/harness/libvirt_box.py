@@ -1,10 +1,14 @@
 """A tiny CoreOS-like libvirt box, built offline from this machine's Debian packages (docs/field-notes.md §6).
 
 The guest runs the host's Debian kernel with an initramfs root: busybox-static, dropbear, scp and Debian's
-etcd 3.4. It honours the CoreOS Vagrant box contract `lab` relies on (user `core`, the Vagrant
+etcdctl 3.4. It honours the CoreOS Vagrant box contract `lab` relies on (user `core`, the Vagrant
 insecure key, user-data at /var/lib/coreos-vagrant/ or /var/lib/flatcar-vagrant/ applied at boot and on
 provision; see tinybox/apply-user-data). The disk is an MBR with one ext4 partition (extlinux, kernel,
 initramfs and the persistent /var/lib). Builds are cached by a hash of their inputs, so reruns are instant.
+
+Two flavours: `coreos` carries Debian's etcd on the host, as CoreOS carries etcd2; `flatcar` carries none, as
+Flatcar: its etcd runs from the container image the user-data names, pulled over the guest network from the
+registry the user-data allows (tinybox/pull-image). A Flatcar lab on it is healthy only if the image came.
 """
 
 from __future__ import annotations
@@ -30,8 +34,13 @@ BINARIES = {
     "/usr/bin/scp": "bin/scp",
 }
 # Large binaries stay out of the initramfs (which the boot loader reads through the BIOS and the kernel
-# unpacks: slow under emulation) and live on the disk partition; they link only libc.
-DISK_BINARIES = {"/usr/bin/etcd": "opt/bin/etcd", "/usr/bin/etcdctl": "opt/bin/etcdctl"}
+# unpacks: slow under emulation) and live on the disk partition; they link only libc. Per flavour: etcdctl on
+# every host, etcd only on CoreOS's.
+DISK_BINARIES = {
+    "coreos": {"/usr/bin/etcd": "opt/bin/etcd", "/usr/bin/etcdctl": "opt/bin/etcdctl"},
+    "flatcar": {"/usr/bin/etcdctl": "opt/bin/etcdctl"},
+}
+FLAVOURS = tuple(DISK_BINARIES)
 SCRIPTS = {
     "init": "init",
     "inittab": "etc/inittab",
@@ -39,6 +48,7 @@ SCRIPTS = {
     "udhcpc.script": "etc/udhcpc.script",
     "apply-networks": "bin/apply-networks",
     "apply-user-data": "bin/apply-user-data",
+    "pull-image": "bin/pull-image",
     "sudo": "bin/sudo",
     "shutdown": "bin/shutdown",
     "systemctl": "bin/systemctl",
@@ -98,20 +108,20 @@ def _libraries(binary: str) -> list[Path]:
     return [Path(p) for p in re.findall(r"(/\S+\.so[.\d]*)", out)]
 
 
-def _inputs_digest(kernel: Path, release: str) -> str:
-    """Everything the image depends on: our guest files, host binaries and kernel/modules."""
-    h = hashlib.sha256()
+def _inputs_digest(kernel: Path, release: str, flavour: str) -> str:
+    """Everything the image depends on: the flavour, our guest files, host binaries and kernel/modules."""
+    h = hashlib.sha256(flavour.encode())
     for path in sorted(GUEST_FILES.iterdir()):
         h.update(path.name.encode() + path.read_bytes())
     h.update(Path(__file__).read_bytes())
-    for path in [kernel, Path("/usr/bin/busybox"), *map(Path, BINARIES), *map(Path, DISK_BINARIES)]:
+    for path in [kernel, Path("/usr/bin/busybox"), *map(Path, BINARIES), *map(Path, DISK_BINARIES[flavour])]:
         st = path.stat()
         h.update(f"{path}:{st.st_size}:{st.st_mtime_ns}".encode())
     h.update(release.encode())
     return h.hexdigest()[:16]
 
 
-def _populate_root(root: Path, release: str) -> None:
+def _populate_root(root: Path, release: str, flavour: str) -> None:
     for d in [
         "bin",
         "etc",
@@ -143,7 +153,7 @@ def _populate_root(root: Path, release: str) -> None:
             target = root / lib.relative_to("/")
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(lib.resolve(), target)
-    for dst in DISK_BINARIES.values():
+    for dst in DISK_BINARIES[flavour].values():
         (root / "bin" / Path(dst).name).symlink_to(f"/mnt/disk/{dst}")
     for src, dst in SCRIPTS.items():
         shutil.copy2(GUEST_FILES / src, root / dst)
@@ -188,7 +198,7 @@ def _initramfs(root: Path, out: Path) -> None:
     out.write_bytes(gz)
 
 
-def _disk(kernel: Path, initrd: Path, raw: Path, work: Path) -> None:
+def _disk(kernel: Path, initrd: Path, raw: Path, work: Path, flavour: str) -> None:
     """MBR + one bootable ext4 partition at 1 MiB holding extlinux, the kernel and the initramfs."""
     with raw.open("wb") as f:
         f.truncate(DISK_MIB << 20)
@@ -213,7 +223,7 @@ def _disk(kernel: Path, initrd: Path, raw: Path, work: Path) -> None:
             "  APPEND console=ttyS0 quiet panic=5\n"
         )
         (mnt / "state").mkdir()
-        for src, dst in DISK_BINARIES.items():
+        for src, dst in DISK_BINARIES[flavour].items():
             (mnt / dst).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, mnt / dst)
         subprocess.run(["extlinux", "--install", str(boot)], check=True, capture_output=True)
@@ -245,22 +255,25 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def build_box(cache: Path | None = None) -> Path:
-    """Path to the tiny libvirt box (.box, a tar.gz); built on first use, then reused while inputs are unchanged."""
+def build_box(cache: Path | None = None, flavour: str = "coreos") -> Path:
+    """Path to the tiny libvirt box (.box, a tar.gz) of `flavour` (coreos or flatcar); built on first use, then
+    reused while inputs are unchanged."""
+    if flavour not in FLAVOURS:
+        raise ValueError(f"no tiny box flavour {flavour!r}; flavours: {', '.join(FLAVOURS)}")
     kernel, release = _kernel()
     cache = cache or cache_dir()
-    out = cache / f"tinybox-libvirt-{_inputs_digest(kernel, release)}.box"
+    out = cache / f"tinybox-{flavour}-libvirt-{_inputs_digest(kernel, release, flavour)}.box"
     if out.exists():
         return out
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache, prefix="build-") as tmp:
         work = Path(tmp)
         root = work / "root"
-        _populate_root(root, release)
+        _populate_root(root, release, flavour)
         initrd = work / "initrd.img"
         _initramfs(root, initrd)
         raw = work / "disk.raw"
-        _disk(kernel, initrd, raw, work)
+        _disk(kernel, initrd, raw, work, flavour)
         image = work / "box.img"
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)], check=True)
         _box_tar(image, out)
@@ -268,4 +281,6 @@ def build_box(cache: Path | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    print(build_box())
+    import sys
+
+    print(build_box(flavour=sys.argv[1] if len(sys.argv) > 1 else "coreos"))
