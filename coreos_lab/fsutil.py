@@ -1,10 +1,14 @@
-"""Atomic file writes: a reader sees the old file or the new one, never half."""
+"""Atomic file writes (a reader sees the old file or the new one, never half) and locked `.part` files."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
@@ -24,3 +28,52 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
 
 def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:
     atomic_write_bytes(path, text.encode("utf-8"), mode=mode)
+
+
+@contextmanager
+def locked_part(part: Path, on_wait: Callable[[], None] | None = None) -> Iterator[BinaryIO]:
+    """`part` (a file being downloaded or copied), open for reading and writing under an exclusive lock.
+
+    Two writers of the same file take turns instead of clobbering each other's part: the second waits (after
+    calling `on_wait`), then finds the file committed or the part ready to resume. The lock lives on the part's
+    inode, so after the first writer renamed it into place a waiter notices the path now names another file and
+    opens a fresh part. On exit an empty part is removed, with the (up to two) directories that only it had
+    created: a refused write leaves no trace. What a cut writer got so far stays, for the next one to resume.
+    """
+    while True:
+        part.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a concurrent cleanup removed the directory after our mkdir
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        if _same_file(part, fd):
+            break
+        os.close(fd)
+    handle = open(part, "r+b", opener=lambda _path, _flags: fd)  # noqa: SIM115 (closed below); name = the path
+    try:
+        yield handle
+    finally:
+        try:
+            handle.flush()
+            if _same_file(part, fd) and os.fstat(fd).st_size == 0:
+                part.unlink()
+                for directory in (part.parent, part.parent.parent):
+                    try:
+                        directory.rmdir()
+                    except OSError:
+                        break  # not empty: it holds other files
+        finally:
+            handle.close()
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False

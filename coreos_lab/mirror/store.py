@@ -19,19 +19,18 @@ without one is a box (written before there were kinds).
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import asdict, astuple, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from coreos_lab.errors import BadInput, LabError
-from coreos_lab.fsutil import atomic_write_text
+from coreos_lab.fsutil import atomic_write_text, locked_part
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # RubyGems version syntax, which Vagrant uses for box versions.
@@ -174,13 +173,6 @@ class Admission:
         return self.stored if self.action == "unchanged" else None
 
 
-def _same_file(path: Path, fd: int) -> bool:
-    try:
-        return os.stat(path).st_ino == os.fstat(fd).st_ino
-    except FileNotFoundError:
-        return False
-
-
 def metadata_url(name: str, base_url: str) -> str:
     """Where the server answers Vagrant box metadata for `name` (also at `<name>.json`)."""
     return f"{base_url.rstrip('/')}/{name}"
@@ -297,47 +289,12 @@ class MirrorStore:
             return None
 
     # -- writing ---------------------------------------------------------------------------------------
-    @contextmanager
-    def staging(self, key: ArtifactKey, on_wait: Callable[[], None] | None = None) -> Iterator[BinaryIO]:
-        """The key's `.part` file, open for reading and writing under an exclusive lock.
-
-        Two writers of the same artifact (two fetches, a fetch and an import) take turns instead of clobbering
-        each other's `.part`: the second waits (after calling `on_wait`), then finds it committed or
-        the part ready to resume. The lock lives on the part's inode, so after `commit` renamed it into
-        place a waiter notices the path now names another file and opens a fresh part. On exit an empty
-        part is removed, with the directories that only it had created: a refused write leaves no trace.
-        """
-        part = self.part_path(key)
-        while True:
-            part.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
-            except FileNotFoundError:  # a concurrent cleanup removed the directory after our mkdir
-                continue
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                if on_wait is not None:
-                    on_wait()
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            if _same_file(part, fd):
-                break
-            os.close(fd)
-        handle = open(part, "r+b", opener=lambda _path, _flags: fd)  # noqa: SIM115 (closed below); name = the path
-        try:
-            yield handle
-        finally:
-            try:
-                handle.flush()  # what a cut or interrupted writer got so far stays, for the next one to resume
-                if _same_file(part, fd) and os.fstat(fd).st_size == 0:
-                    part.unlink()
-                    for directory in (part.parent, part.parent.parent):
-                        try:
-                            directory.rmdir()
-                        except OSError:
-                            break  # not empty: it holds other artifacts
-            finally:
-                handle.close()
+    def staging(self, key: ArtifactKey, on_wait: Callable[[], None] | None = None) -> AbstractContextManager[BinaryIO]:
+        """The key's `.part` file, open for reading and writing under an exclusive lock (`fsutil.locked_part`):
+        two writers of the same artifact (two fetches, a fetch and an import) take turns instead of clobbering
+        each other's `.part`; the second finds it committed or the part ready to resume. A refused write leaves
+        no trace (an empty part is removed, with the directories only it had created)."""
+        return locked_part(self.part_path(key), on_wait)
 
     def admit(self, key: ArtifactKey, *, force: bool, differs: Callable[[CatalogEntry], str | None]) -> Admission:
         """The rule of `lab mirror fetch` and `import`, decided (under the key's staging lock) before anything
