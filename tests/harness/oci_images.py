@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ETCD_BINARY = Path("/usr/bin/etcd")  # Debian's etcd-server
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -128,7 +130,7 @@ def _with_parents(directories: list[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
-class TestImages:
+class BuiltImages:
     """The layout holding the test images, and what each is."""
 
     layout: Path
@@ -141,7 +143,7 @@ class TestImages:
         return f"oci:{self.layout}:{name}"
 
 
-def build_test_images(directory: Path) -> TestImages:
+def build_test_images(directory: Path) -> BuiltImages:
     """The etcd image and the two-platform index in one OCI layout at `directory`."""
     layout = OciLayout(directory)
     etcd = layout.add_layer({"usr/local/bin/etcd": ETCD_BINARY.read_bytes()})
@@ -158,13 +160,21 @@ def build_test_images(directory: Path) -> TestImages:
         ]
     )
     layout.name(index, MULTI)
-    return TestImages(directory, single, index, single, arm64)
+    return BuiltImages(directory, single, index, single, arm64)
+
+
+@pytest.fixture(scope="session")
+def built_images(tmp_path_factory: pytest.TempPathFactory) -> BuiltImages:
+    """The test images, built once per session."""
+    return build_test_images(tmp_path_factory.mktemp("oci-images") / "layout")
 
 
 def build_random_image(directory: Path, name: str, layer_sizes: Sequence[int]) -> Blob:
     """An image of incompressible layers (random bytes) of about the given sizes, for benchmarks."""
     layout = OciLayout(directory)
-    layers = [layout.add_layer({f"data/layer-{i}.bin": os.urandom(size)}, level=1) for i, size in enumerate(layer_sizes)]
+    layers = [
+        layout.add_layer({f"data/layer-{i}.bin": os.urandom(size)}, level=1) for i, size in enumerate(layer_sizes)
+    ]
     image = layout.add_image(layers)
     layout.name(image, name)
     return image

@@ -9,15 +9,20 @@ Authentication, as upstream registries do it:
     certificate is in its `rootcertbundle`; `TokenServer` is the small token service on 127.0.0.1 that
     issues them (RS256, the certificate in the `x5c` header), anonymously or for Basic credentials, and
     records what it was asked (service, scope).
+`RegistryProxy` stands in front of a registry to cut, hold or redirect blob downloads, and `BlobStorage` is
+the storage host such a redirect leads to.
 """
 
 from __future__ import annotations
 
 import base64
 import datetime
+import http.client
 import json
 import os
+import re
 import secrets
+import socket
 import subprocess
 import threading
 import time
@@ -31,6 +36,7 @@ from urllib.parse import parse_qs, urlsplit
 import requests
 
 from harness import processes
+from harness.oci_images import MULTI, SINGLE, BuiltImages, seed
 from harness.ports import free_port
 from harness.waiting import wait_until
 
@@ -64,9 +70,12 @@ class TokenServer:
     """A Docker token service: `GET /token?service=S&scope=repository:NAME:pull` → `{"token": JWT}`.
 
     With `users`, only those Basic credentials get a token (others a 401); without, anyone does. Tokens live
-    `lifetime` seconds (short ones test a refresh in the middle of a fetch)."""
+    `lifetime` seconds; the first `expired_first` are issued expired, which the registry answers with a 401 as it
+    does when a token runs out in the middle of a long fetch."""
 
-    def __init__(self, directory: Path, users: dict[str, str] | None = None, lifetime: int = 300):
+    def __init__(
+        self, directory: Path, users: dict[str, str] | None = None, lifetime: int = 300, expired_first: int = 0
+    ):
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import rsa
@@ -74,6 +83,7 @@ class TokenServer:
 
         self.users = users
         self.lifetime = lifetime
+        self.expired_first = expired_first  # the first N tokens expired an hour ago (a renewal is due at once)
         self.requests: list[dict[str, str | None]] = []
         self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ISSUER)])
@@ -105,6 +115,9 @@ class TokenServer:
             kind, name, actions = scope.split(":", 2)
             access.append({"type": kind, "name": name, "actions": actions.split(",")})
         now = int(time.time())
+        if self.expired_first > 0:
+            self.expired_first -= 1
+            now -= 3600 + self.lifetime  # beyond the registry's leeway for clock skew
         claims = {
             "iss": ISSUER,
             "sub": subject,
@@ -124,7 +137,7 @@ class TokenServer:
         tokens = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 query = {k: v[0] for k, v in parse_qs(urlsplit(self.path).query).items()}
                 authorization = self.headers.get("Authorization")
                 tokens.requests.append(
@@ -239,6 +252,16 @@ def registry(
         processes.stop(process)
 
 
+def seed_test_images(running: Registry, images: BuiltImages) -> None:
+    """The etcd image as coreos/etcd:v3.5.16 and the two-platform index as coreos/etcd:multi."""
+    creds = running.credentials.creds if running.credentials else None
+    if running.token_server is not None and running.token_server.users:
+        user, password = next(iter(running.token_server.users.items()))
+        creds = f"{user}:{password}"
+    seed(images.source(SINGLE), running.host, "coreos/etcd:v3.5.16", creds=creds)
+    seed(images.source(MULTI), running.host, "coreos/etcd:multi", all_platforms=True, creds=creds)
+
+
 def _answers(running: Registry) -> bool:
     if running.process.poll() is not None:
         raise RuntimeError(f"docker-registry exited ({running.process.returncode}): {running.log()}")
@@ -246,3 +269,159 @@ def _answers(running: Registry) -> bool:
         return requests.get(f"{running.url}/v2/", timeout=2).status_code in (200, 401)
     except requests.ConnectionError:
         return False
+
+
+@dataclass
+class SeenRequest:
+    method: str
+    target: str  # as sent: a path, or an absolute URL when the client used the proxy as its http_proxy
+    headers: dict[str, str]
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.target).path
+
+
+_BLOB_PATH = re.compile(r"/v2/.+/blobs/(sha256:[0-9a-f]{64})")
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "server", "date"}
+
+
+class RegistryProxy:
+    """A proxy on 127.0.0.1 in front of a registry that records every request and can misbehave on a blob.
+
+    It answers as the registry (`url`, a reverse proxy) and as an `http_proxy` for it (absolute-URL requests).
+    Per blob digest: `cut_after` sends that many bytes of the body, then drops the connection (once);
+    `hold_after` sends that many, then holds the rest back until `release` is set (a download in progress for as
+    long as the test needs). `redirect_blobs_to` answers every blob GET with a 307 to `<that URL>/<digest>`, as
+    registries backed by object storage do."""
+
+    def __init__(self, upstream: Registry):
+        self.upstream = upstream
+        self.requests: list[SeenRequest] = []
+        self.cut_after: dict[str, int] = {}
+        self.hold_after: dict[str, int] = {}
+        self.release = threading.Event()
+        self.redirect_blobs_to: str | None = None
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                proxy._forward(self)
+
+            def do_HEAD(self) -> None:
+                proxy._forward(self)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="registry-proxy", daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self._server.server_address[1]}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}"
+
+    def blob_requests(self, digest: str) -> list[SeenRequest]:
+        return [r for r in self.requests if r.method == "GET" and r.path.endswith(f"/blobs/{digest}")]
+
+    def close(self) -> None:
+        self.release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def __enter__(self) -> RegistryProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _forward(self, handler: BaseHTTPRequestHandler) -> None:
+        self.requests.append(SeenRequest(handler.command, handler.path, dict(handler.headers.items())))
+        parts = urlsplit(handler.path)
+        target = parts.path + (f"?{parts.query}" if parts.query else "")
+        blob = _BLOB_PATH.fullmatch(parts.path)
+        digest = blob.group(1) if blob else None
+        if digest and handler.command == "GET" and self.redirect_blobs_to:
+            handler.send_response(307)
+            handler.send_header("Location", f"{self.redirect_blobs_to}/{digest}")
+            handler.send_header("Content-Length", "0")
+            handler.end_headers()
+            return
+        wanted = ("Authorization", "Accept", "Range", "User-Agent", "Accept-Encoding")
+        headers = {k: handler.headers[k] for k in wanted if handler.headers.get(k)}
+        conn = http.client.HTTPConnection("127.0.0.1", self.upstream.port, timeout=60)
+        try:
+            conn.request(handler.command, target, headers=headers)
+            resp = conn.getresponse()
+            body = resp.read() if handler.command == "GET" else b""
+        finally:
+            conn.close()
+        handler.send_response(resp.status)
+        for key, value in resp.getheaders():
+            if key.lower() not in _HOP_BY_HOP and key.lower() != "content-length":
+                handler.send_header(key, value)
+        length = resp.getheader("Content-Length") if handler.command == "HEAD" else str(len(body))
+        handler.send_header("Content-Length", length or "0")
+        handler.end_headers()
+        cut = self.cut_after.pop(digest, None) if digest else None
+        hold = self.hold_after.get(digest) if digest else None
+        if cut is not None:
+            handler.wfile.write(body[:cut])
+            handler.wfile.flush()
+            handler.close_connection = True
+            handler.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if hold is not None:
+            handler.wfile.write(body[:hold])
+            handler.wfile.flush()
+            self.release.wait()
+            body = body[hold:]
+        handler.wfile.write(body)
+
+
+class BlobStorage:
+    """Object storage stand-in: `GET /<digest>` answers a blob's bytes straight from a registry's storage
+    directory, and records the headers each request came with (a redirected client must not send its
+    registry credentials here)."""
+
+    def __init__(self, upstream: Registry):
+        self.requests: list[SeenRequest] = []
+        storage = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:
+                storage.requests.append(SeenRequest(self.command, self.path, dict(self.headers.items())))
+                data_path = upstream.blob_data(self.path.strip("/"))
+                data = data_path.read_bytes() if data_path.is_file() else None
+                self.send_response(200 if data is not None else 404)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(data or b"")))
+                self.end_headers()
+                self.wfile.write(data or b"")
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="blob-storage", daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def __enter__(self) -> BlobStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,25 +247,57 @@ def _download_blobs(
     reporter: Reporter,
     jobs: int,
 ) -> list[Downloaded]:
-    """Download and commit `blobs`, `jobs` at a time; the first failure stops the rest and is raised."""
+    """Download and commit `blobs`, `jobs` at a time; the first failure stops the others and is raised.
+
+    The workers are daemon threads, so Ctrl-C ends the command at once: a download that is receiving stops at
+    its next chunk (its part flushed, resumable), one that waits for data is left behind when the process exits.
+    """
     if not blobs:
         return []
     stop = threading.Event()
+    pending = deque(blobs)
+    results: list[Downloaded] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def work(progress: _SharedProgress) -> None:
+        while not stop.is_set():
+            with lock:
+                if not pending:
+                    return
+                blob = pending.popleft()
+            try:
+                got = _fetch_blob(client, store, blob, progress)
+            except _Stopped:
+                return
+            except BaseException as exc:  # handed to the main thread
+                with lock:
+                    errors.append(exc)
+                stop.set()
+                return
+            if got is not None:
+                with lock:
+                    results.append(got)
+
     with reporter.transfer(description, sum(b.size for b in blobs)) as advance:
         progress = _SharedProgress(reporter, advance, stop)
-        with ThreadPoolExecutor(max(1, min(jobs, len(blobs))), "blob") as pool:
-            futures = [pool.submit(_fetch_blob, client, store, blob, progress) for blob in blobs]
-            try:
-                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-                failed = next((f for f in futures if f in done and f.exception() is not None), None)
-                if failed is not None:
-                    failed.result()
-            except BaseException:
-                stop.set()
-                for future in futures:
-                    future.cancel()
-                raise
-    return [d for d in (f.result() for f in futures) if d is not None]
+        workers = [
+            threading.Thread(target=work, args=(progress,), name=f"blob-{i}", daemon=True)
+            for i in range(max(1, min(jobs, len(blobs))))
+        ]
+        for worker in workers:
+            worker.start()
+        try:
+            for worker in workers:
+                worker.join()
+        except BaseException:
+            stop.set()
+            for worker in workers:
+                worker.join(timeout=2)
+            raise
+    if errors:
+        raise errors[0]
+    return results
 
 
 def _fetch_blob(
