@@ -66,8 +66,8 @@ class ImageImportResult:
     archive: Path
     format: str  # "oci-layout" or "docker-save"
     images: list[ImportedImage]
-    copied: Tally
-    reused: Tally
+    copied: Tally  # blobs (manifests, configs, layers) the import wrote to the store
+    reused: Tally  # blobs the store held already
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -124,13 +124,15 @@ def import_archive(
         plan = _plan_oci_layout(reader, override) if reader.has("index.json") else _plan_docker_save(reader, override)
         _admit(store, plan, force)
         todo = [b for b in plan.blobs.values() if not store.has_blob(b.descriptor.digest)]
-        reused = [b for b in plan.blobs.values() if b not in todo]
         todo.sort(key=lambda b: b.member.offset_data)  # in archive order: a compressed archive is read forwards
         with reporter.transfer(f"importing {archive.name}", sum(b.descriptor.size for b in todo)) as advance:
             for blob in todo:
                 _copy_blob(store, reader, blob, advance, reporter)
-    for digest, data in plan.documents.items():
+    new_documents = {d: data for d, data in plan.documents.items() if not store.has_blob(d)}
+    for digest, data in new_documents.items():
         store.write_blob(data, digest)
+    everything = {d: b.descriptor.size for d, b in plan.blobs.items()} | {d: len(v) for d, v in plan.documents.items()}
+    written = {b.descriptor.digest for b in todo} | set(new_documents)
     images = []
     for planned in plan.images:
         if planned.action == "unchanged":
@@ -150,8 +152,8 @@ def import_archive(
         archive,
         plan.format,
         images,
-        Tally(len(todo), sum(b.descriptor.size for b in todo)),
-        Tally(len(reused), sum(b.descriptor.size for b in reused)),
+        Tally(len(written), sum(everything[d] for d in written)),
+        Tally(len(everything) - len(written), sum(size for d, size in everything.items() if d not in written)),
     )
 
 
