@@ -2,9 +2,10 @@
 ping and its authentication, manifests by tag or digest (verified), and blob URLs for `mirror.download`
 (docs/field-notes.md §7).
 
-Scheme: registries speak HTTPS. A loopback registry (`localhost`, `127.0.0.0/8`, `::1`) may also speak plain
-HTTP, as Docker allows by default; any other host only with `insecure` (which also skips certificate checks,
-like skopeo's `--src-tls-verify=false`). HTTPS is always tried first.
+Scheme: registries speak HTTPS. A loopback registry (`localhost`, `127.0.0.0/8`, `::1`) is what Docker calls an
+insecure registry by default: plain HTTP is allowed and certificates are not checked (its traffic never leaves
+the host); any other host is only with `insecure` (like skopeo's `--src-tls-verify=false`). HTTPS is always
+tried first.
 """
 
 from __future__ import annotations
@@ -79,15 +80,18 @@ class RegistryClient:
         jobs: int = 4,
     ):
         self.ref = ref
-        self.insecure = insecure
         self.http = http or session()
         self._size_pool(jobs)
         if credentials is None:
             credentials = docker_config_credentials(ref.registry)
         self.auth = RegistryAuth(self.http, ref.api_host, ref.repository, credentials)
         self.http.auth = self.auth
-        if insecure:
-            self.http.verify = False
+        self.insecure = insecure or is_loopback(ref.api_host)
+        if self.insecure:
+            import urllib3
+
+            self.http.verify = False  # also spares loading the CA bundle for a loopback registry
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # asked for (or loopback)
         self.base = f"https://{ref.api_host}"
 
     def _size_pool(self, jobs: int) -> None:
@@ -102,7 +106,7 @@ class RegistryClient:
         import requests
 
         resp = None
-        schemes = ["https"] + (["http"] if self.insecure or is_loopback(self.ref.api_host) else [])
+        schemes = ["https", "http"] if self.insecure else ["https"]
         for scheme in schemes:
             url = f"{scheme}://{self.ref.api_host}/v2/"
             try:
