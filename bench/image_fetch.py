@@ -20,12 +20,12 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from harness.oci_images import build_random_image, seed, skopeo
 from harness.registry import registry
 
+REPO = Path(__file__).resolve().parent.parent
 NAME = "bench/random"
 
 
