@@ -172,6 +172,23 @@ def test_an_archive_of_several_images_imports_them_all(
     assert refused.returncode == ExitCode.USAGE and "holds 2 images" in refused.stderr
 
 
+def test_a_name_that_holds_another_image_needs_force(
+    mirror_root: Path, docker_archive: Path, layout_tarball: Path, built_images: BuiltImages
+) -> None:
+    first = import_(mirror_root, docker_archive, "--name", "coreos/etcd:moving")
+    assert first.returncode == 0, first.stderr
+    before = ImageStore(mirror_root).index_path.read_bytes()
+    refused = import_(mirror_root, layout_tarball, "--name", "coreos/etcd:moving")
+    assert refused.returncode == ExitCode.USAGE
+    assert "coreos/etcd:moving is already in the mirror as" in refused.stderr and "--force" in refused.stderr
+    assert ImageStore(mirror_root).index_path.read_bytes() == before
+    assert not ImageStore(mirror_root).has_blob(built_images.index.digest)  # decided before anything was copied
+    forced = import_(mirror_root, layout_tarball, "--name", "coreos/etcd:moving", "--force")
+    assert forced.returncode == 0, forced.stderr
+    (replaced,) = forced.json()["images"]
+    assert replaced["action"] == "replaced" and replaced["image"]["digest"] == built_images.index.digest
+
+
 # -- malformed archives ---------------------------------------------------------------------------------
 
 
