@@ -104,6 +104,27 @@ def test_a_docker_save_archive(mirror_root: Path, docker_archive: Path, tmp_path
     assert "coreos/etcd:v3.5.16 is already in the mirror" in human.stderr
 
 
+def test_layers_named_through_links(mirror_root: Path, docker_archive: Path, tmp_path: Path) -> None:
+    """Docker's own archives name layers `<id>/layer.tar`, often symbolic links to another member."""
+    with tarfile.open(docker_archive) as tar:
+        links = {m.linkname.removeprefix("../"): m.name for m in tar.getmembers() if m.issym()}
+    assert links  # skopeo writes <id>/layer.tar links to <diff id>.tar, as Docker does
+
+    def via_links(name: str, data: bytes) -> bytes:
+        if name != "manifest.json":
+            return data
+        doc = json.loads(data)
+        doc[0]["Layers"] = [links[layer] for layer in doc[0]["Layers"]]
+        return json.dumps(doc).encode()
+
+    linked = tmp_path / "linked.tar"
+    rewrite_tar(docker_archive, linked, via_links)
+    run = import_(mirror_root, linked)
+    assert run.returncode == 0, run.stderr
+    direct = import_(tmp_path / "direct", docker_archive)
+    assert run.json()["images"][0]["image"]["digest"] == direct.json()["images"][0]["image"]["digest"]
+
+
 def test_an_oci_layout_tarball_keeps_the_digests(
     mirror_root: Path, layout_tarball: Path, built_images: BuiltImages, tmp_path: Path
 ) -> None:

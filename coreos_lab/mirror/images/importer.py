@@ -35,7 +35,6 @@ from coreos_lab.mirror.images.fetch import Tally
 from coreos_lab.mirror.images.manifests import (
     OCI_MANIFEST,
     Descriptor,
-    ImageIndex,
     ImageManifest,
     parse_descriptor,
     parse_manifest,
@@ -203,9 +202,23 @@ class _ArchiveReader:
         return name in self.members
 
     def member(self, name: str, why: str) -> tarfile.TarInfo:
+        """The regular file `name` names, through symbolic and hard links (docker save links repeated layers)."""
         found = self.members.get(posixpath.normpath(name).lstrip("/"))
         if found is None:
             raise BadInput(f"{self.archive}: member {name} ({why}) is missing")
+        for _ in range(16):
+            if found.issym():
+                target = posixpath.normpath(posixpath.join(posixpath.dirname(found.name), found.linkname))
+            elif found.islnk():
+                target = posixpath.normpath(found.linkname)
+            else:
+                break
+            linked = self.members.get(target.lstrip("/"))
+            if linked is None:
+                raise BadInput(f"{self.archive}: member {name} ({why}) links to {target}, which is missing")
+            found = linked
+        if not found.isfile():
+            raise BadInput(f"{self.archive}: member {name} ({why}) is not a file")
         return found
 
     def blob_member(self, digest: str, why: str) -> tarfile.TarInfo:
@@ -291,26 +304,31 @@ def _bare(descriptor: Descriptor) -> Descriptor:
     return Descriptor(descriptor.media_type, descriptor.digest, descriptor.size)
 
 
-def _walk(reader: _ArchiveReader, plan: _Plan, descriptor: Descriptor, why: str) -> str:
+def _walk(reader: _ArchiveReader, plan: _Plan, descriptor: Descriptor, why: str, in_index: bool = False) -> str:
     """Plan the blobs a manifest or index needs; the platforms present ("all", or those an index has here)."""
     data = reader.read_verified(descriptor, why)
     plan.documents[descriptor.digest] = data
-    parsed = parse_manifest(
-        data, descriptor.media_type, f"{reader.archive}: member {reader.blob_member(descriptor.digest, why).name}"
-    )
+    where = f"{reader.archive}: member {reader.blob_member(descriptor.digest, why).name}"
+    parsed = parse_manifest(data, descriptor.media_type, where)
     if isinstance(parsed, ImageManifest):
         for i, blob in enumerate(parsed.blobs):
             what = "config" if i == 0 else f"layer {i}"
-            plan.blobs[blob.digest] = _Blob(blob, reader.blob_member(blob.digest, f"the {what} of {descriptor.digest}"))
+            member = reader.blob_member(blob.digest, f"the {what} of {descriptor.digest}")
+            if member.size != blob.size:
+                raise BadInput(
+                    f"{reader.archive}: member {member.name} has {member.size} bytes, but the manifest "
+                    f"{descriptor.digest} says {blob.size}"
+                )
+            plan.blobs[blob.digest] = _Blob(blob, member)
         return ALL_PLATFORMS
-    assert isinstance(parsed, ImageIndex)
+    if in_index:
+        raise BadInput(f"{where}: an index inside an index is not supported")
+    # A layout may hold only some platforms of an index (a one-platform fetch or copy): those present count.
     present = [m for m in parsed.manifests if reader.has(f"blobs/sha256/{m.digest.removeprefix('sha256:')}")]
     if not present:
-        raise BadInput(f"{reader.archive}: index {descriptor.digest} has none of its images in the archive")
+        raise BadInput(f"{where}: none of the index's images is in the archive")
     for entry in present:
-        if isinstance(parse_manifest(reader.read_verified(entry, why), entry.media_type, why), ImageIndex):
-            raise BadInput(f"{reader.archive}: member blobs/sha256/{entry.digest[7:]}: an index inside an index")
-        _walk(reader, plan, entry, f"an image of index {descriptor.digest}")
+        _walk(reader, plan, entry, f"an image of index {descriptor.digest}", in_index=True)
     if len(present) == len(parsed.manifests):
         return ALL_PLATFORMS
     return ",".join(sorted(str(m.platform) for m in present if m.platform is not None))

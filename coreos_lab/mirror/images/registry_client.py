@@ -34,7 +34,7 @@ ACCEPT = ", ".join(MANIFEST_MEDIA_TYPES)
 @dataclass(frozen=True)
 class FetchedManifest:
     data: bytes
-    media_type: str | None  # the Content-Type the registry sent
+    media_type: str | None  # the Content-Type the registry sent, when it is a manifest media type
     digest: str  # sha256 of data, checked against what was asked for and Docker-Content-Digest
     url: str
 
@@ -153,7 +153,9 @@ class RegistryClient:
                 if r.status_code != 200:
                     raise registry_error(url, r)
                 data = r.raw.read(MANIFEST_LIMIT + 1, decode_content=True)
-                media_type = r.headers.get("Content-Type", "").split(";")[0].strip() or None
+                content_type = r.headers.get("Content-Type", "").split(";")[0].strip()
+                # Some registries say application/json for an OCI manifest without mediaType: let its shape tell.
+                media_type = content_type if content_type in MANIFEST_MEDIA_TYPES else None
                 announced = r.headers.get("Docker-Content-Digest")
         except requests.RequestException as exc:
             raise network_error(url, exc) from exc
