@@ -1,4 +1,4 @@
-"""The one server process: box mirror + etcd discovery, on aiohttp.
+"""The one server process: box mirror + image registry + etcd discovery, on aiohttp.
 
 `build_app` assembles the routes; `serve_forever` runs them in the foreground (`lab mirror serve`);
 `EmbeddedServer` runs them on a background thread for the duration of a command that needs them
@@ -23,7 +23,8 @@ if TYPE_CHECKING:
 
 
 def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool = False) -> web.Application:
-    """The aiohttp application serving the mirror at `mirror_root` and discovery state beside it.
+    """The aiohttp application serving the mirror at `mirror_root` (boxes, and images at /v2/) and discovery
+    state beside it.
 
     `base_url` fixes the absolute URLs written into box metadata; without it they follow the request's Host.
     """
@@ -31,11 +32,15 @@ def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool
 
     from coreos_lab.discovery import api as discovery_api
     from coreos_lab.mirror import http as mirror_http
+    from coreos_lab.mirror.images import http as registry_http
 
     app = web.Application()
-    # Discovery first: its routes match only `/new` and 32-hex tokens, never a box name.
+    # Discovery and the registry first: their routes match only `/new`, 32-hex tokens and `/v2`, `/v2/…`; the
+    # box mirror takes every other path (a box named `v2` would be hidden: the distros' are <distro>-<channel>).
     discovery_api.setup(app, discovery_dir(mirror_root), base_url=base_url)
-    mirror_http.setup(app, mirror_root, base_url=base_url, live_view=live_view)
+    tracker = mirror_http.transfer_tracker(app, live_view=live_view)
+    registry_http.setup(app, mirror_root, tracker=tracker)
+    mirror_http.setup(app, mirror_root, base_url=base_url, tracker=tracker)
     return app
 
 

@@ -1,4 +1,5 @@
-"""`lab mirror serve`: the HTTP box mirror (and discovery API) Vagrant talks to."""
+"""`lab mirror serve`: the HTTP box mirror (and discovery API) Vagrant talks to, and the image registry Docker
+pulls from."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ from coreos_lab.paths import DEFAULT_HOST, DEFAULT_PORT
     help="Show downloads in progress (default: when stderr is a terminal).",
 )
 def serve(root: Path | None, host: str, port: int, base_url: str | None, live: bool | None) -> None:
-    """Serve the mirror to Vagrant until Ctrl-C: metadata, boxes with Range, an index page at /.
+    """Serve the mirror until Ctrl-C: box metadata, boxes with Range, an index page at /, and the images as a
+    read-only registry at /v2/ (`docker pull HOST:PORT/coreos/etcd:v3.5.16`).
 
     One access-log line per request goes to stderr.
     """

@@ -16,11 +16,13 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlsplit
 
 from aiohttp import ETag, web
 from multidict import CIMultiDict
 
 from coreos_lab.errors import BadInput
+from coreos_lab.mirror.images.store import ImageStore
 from coreos_lab.mirror.layout import (
     NO_SUCH_PATH,
     Forbidden,
@@ -44,21 +46,25 @@ OPEN_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*([0-9]+)\s*-\s*$")
 ANSWERED_METHODS = ("GET", "HEAD")
 
 
-def setup(app: web.Application, mirror_root: Path, *, base_url: str | None = None, live_view: bool = False) -> None:
-    """Add the mirror's route to `app`: every path not taken by a route added before it."""
-    handlers = MirrorHandlers(
-        MirrorLayout(MirrorStore(mirror_root)), base_url=base_url, tracker=TransferTracker(live=live_view)
-    )
-    app.router.add_route("*", "/{path:.*}", handlers.handle)
+def transfer_tracker(app: web.Application, *, live_view: bool = False) -> TransferTracker:
+    """The one tracker of the app's file transfers (boxes and image blobs), its live view running with the app."""
+    tracker = TransferTracker(live=live_view)
 
     async def start_view(_app: web.Application) -> None:
-        handlers.tracker.start()
+        tracker.start()
 
     async def stop_view(_app: web.Application) -> None:
-        handlers.tracker.stop()
+        tracker.stop()
 
     app.on_startup.append(start_view)
     app.on_cleanup.append(stop_view)
+    return tracker
+
+
+def setup(app: web.Application, mirror_root: Path, *, base_url: str | None, tracker: TransferTracker) -> None:
+    """Add the mirror's route to `app`: every path not taken by a route added before it."""
+    handlers = MirrorHandlers(MirrorLayout(MirrorStore(mirror_root)), base_url=base_url, tracker=tracker)
+    app.router.add_route("*", "/{path:.*}", handlers.handle)
 
 
 def check_root(root: Path) -> Path:
@@ -86,8 +92,12 @@ def describe(root: Path, listen_url: str, base_url: str | None) -> str:
     names = MirrorStore(root).names(BOX)
     base = base_url or listen_url
     where = f"serving {root} on {listen_url}" + (f" (metadata URLs under {base_url})" if base_url else "")
-    lines = [f"{where}: {len(names)} box name{'s' if len(names) != 1 else ''}; Ctrl-C stops"]
+    images = ImageStore(root).images()
+    counts = f"{len(names)} box name{'s' if len(names) != 1 else ''}"
+    counts += f", {len(images)} image{'s' if len(images) != 1 else ''} at /v2/" if images else ""
+    lines = [f"{where}: {counts}; Ctrl-C stops"]
     lines += [f"  vagrant box add {base}/{name}" for name in names]
+    lines += [f"  docker pull {urlsplit(base).netloc}/{image.name}" for image in images]
     return "\n".join(lines)
 
 
@@ -136,7 +146,7 @@ class MirrorHandlers:
 
     async def send_file(self, request: web.Request, stored: StoredFile) -> web.StreamResponse:
         try:
-            handle, stat = await asyncio.to_thread(_open, stored.path)
+            handle, stat = await asyncio.to_thread(open_file, stored.path)
         except OSError as exc:
             raise web.HTTPNotFound(text=file_missing(stored.label).text) from exc
         response = BoxFileResponse(tracker=self.tracker, label=stored.label)
@@ -147,7 +157,7 @@ class MirrorHandlers:
         return response
 
 
-def _open(path: Path) -> tuple[BinaryIO, os.stat_result]:
+def open_file(path: Path) -> tuple[BinaryIO, os.stat_result]:
     """The file, open, and its stat (of what was opened: the file may be replaced meanwhile)."""
     handle = path.open("rb")
     try:
@@ -246,7 +256,7 @@ def precondition_status(request: web.BaseRequest, etag: str, mtime: float) -> in
 
 
 class BoxFileResponse(web.StreamResponse):
-    """A stored file as aiohttp's FileResponse would answer it (ETag, Last-Modified, conditional requests, HEAD,
+    """A stored file (a box, an image blob) as aiohttp's FileResponse would answer it (ETag, Last-Modified, conditional requests, HEAD,
     one Range), its body sent with `loop.sendfile` in pieces that the tracker (live view) and the access log
     (`bytes_sent`) follow. Every stored file goes out as bytes: a box must never look like metadata to Vagrant.
 
@@ -255,14 +265,15 @@ class BoxFileResponse(web.StreamResponse):
     `loop.sendfile` falls back to read/write by itself where the transport cannot sendfile (TLS).
     """
 
-    def __init__(self, *, tracker: TransferTracker, label: str):
+    def __init__(self, *, tracker: TransferTracker, label: str, etag: str | None = None):
         super().__init__()
         self._tracker = tracker
         self._label = label
+        self._etag = etag  # the file's own when None; a content-addressed blob's is its digest
         self.bytes_sent = 0
 
     async def send(self, request: web.Request, handle: BinaryIO, stat: os.stat_result) -> None:
-        size, mtime, etag = stat.st_size, stat.st_mtime, file_etag(stat)
+        size, mtime, etag = stat.st_size, stat.st_mtime, self._etag or file_etag(stat)
         status = precondition_status(request, etag, mtime)
         if status is not None:
             self.set_status(status)

@@ -2,7 +2,8 @@
 
 URL scheme (the store's layout; the box's URL path below the base URL is its path below the root):
 
-    /                                                   index: boxes and copy-paste `vagrant box add` commands
+    /                                                   index: boxes and images, with copy-paste `vagrant box add`
+                                                        and `docker pull` commands
     /<name>, /<name>.json                               metadata: every stored version and provider of <name>
     /<name>/<version>/<provider>-<arch>.box             the box (only catalog entries; never .part or records)
     /<distro>_production_vagrant.json                   seed-style: newest <distro>-stable (or the only channel)
@@ -26,9 +27,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
 from coreos_lab.distros import DISTROS, Distro
+from coreos_lab.mirror.images.store import ImageStore, StoredImage
 from coreos_lab.mirror.store import BOX, CatalogEntry, MirrorStore, version_key
 from coreos_lab.mirror.upstream import BOARD
 
@@ -111,7 +113,7 @@ class MirrorLayout:
         ever joined to a file name: files are found by comparing segments with what the catalog holds.
         """
         if path == "/":
-            return Page(render_index(self.store.entries(kind=BOX), base))
+            return Page(render_index(self.store.entries(kind=BOX), base, ImageStore(self.store.root).images()))
         segments = [unquote(s) for s in path.split("/")[1:]]
         try:
             match segments:
@@ -274,7 +276,7 @@ def _seed_distro(file: str) -> str:
 
 
 # -- index page --------------------------------------------------------------------------------------------
-def render_index(entries: list[CatalogEntry], base: str) -> str:
+def render_index(entries: list[CatalogEntry], base: str, images: list[StoredImage] | None = None) -> str:
     e = html.escape
     by_name: dict[str, list[CatalogEntry]] = {}
     for entry in entries:
@@ -298,7 +300,20 @@ def render_index(entries: list[CatalogEntry], base: str) -> str:
             "<table><tr><th>version</th><th>provider</th><th>arch</th><th>bytes</th><th>sha256</th><th></th></tr>"
             f"{rows}</table>"
         )
-    body = "\n".join(sections) if sections else "<p>No boxes yet: add some with <code>lab mirror import</code>.</p>"
+    if not sections:
+        sections.append("<p>No boxes yet: add some with <code>lab mirror import</code>.</p>")
+    if images:
+        # The registry answers at the server's root (/v2/), so a pull names the host and port alone.
+        registry = urlsplit(base).netloc
+        rows = "".join(
+            f"<tr><td><code>docker pull {e(registry)}/{e(i.name)}</code></td><td>{e(i.platforms)}</td>"
+            f"<td><code>{e(i.digest[:23])}…</code></td></tr>"
+            for i in images
+        )
+        sections.append(
+            "<h2>Images</h2>\n<table><tr><th>pull</th><th>platforms</th><th>digest</th></tr>" + rows + "</table>"
+        )
+    body = "\n".join(sections)
     return (
         '<!doctype html>\n<html><head><meta charset="utf-8"><title>coreos-lab box mirror</title>\n'
         "<style>body{font-family:sans-serif;margin:2em}pre,code{background:#f4f4f4}pre{padding:.5em}"
