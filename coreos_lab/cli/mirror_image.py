@@ -80,7 +80,7 @@ def fetch(
     result = fetch_image(
         ImageStore(resolve_root(root)),
         reference or default_reference(distro),
-        platforms=platforms or ("linux/amd64",),
+        platforms=platforms,
         all_platforms=all_platforms,
         credentials=_credentials(username, password, password_stdin),
         insecure=insecure,
@@ -89,15 +89,16 @@ def fetch(
         reporter=TerminalReporter(),
     )
     stored = result.image
-    platform_text = ", ".join(result.platforms) or stored.platforms
+    held = "" if stored.platforms == "all" else f", platforms {stored.platforms}"
     if as_json:
         console.print_json(result.as_dict())
     elif result.action == "unchanged":
-        console.info(f"{stored.name} is already in the mirror ({stored.digest}, {platform_text}); nothing to do")
+        console.info(f"{stored.name} is already in the mirror ({stored.digest}{held}); nothing to do")
     else:
+        fetched = f"{', '.join(result.platforms)}; " if result.platforms else ""
         resumed = f", {human_size(result.resumed_bytes)} of it resumed" if result.resumed_bytes else ""
         console.success(
-            f"{result.action} {stored.name} from {result.source} ({platform_text}; "
+            f"{result.action} {stored.name} from {result.source} ({fetched}"
             f"{_blobs(result.downloaded)} downloaded{resumed}, {_blobs(result.reused)} already in the mirror)"
         )
 
