@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from harness import processes
 from harness.cli import lab, start_lab
-from harness.oci_images import BuiltImages, built_images, digest_of, inspect_raw, skopeo
+from harness.oci_images import MULTI, SINGLE, BuiltImages, built_images, digest_of, inspect_raw, seed, skopeo
+from harness.ports import free_port
 from harness.registry import (
     BlobStorage,
     Credentials,
@@ -159,8 +160,6 @@ def test_bad_references_and_unreachable_registries(mirror_root: Path, upstream: 
     assert "MANIFEST_UNKNOWN" in unknown.stderr
     invalid = fetch(mirror_root, "Quay.io/UPPER/case")
     assert invalid.returncode == ExitCode.USAGE and "'Quay.io/UPPER/case'" in invalid.stderr
-    from harness.ports import free_port
-
     closed = fetch(mirror_root, f"127.0.0.1:{free_port()}/coreos/etcd:v3.5.16")
     assert closed.returncode == ExitCode.ERROR and "cannot reach the registry" in closed.stderr
     assert not (mirror_root / "images" / "index.json").exists()
@@ -169,8 +168,6 @@ def test_bad_references_and_unreachable_registries(mirror_root: Path, upstream: 
 def test_a_tag_that_now_names_another_image_needs_force(
     mirror_root: Path, upstream: Registry, built_images: BuiltImages
 ) -> None:
-    from harness.oci_images import MULTI, SINGLE, seed
-
     seed(built_images.source(SINGLE), upstream.host, "coreos/etcd:moving")
     assert fetch(mirror_root, f"{upstream.host}/coreos/etcd:moving").returncode == 0
     seed(built_images.source(MULTI), upstream.host, "coreos/etcd:moving", all_platforms=True)
@@ -273,6 +270,15 @@ def test_a_blob_redirected_to_storage_gets_no_credentials(
         )
         assert all("Authorization" not in r.headers for r in storage.requests)
         assert any("Authorization" in r.headers for r in proxy.requests if "/manifests/" in r.path)
+
+
+def test_a_loopback_registry_over_https(mirror_root: Path, tmp_path: Path, built_images: BuiltImages) -> None:
+    """HTTPS is tried first; a loopback registry's certificate is not checked (Docker's default for loopback)."""
+    with registry(tmp_path / "registry", tls=True) as running:
+        seed_test_images(running, built_images)
+        run = fetch(mirror_root, f"{running.host}/coreos/etcd:v3.5.16")
+        assert run.returncode == 0, run.stderr
+        assert run.json()["image"]["digest"] == built_images.single.digest
 
 
 def test_proxy_variables_are_honoured(mirror_root: Path, upstream: Registry) -> None:

@@ -26,11 +26,13 @@ import socket
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -62,6 +64,34 @@ def write_htpasswd(path: Path, users: dict[str, str]) -> None:
     path.write_text("\n".join(lines) + "\n")
 
 
+def self_signed_certificate(common_name: str, ip: str | None = None) -> tuple[Any, Any]:
+    """An RSA key and a self-signed CA certificate for it (with `ip` as its subject alternative name)."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    )
+    if ip is not None:
+        alt = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(ip))])
+        builder = builder.add_extension(alt, critical=False)
+    return key, builder.sign(key, hashes.SHA256())
+
+
 def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
@@ -76,29 +106,13 @@ class TokenServer:
     def __init__(
         self, directory: Path, users: dict[str, str] | None = None, lifetime: int = 300, expired_first: int = 0
     ):
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import rsa
-        from cryptography.x509.oid import NameOID
+        from cryptography.hazmat.primitives import serialization
 
         self.users = users
         self.lifetime = lifetime
         self.expired_first = expired_first  # the first N tokens expired an hour ago (a renewal is due at once)
         self.requests: list[dict[str, str | None]] = []
-        self._key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, ISSUER)])
-        now = datetime.datetime.now(datetime.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(self._key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self._key, hashes.SHA256())
-        )
+        self._key, cert = self_signed_certificate(ISSUER)
         self.cert_path = directory / "token-cert.pem"
         self.cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
         self._cert_der = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
@@ -190,6 +204,7 @@ class Registry:
     credentials: Credentials | None = None
     token_server: TokenServer | None = None
     log_path: Path = field(default_factory=Path)
+    tls: bool = False
 
     @property
     def host(self) -> str:
@@ -197,7 +212,7 @@ class Registry:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}"
+        return f"{'https' if self.tls else 'http'}://{self.host}"
 
     @property
     def storage(self) -> Path:
@@ -214,11 +229,24 @@ class Registry:
 
 @contextmanager
 def registry(
-    directory: Path, *, htpasswd: Credentials | None = None, token: TokenServer | None = None
+    directory: Path, *, htpasswd: Credentials | None = None, token: TokenServer | None = None, tls: bool = False
 ) -> Iterator[Registry]:
-    """docker-registry on 127.0.0.1 with storage under `directory`; stopped (by PID) on exit."""
+    """docker-registry on 127.0.0.1 with storage under `directory` (HTTPS only with `tls`, a self-signed
+    certificate); stopped (by PID) on exit."""
     directory.mkdir(parents=True, exist_ok=True)
     port = free_port()
+    listen = ""
+    if tls:
+        from cryptography.hazmat.primitives import serialization
+
+        key, cert = self_signed_certificate("127.0.0.1", ip="127.0.0.1")
+        (directory / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        (directory / "tls.key").write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+            )
+        )
+        listen = f"  tls:\n    certificate: {directory / 'tls.crt'}\n    key: {directory / 'tls.key'}\n"
     auth = ""
     if htpasswd is not None:
         write_htpasswd(directory / "htpasswd", {htpasswd.username: htpasswd.password})
@@ -233,7 +261,7 @@ def registry(
         "version: 0.1\n"
         "log:\n  level: info\n  accesslog:\n    disabled: true\n"
         f"storage:\n  filesystem:\n    rootdirectory: {directory / 'storage'}\n  delete:\n    enabled: true\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n" + auth
+        f"http:\n  addr: 127.0.0.1:{port}\n  secret: {secrets.token_hex(16)}\n" + listen + auth
     )
     log_path = directory / "registry.log"
     with log_path.open("wb") as log:
@@ -244,7 +272,7 @@ def registry(
             stderr=subprocess.STDOUT,
             env={k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_")},
         )
-    running = Registry(directory, port, process, htpasswd, token, log_path)
+    running = Registry(directory, port, process, htpasswd, token, log_path, tls)
     try:
         wait_until(lambda: _answers(running), lambda: f"docker-registry on {running.host}: {running.log()}", 60)
         yield running
@@ -266,7 +294,9 @@ def _answers(running: Registry) -> bool:
     if running.process.poll() is not None:
         raise RuntimeError(f"docker-registry exited ({running.process.returncode}): {running.log()}")
     try:
-        return requests.get(f"{running.url}/v2/", timeout=2).status_code in (200, 401)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # urllib3's InsecureRequestWarning: the certificate is our own
+            return requests.get(f"{running.url}/v2/", timeout=2, verify=False).status_code in (200, 401)
     except requests.ConnectionError:
         return False
 

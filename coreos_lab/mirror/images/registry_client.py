@@ -13,7 +13,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from coreos_lab.errors import BadInput, LabError
@@ -25,6 +25,7 @@ from coreos_lab.mirror.upstream import CONNECT_TIMEOUT, READ_TIMEOUT, network_er
 
 if TYPE_CHECKING:
     import requests
+    import requests.adapters
 
 # The distribution spec lets registries refuse manifests over 4 MiB; nothing bigger is a manifest.
 MANIFEST_LIMIT = 4 << 20
@@ -81,25 +82,26 @@ class RegistryClient:
     ):
         self.ref = ref
         self.http = http or session()
-        self._size_pool(jobs)
+        self.insecure = insecure or is_loopback(ref.api_host)
+        self._mount_adapters(jobs)
         if credentials is None:
             credentials = docker_config_credentials(ref.registry)
         self.auth = RegistryAuth(self.http, ref.api_host, ref.repository, credentials)
         self.http.auth = self.auth
-        self.insecure = insecure or is_loopback(ref.api_host)
-        if self.insecure:
-            import urllib3
-
-            self.http.verify = False  # also spares loading the CA bundle for a loopback registry
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # asked for (or loopback)
         self.base = f"https://{ref.api_host}"
 
-    def _size_pool(self, jobs: int) -> None:
-        """Enough kept connections per host for `jobs` blobs at once."""
+    def _mount_adapters(self, jobs: int) -> None:
+        """Enough kept connections per host for `jobs` blobs at once; for an insecure registry, unchecked TLS for
+        its own host only (a token realm or a storage host it redirects to is still checked)."""
         from requests.adapters import HTTPAdapter
 
         for scheme in ("https://", "http://"):
             self.http.mount(scheme, HTTPAdapter(pool_connections=4, pool_maxsize=max(jobs, 10)))
+        if self.insecure:
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # asked for, or a loopback host
+            self.http.mount(f"https://{self.ref.api_host}/", _unchecked_tls(pool_maxsize=max(jobs, 10)))
 
     def ping(self) -> None:
         """`GET /v2/`: 200 is an open registry, 401 names how to authenticate (`WWW-Authenticate`)."""
@@ -167,3 +169,15 @@ class RegistryClient:
         if announced and announced.startswith("sha256:") and announced != digest:
             raise BadInput(f"{url}: the manifest's sha256 is {digest}, but Docker-Content-Digest says {announced}")
         return FetchedManifest(data, media_type, digest, url)
+
+
+def _unchecked_tls(pool_maxsize: int) -> requests.adapters.HTTPAdapter:
+    """An adapter that never checks certificates (and so never loads the CA bundle)."""
+    from requests.adapters import HTTPAdapter
+
+    class UncheckedTLS(HTTPAdapter):
+        def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+            kwargs["verify"] = False
+            return super().send(request, **kwargs)
+
+    return UncheckedTLS(pool_maxsize=pool_maxsize)
