@@ -7,6 +7,8 @@ NO_RECOMMENDS_PACKAGES=(vagrant)
 LIBVIRT_TEST_PACKAGES=(vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base iptables
   linux-image-amd64 busybox-static dropbear-bin extlinux syslinux-common cpio e2fsprogs fdisk)
 TEST_PACKAGES=(etcd-server etcd-client openssh-server iproute2 nginx procps)
+# docker-registry and skopeo: a real upstream registry for the image tests, and a reference client.
+TEST_PACKAGES+=(docker-registry skopeo)
 # Docker's own client against the mirror's registry (marker docker): a private dockerd, vfs, no networking.
 TEST_PACKAGES+=(docker.io)
 

@@ -12,6 +12,7 @@ def register(root: click.Group) -> None:
         lab,
         lifecycle,
         mirror,
+        mirror_image,  # noqa: F401 - adds `image` to the mirror group
         mirror_serve,  # noqa: F401 - adds `serve` to the mirror group
         smoke,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -13,6 +13,7 @@ from coreos_lab.errors import ExitCode
 
 if TYPE_CHECKING:
     from coreos_lab.mirror.fetch import FetchResult
+    from coreos_lab.mirror.images.store import ImageStore, StoredImage
     from coreos_lab.mirror.importer import ImportResult
 
 base_url_option = click.option(
@@ -126,43 +127,88 @@ def fetch(
 @base_url_option
 @json_option
 def list_(root: Path | None, base_url: str | None, as_json: bool) -> None:
-    """One row per stored box, with the URLs `lab mirror serve` answers on."""
+    """One row per stored box, with the URLs `lab mirror serve` answers on; then one per container image."""
     from coreos_lab import console
+    from coreos_lab.mirror.images.store import ImageStore
     from coreos_lab.mirror.store import MirrorStore
 
     store = MirrorStore(resolve_existing_root(root))
     rows = [e.as_dict(_base(base_url)) for e in store.entries()]
+    images = [_image_row(ImageStore(store.root), image, _base(base_url)) for image in ImageStore(store.root).images()]
     if as_json:
-        console.print_json({"root": str(store.root), "boxes": rows})
+        console.print_json({"root": str(store.root), "boxes": rows, "images": images})
         return
     if not rows:
         console.info(f"no boxes in {store.root}")
-        return
-    header = ("name", "version", "provider", "architecture", "size", "sha256", "metadata_url", "box_url")
-    table = [header] + [
-        (
-            r["name"],
-            r["version"],
-            r["provider"],
-            r["architecture"],
-            _human_size(r["size"]),
-            r["sha256"][:12],
-            r["metadata_url"],
-            r["box_url"],
+    else:
+        header = ("name", "version", "provider", "architecture", "size", "sha256", "metadata_url", "box_url")
+        _print_table(
+            header,
+            [
+                (
+                    r["name"],
+                    r["version"],
+                    r["provider"],
+                    r["architecture"],
+                    human_size(r["size"]),
+                    r["sha256"][:12],
+                    r["metadata_url"],
+                    r["box_url"],
+                )
+                for r in rows
+            ],
         )
-        for r in rows
-    ]
-    # Plain aligned columns, never truncated: URLs are meant to be copied.
+    if not images:
+        console.info(f"no images in {store.root}")
+        return
+    if rows:
+        console.out().print()
+    _print_table(
+        ("image", "digest", "platforms", "size", "pull", "source"),
+        [
+            (
+                f"{i['repository']}:{i['tag']}",
+                i["digest"][:19],
+                i["platforms"],
+                human_size(i["blob_bytes"]),
+                i["pull"],
+                i["source"] or "",
+            )
+            for i in images
+        ],
+    )
+
+
+def _print_table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> None:
+    """Plain aligned columns, never truncated: URLs are meant to be copied."""
+    from coreos_lab import console
+
+    table = [header, *body]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         console.out().print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), markup=False)
+
+
+def _image_row(store: ImageStore, image: StoredImage, base_url: str) -> dict[str, Any]:
+    """An image's catalog entry, the bytes of its blobs in the store, and what a client pulls from the mirror."""
+    from urllib.parse import urlsplit
+
+    from coreos_lab.errors import BadInput
+
+    try:
+        present = {b.digest: b.size for b in store.required_blobs(image.descriptor) if store.has_blob(b.digest)}
+    except BadInput:  # a damaged manifest: `lab mirror verify` says which
+        present = {}
+    host = urlsplit(base_url).netloc or base_url
+    return image.as_dict() | {"blob_bytes": sum(present.values()), "pull": f"{host}/{image.name}"}
 
 
 @mirror.command("verify")
 @root_option
 @json_option
 def verify(root: Path | None, as_json: bool) -> ExitCode:
-    """Re-hash every box against its record; exit 1 on any mismatch or damaged record."""
+    """Re-hash every box against its record and every image blob against its digest; exit 1 on any mismatch,
+    missing blob, or damaged record, catalog or manifest."""
     from coreos_lab import console
     from coreos_lab.mirror.store import MirrorStore
     from coreos_lab.mirror.verify import verify_store
@@ -173,11 +219,11 @@ def verify(root: Path | None, as_json: bool) -> ExitCode:
         console.print_json(report.as_dict())
     else:
         for finding in report.findings:
-            line = f"{finding.status:16} {finding.box or finding.path}"
+            line = f"{finding.status:17} {finding.label or finding.path}"
             if finding.failed:
                 console.error(f"{line}: {finding.detail} ({finding.path})")
             else:
-                console.info(line if finding.box else f"{line}: {finding.detail}")
+                console.info(line if finding.label else f"{line}: {finding.detail}")
         summary = report.as_dict()
         verdict = f"{summary['checked']} checked, {summary['failed']} failed in {report.root}"
         (console.success if report.ok else console.info)(verdict)
@@ -204,7 +250,7 @@ def _base(base_url: str | None) -> str:
     return base_url or default_base_url()
 
 
-def _human_size(size: int) -> str:
+def human_size(size: int) -> str:
     value = float(size)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if value < 1024 or unit == "GiB":

@@ -10,6 +10,7 @@ announced length is a truncated download: the part is kept for the next run to r
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -34,7 +35,20 @@ class _StartOver(Exception):
     """The response cannot continue the part: fetch the whole file."""
 
 
-def download(http: requests.Session, url: str, part: BinaryIO, algorithms: list[str], reporter: Reporter) -> Downloaded:
+def _status_error(url: str, resp: requests.Response) -> LabError:
+    return http_error(url, resp.status_code, resp.reason)
+
+
+def download(
+    http: requests.Session,
+    url: str,
+    part: BinaryIO,
+    algorithms: list[str],
+    reporter: Reporter,
+    *,
+    status_error: Callable[[str, requests.Response], LabError] = _status_error,
+) -> Downloaded:
+    """`status_error` turns an unexpected HTTP status into the error to raise (a release server's by default)."""
     import requests
     import urllib3
 
@@ -53,7 +67,7 @@ def download(http: requests.Session, url: str, part: BinaryIO, algorithms: list[
         receiving = False
         try:
             with http.get(url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) as resp:
-                total = _continue_at(resp, have, url)
+                total = _continue_at(resp, have, url, status_error)
                 if total is None and resp.status_code == 416:
                     # The part already holds the whole file.
                     return Downloaded(have, hashers.hexdigests(), have, False)
@@ -95,7 +109,9 @@ def _hash_existing(part: BinaryIO, hashers: Hashers, have: int, reporter: Report
             advance(len(chunk))
 
 
-def _continue_at(resp: requests.Response, have: int, url: str) -> int | None:
+def _continue_at(
+    resp: requests.Response, have: int, url: str, status_error: Callable[[str, requests.Response], LabError]
+) -> int | None:
     """The full size of the file (None when unknown or when a 416 says the part is complete), after checking
     that the response continues the part at byte `have`."""
     status = resp.status_code
@@ -110,7 +126,7 @@ def _continue_at(resp: requests.Response, have: int, url: str) -> int | None:
             raise _StartOver(f"the server sent Content-Range {resp.headers.get('Content-Range')!r} for byte {have}")
         return int(match.group(3)) if match.group(3) != "*" else None
     if status != 200:
-        raise http_error(url, status, resp.reason)
+        raise status_error(url, resp)
     length = resp.headers.get("Content-Length")
     return int(length) if length and length.isdigit() else None
 
