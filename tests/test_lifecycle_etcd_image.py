@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 from harness.cli import lab
-from harness.etcd_image import push, put_in_store, small_image, write_oci_layout
+from harness.etcd_image import oci_layout_tar, push, put_in_store, small_image, write_oci_layout
 from harness.lifecycle_labs import install_standins, make_lab
-from harness.local_registry import registry
+from harness.registry import registry
 
 from coreos_lab.doctor import check_etcd_image
 from coreos_lab.errors import ExitCode
@@ -93,6 +93,7 @@ def test_another_tag_of_the_image_is_not_the_image(tmp_path: Path) -> None:
     assert finding.fix.startswith("lab mirror image fetch quay.io/coreos/etcd:v3.5.17")
 
 
+@pytest.mark.registry
 def test_a_mirror_answering_at_the_labs_url_is_asked_as_a_registry(tmp_path: Path) -> None:
     """HEAD /v2/<repository>/manifests/<tag or digest>, as Docker asks; the local store is not looked at."""
     lab_dir, env = flatcar_lab(tmp_path)
@@ -188,3 +189,16 @@ def test_doctor_asks_lab_mirror_serve_running_at_the_labs_url(standins: tuple[Pa
     assert before["mirror"]["detail"] == f"mirror reachable at {plan.mirror_url}"
     assert before["mirror-image"]["level"] == "fail" and f"({plan.mirror_url})" in before["mirror-image"]["detail"]
     assert after["mirror-image"]["level"] == "ok" and f"({plan.mirror_url})" in after["mirror-image"]["detail"]
+
+
+def test_an_image_imported_with_lab_mirror_image_import_satisfies_preflight(
+    tmp_path: Path, standins: tuple[Path, dict[str, str]]
+) -> None:
+    """The sneakernet way the VM end-to-end takes: an OCI layout tarball imported under the mirror's name."""
+    lab_dir, env = standins
+    img = small_image("imported")
+    archive = oci_layout_tar(tmp_path / "etcd.tar", img.manifest, list(img.blobs[1:]), "v3.5.16")
+    imported = lab("mirror", "image", "import", archive, "--name", "coreos/etcd:v3.5.16", env=env)
+    assert imported.returncode == 0, imported.stderr
+    run = lab("up", lab_dir, "--no-wait", "--json", env=env)
+    assert run.returncode == 0, run.stderr

@@ -1,6 +1,7 @@
 """The tiny box's Flatcar path, outside a VM: what its applier reads from rendered Flatcar user-data, and its
 puller (tinybox/pull-image) run by the host's busybox — the guest's — with only busybox's applets on PATH,
-against Debian's Distribution registry on 127.0.0.1, seeded with skopeo from images the tests build.
+against Debian's Distribution registry on 127.0.0.1 (harness/registry.py), seeded with skopeo from images the
+tests build, and against `lab mirror serve`.
 
 The VM end-to-end (tests/test_libvirt_e2e.py, the Flatcar smoke) runs the same scripts in the guest, against
 the mirror `lab` serves, and runs etcd from the pulled root.
@@ -28,7 +29,7 @@ from harness.etcd_image import (
 )
 from harness.labs import mirror_with_boxes, write_lab
 from harness.libvirt_box import GUEST_FILES
-from harness.local_registry import Registry, registry
+from harness.registry import Registry, registry
 
 pytestmark = pytest.mark.integration
 
@@ -110,6 +111,7 @@ def render_flatcar(tmp_path: Path, mirror_url: str, **settings: object) -> Path:
     return lab_dir / "user-data" / "core-01.yaml"
 
 
+@pytest.mark.registry
 def test_etcd_pulled_from_where_the_rendered_user_data_says_runs(
     tmp_path: Path, guest_path: str, upstream: Registry
 ) -> None:
@@ -165,6 +167,7 @@ def test_the_applier_reads_the_unit_default_and_nothing_for_coreos(tmp_path: Pat
     assert image_settings(guest_path, coreos) == {}
 
 
+@pytest.mark.registry
 @pytest.mark.parametrize("docker", [False, True], ids=["oci-index", "docker-manifest-list"])
 def test_an_index_gives_linux_amd64s_image(tmp_path: Path, guest_path: str, upstream: Registry, docker: bool) -> None:
     arm, amd = small_image("arm64", architecture="arm64"), small_image("amd64")
@@ -183,6 +186,7 @@ def test_an_index_gives_linux_amd64s_image(tmp_path: Path, guest_path: str, upst
     assert f'"mediaType": "{kind}"' in (tmp_path / "image/manifest").read_text().replace('":"', '": "')
 
 
+@pytest.mark.registry
 def test_an_image_pinned_by_digest(tmp_path: Path, guest_path: str, upstream: Registry) -> None:
     img = small_image("pinned")
     push_image(upstream, tmp_path, img, "pinned/img:v1")
@@ -191,6 +195,7 @@ def test_an_image_pinned_by_digest(tmp_path: Path, guest_path: str, upstream: Re
     assert (tmp_path / "image/rootfs/etc/hello").read_text() == "pinned"
 
 
+@pytest.mark.registry
 def test_whiteouts_remove_from_the_layers_below(tmp_path: Path, guest_path: str, upstream: Registry) -> None:
     img = image([
         {"/etc/hello": b"gone", "/etc/keep": b"kept", "/opt/d/a": b"gone too"},
@@ -203,6 +208,7 @@ def test_whiteouts_remove_from_the_layers_below(tmp_path: Path, guest_path: str,
     assert sorted(str(p.relative_to(rootfs)) for p in rootfs.rglob("*") if p.is_file()) == ["etc/keep", "opt/d/b"]
 
 
+@pytest.mark.registry
 def test_a_registry_not_allowed_over_plain_http_is_refused(tmp_path: Path, guest_path: str, upstream: Registry) -> None:
     push_image(upstream, tmp_path, small_image(), "refused/img:v1")
     for allowed in [(), ("10.0.2.2:8080",)]:
@@ -216,6 +222,7 @@ def test_a_registry_not_allowed_over_plain_http_is_refused(tmp_path: Path, guest
     assert quay.returncode == 1 and "quay.io is not an insecure registry" in quay.stderr
 
 
+@pytest.mark.registry
 def test_a_damaged_blob_is_refused_and_nothing_is_recorded(tmp_path: Path, guest_path: str, upstream: Registry) -> None:
     img = small_image("to be damaged")
     push_image(upstream, tmp_path, img, "damaged/img:v1")
@@ -231,12 +238,14 @@ def test_a_damaged_blob_is_refused_and_nothing_is_recorded(tmp_path: Path, guest
     assert not (tmp_path / "image/image").exists()  # not a pulled image: the next try pulls again
 
 
+@pytest.mark.registry
 def test_a_missing_tag_names_the_manifest_url(tmp_path: Path, guest_path: str, upstream: Registry) -> None:
     pulled = pull(guest_path, f"{upstream.host}/coreos/etcd:v0.0.0", tmp_path / "image", upstream.host)
     assert pulled.returncode == 1
     assert f"no manifest at http://{upstream.host}/v2/coreos/etcd/manifests/v0.0.0 (HTTP 404)" in pulled.stderr
 
 
+@pytest.mark.registry
 def test_a_complete_pull_is_kept_like_dockers_images(tmp_path: Path, guest_path: str) -> None:
     with registry(tmp_path / "own") as own:
         push_image(own, tmp_path, small_image("kept"), "kept/img:v1")
