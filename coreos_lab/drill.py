@@ -153,6 +153,19 @@ def _filter_script(others: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+def _check_filter_addresses(dc: DrillCluster) -> None:
+    """Packet filtering cuts the other hosts' HostName addresses, so those must be the nodes' own: not a loopback
+    address behind forwarded ports (what `vagrant ssh-config` gives), which would cut the guest off from itself."""
+    addresses = [t.hostname for t in dc.cluster.targets]
+    shared = sorted({a for a in addresses if addresses.count(a) > 1 or a == "localhost" or a.startswith("127.")})
+    if shared:
+        raise BadInput(
+            f"--ssh-config: the hosts' HostName {', '.join(shared)} is no address of one node of its own, so packet "
+            "filtering cannot cut a node off by it",
+            hint="give each Host its private-network address, or drill a lab by its directory (the provider's link)",
+        )
+
+
 def _set_link(dc: DrillCluster, node: str, up: bool) -> str:
     """Give `node` its private network back (`up`) or cut it off; says how."""
     target = dc.target(node)
@@ -225,6 +238,8 @@ def partition(dc: DrillCluster, nodes: Sequence[str]) -> DrillResult:
         )
     for node in names:
         dc.target(node)  # every one running, before any is touched
+    if dc.plan is None:
+        _check_filter_addresses(dc)
     actions: list[str] = []
     try:
         for node in names:

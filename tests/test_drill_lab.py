@@ -104,3 +104,15 @@ def test_quorum_needs_three_members(tmp_path: Path) -> None:
     run = lab("drill", "quorum", "--ssh-config", config, "--distro", "flatcar", env={"HOME": str(tmp_path)})
     assert run.returncode == ExitCode.USAGE
     assert "needs at least 3 etcd members; this cluster has 2 (a, b)" in run.stderr
+
+
+def test_packet_filtering_needs_each_hosts_own_address(tmp_path: Path) -> None:
+    """Hosts behind forwarded ports on 127.0.0.1 (what `vagrant ssh-config` prints): dropping "the others'
+    addresses" would cut each guest off from its own loopback. Refused before any node is reached."""
+    config = tmp_path / "ssh_config"
+    config.write_text("".join(f"Host {n}\n  HostName 127.0.0.1\n  Port {2222 + i}\n\n" for i, n in enumerate(NODES)))
+    run = lab(
+        "drill", "partition", "--ssh-config", config, "--distro", "coreos", "core-02", env={"HOME": str(tmp_path)}
+    )
+    assert run.returncode == ExitCode.USAGE
+    assert "HostName 127.0.0.1 is no address of one node of its own" in run.stderr
