@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from coreos_lab.cluster.ssh import SSHTarget, parse_ssh_config
 from coreos_lab.distros import DISTRO_NAMES
-from coreos_lab.errors import BadInput, Unhealthy
+from coreos_lab.errors import BadInput, ToolMissing, Unhealthy
 
 if TYPE_CHECKING:
     from coreos_lab.lab.plan import LabPlan
@@ -77,8 +77,6 @@ def lab_machines(lab_dir: Path, provider: str | None = None) -> tuple[list[SSHTa
     One `vagrant ssh-config` when every machine runs. When one does not, Vagrant refuses the whole config, so
     `vagrant status` says which run and `vagrant ssh-config` is asked for those only.
     """
-    from coreos_lab.errors import ToolMissing
-
     try:
         return targets_from_lab(lab_dir, provider), ()
     except LabNotRunning:
