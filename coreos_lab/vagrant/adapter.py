@@ -281,7 +281,7 @@ class Vagrant:
             )
         return statuses
 
-    def ssh_config(self, names: Sequence[str] = ()) -> str:
+    def ssh_config(self, *names: str) -> str:
         """The OpenSSH config of the machines named, or of every machine (`vagrant ssh-config [NAME…]`). Vagrant
         fails it, "not yet ready for SSH", when one of them is not running."""
         # --machine-readable would wrap the config in ui lines; the plain output is the config itself. Only

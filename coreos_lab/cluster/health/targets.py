@@ -46,7 +46,7 @@ def vagrant_ssh_config(lab_dir: Path, provider: str | None = None, names: Sequen
     from coreos_lab.vagrant.adapter import VagrantFailed
 
     try:
-        return _vagrant(lab_dir, provider).ssh_config(names)
+        return _vagrant(lab_dir, provider).ssh_config(*names)
     except VagrantFailed as exc:
         if NOT_READY in exc.message:
             raise LabNotRunning(
