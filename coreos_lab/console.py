@@ -51,7 +51,17 @@ def error(message: str, hint: str | None = None) -> None:
         err().print(f"hint: {hint}", style="cyan", markup=False)
 
 
+_json_printed = False
+
+
 def print_json(document: Any) -> None:
     """Exactly one JSON document on stdout."""
+    global _json_printed
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=False, default=str) + "\n")
     sys.stdout.flush()
+    _json_printed = True
+
+
+def json_printed() -> bool:
+    """Whether this run has printed its JSON document (the error boundary prints one only if not)."""
+    return _json_printed

@@ -351,10 +351,14 @@ def wait_healthy(
     targets: list[Any] | None = None,
 ) -> Any:
     """Wait until the cluster is healthy (the health module's checks over SSH to every machine); `targets`:
-    the machines' SSH targets when the caller has them already."""
+    the machines' SSH targets when the caller has them already. A machine found not running fails at once
+    (`MachinesNotRunning`, exit 3)."""
     from coreos_lab.cluster.health import wait_healthy as wait_until_healthy
+    from coreos_lab.cluster.health.targets import MachineDown, lab_machines
 
-    targets = targets if targets is not None else ssh_targets(plan)
+    down: tuple[MachineDown, ...] = ()
+    if targets is None:
+        targets, down = lab_machines(plan.lab_dir, plan.provider)
     for target in targets:
         on_event(target.name, "checking", "health")
 
@@ -372,6 +376,7 @@ def wait_healthy(
         timeout=timeout,
         on_update=on_update,
         etcd_nodes=plan.etcd_nodes,
+        down=down,
     )
 
 

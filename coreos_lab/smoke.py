@@ -120,7 +120,7 @@ def sigterm_as_interrupt() -> Iterator[None]:
 
 def _health_stage(rec: Recorder, cluster: ClusterTargets, checks: Sequence[str], timeout: float) -> None:
     """One case per node. The wait ends at the deadline; a node still failing then fails its case."""
-    from coreos_lab.cluster.health import HealthTimeout, wait_healthy
+    from coreos_lab.cluster.health import HealthTimeout, MachinesNotRunning, wait_healthy
 
     start = time.monotonic()
     try:
@@ -131,8 +131,9 @@ def _health_stage(rec: Recorder, cluster: ClusterTargets, checks: Sequence[str],
             cluster.members,
             timeout=max(timeout, 1.0),
             etcd_nodes=cluster.etcd_nodes,
+            down=cluster.down,
         )
-    except HealthTimeout as exc:
+    except (HealthTimeout, MachinesNotRunning) as exc:
         report = exc.report
     except KeyboardInterrupt:  # as in Recorder.stage: the report says where the run was stopped
         rec.add(TestCase("health", "smoke.health", time.monotonic() - start, "error", "interrupted", "interrupted"))
@@ -147,7 +148,8 @@ def _health_stage(rec: Recorder, cluster: ClusterTargets, checks: Sequence[str],
             rec.add(TestCase(f"health {node.name}", "smoke.health", elapsed, "failed", failing, summary))
     if not report.healthy:
         names = ", ".join(sorted({n for n, _ in report.failing()}))
-        raise StageFailed(f"health: not healthy after {timeout:g}s on {names}", exit_code=ExitCode.UNHEALTHY)
+        when = "with machines not running" if cluster.down else f"after {timeout:g}s"
+        raise StageFailed(f"health: not healthy {when} on {names}", exit_code=ExitCode.UNHEALTHY)
 
 
 def _functional_stages(rec: Recorder, cluster: ClusterTargets, checks: Sequence[str], timeout: float) -> None:
@@ -262,7 +264,7 @@ class LabRun:
         """(init) → preflight → up → health → functional; raises StageFailed at the first failure, after
         recording the stages that will not run as skipped."""
         from coreos_lab import lifecycle
-        from coreos_lab.cluster.health.targets import ClusterTargets
+        from coreos_lab.cluster.health.targets import cluster_from_lab
         from coreos_lab.lab.plan import load_plan
 
         rec, where, checks = self.rec, self.where, self.checks
@@ -288,7 +290,7 @@ class LabRun:
                         self.created = True
                     details.append(f"{len(result.started)} machines up in {result.seconds:.0f}s (server: {server})")
                 pending.remove("up")
-                cluster = ClusterTargets(lifecycle.ssh_targets(plan), plan.distro, plan.etcd_members, plan.etcd_nodes)
+                cluster = cluster_from_lab(plan)
                 pending.clear()
                 run_against(cluster, checks, timeout=self.left(), rec=rec)
         except StageFailed:

@@ -82,3 +82,28 @@ def test_debug_logs_the_commands_lab_runs(tmp_path: Path) -> None:
     assert plain.returncode == debug.returncode != ExitCode.USAGE
     assert "DEBUG coreos_lab.proc: run: [" in debug.stderr and "'--version']" in debug.stderr
     assert "DEBUG" not in plain.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["status", "{tmp}/no-lab", "--json"], ExitCode.USAGE),  # a LabError (no lab.yaml)
+        (["health", "--ssh-config", "{tmp}/missing", "--json"], ExitCode.USAGE),  # a click usage error
+        (["health", "--check", "disk", "--json"], ExitCode.USAGE),  # a bad value before --json is even parsed
+    ],
+)
+def test_json_commands_print_one_json_document_even_on_error(tmp_path: Path, args: list[str], code: int) -> None:
+    """The README's promise: with --json, stdout holds exactly one JSON document whatever the outcome; the error
+    also goes to stderr as usual."""
+    import json
+
+    run = lab(*(a.format(tmp=tmp_path) for a in args))
+    assert run.returncode == code
+    error = json.loads(run.stdout)["error"]
+    assert error["exit_code"] == code and error["message"]
+    assert "error" in run.stderr.lower()
+
+
+def test_without_json_an_error_leaves_stdout_empty(tmp_path: Path) -> None:
+    run = lab("status", tmp_path / "no-lab")
+    assert run.returncode == ExitCode.USAGE and run.stdout == ""

@@ -493,3 +493,20 @@ def test_cli_init_pins_the_mirror_it_checked(tmp_path: Path, mirror: Path) -> No
     assert shown.returncode == 0, shown.stderr
     assert shown.json()["settings"]["mirror.root"] == {"value": str(mirror), "source": "lab.yaml"}
     assert shown.json()["box"]["version"] == "1068.8.0"
+
+
+@pytest.mark.parametrize(("members", "survived"), [(2, "none"), (4, "1")])
+def test_an_even_etcd_member_count_is_warned_about(tmp_path: Path, mirror: Path, members: int, survived: str) -> None:
+    """One line, no error, from init and from render: an even count survives no more failures than one fewer."""
+    lab_dir = tmp_path / "lab"
+    warning = f"warning: etcd.members is {members}: {members} members survive no more failures than {members - 1}"
+    init = lab("init", lab_dir, "--root", mirror, "--nodes", "5", "--etcd-members", str(members), "--json")
+    assert init.returncode == 0, init.stderr
+    assert init.json()["path"]  # the JSON document is untouched; the warning is on stderr
+    assert warning in init.stderr and f"({survived})" in init.stderr
+    render = lab("render", lab_dir, "--discovery-mode", "static", env={"HOME": str(tmp_path)})
+    assert render.returncode == 0, render.stderr
+    assert warning in render.stderr
+    odd = lab("render", lab_dir, "--discovery-mode", "static", "--etcd-members", "3", env={"HOME": str(tmp_path)})
+    assert odd.returncode == 0, odd.stderr
+    assert "etcd.members" not in odd.stderr

@@ -249,6 +249,9 @@ def test_lab_whose_machines_are_not_running_is_unhealthy(tmp_path: Path, mirror_
     run = lab("health", lab_dir, env=env)
     assert run.returncode == ExitCode.UNHEALTHY, run.stderr
     assert "not running" in run.stderr and "lab up" in run.stderr
+    as_json = lab("health", lab_dir, "--json", env=env)
+    assert as_json.returncode == ExitCode.UNHEALTHY
+    assert "not running" in as_json.json()["error"]["message"]
 
 
 class FakeClock:

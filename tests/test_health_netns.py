@@ -84,6 +84,44 @@ def test_killed_etcd_is_named(cluster: NetnsCluster, tmp_path: Path, home: Path,
     assert "core-02 etcd:" in run.stderr
 
 
+def test_a_node_gone_leaves_the_cluster_degraded(cluster: NetnsCluster, tmp_path: Path, home: Path) -> None:
+    """core-03's sshd and etcd stopped, as when its machine dies: the others still have a leader and a quorum."""
+    cluster.start_all_etcd()
+    cluster.stop_sshd(3)
+    cluster.kill_etcd(3)
+    run = health(cluster, tmp_path, home, "--distro", "coreos", "--connect-timeout", "2", *ETCD_CHECKS, "--json")
+    assert run.returncode == ExitCode.UNHEALTHY
+    report = run.json()
+    assert report["etcd_cluster"] == "degraded"
+    nodes = report["nodes"]
+    assert nodes["core-03"]["etcd_cluster"] is None  # not reached: its view is unknown
+    assert "ssh to root@172.17.8.103" in nodes["core-03"]["checks"]["etcd"]["detail"]
+    for name in ("core-01", "core-02"):
+        assert nodes[name]["etcd_cluster"] == "degraded"
+        assert nodes[name]["checks"]["etcd"]["detail"].startswith("cluster is degraded: 2 of 3 healthy")
+        assert nodes[name]["checks"]["members"]["status"] == "pass"  # a leader
+    assert "etcd says the cluster is degraded: a member is down or cut off" in run.stderr
+
+
+@pytest.mark.parametrize("distro", ["coreos", "flatcar"])
+def test_a_majority_down_leaves_the_cluster_unavailable(
+    cluster: NetnsCluster, tmp_path: Path, home: Path, distro: str
+) -> None:
+    cluster.start_all_etcd()
+    cluster.kill_etcd(2, settle=0)
+    cluster.kill_etcd(3, settle=0)
+    run = health(cluster, tmp_path, home, "--distro", distro, "--check", "etcd", "--json")
+    assert run.returncode == ExitCode.UNHEALTHY
+    report = run.json()
+    assert report["etcd_cluster"] == "unavailable"
+    survivor = report["nodes"]["core-01"]
+    assert survivor["etcd_cluster"] == "unavailable"
+    assert survivor["checks"]["etcd"]["detail"].startswith("cluster is unavailable: 0 of 3 healthy")
+    assert "etcd says the cluster is unavailable: no quorum" in run.stderr
+    table = health(cluster, tmp_path, home, "--distro", distro, "--check", "etcd")
+    assert "fail (unavailable)" in table.stderr and "etcd: cluster unavailable" in table.stderr
+
+
 def logins(cluster: NetnsCluster) -> list[int]:
     """Per node, the logins its sshd has accepted."""
     return [(node.workdir / "sshd.log").read_text().count("Accepted publickey") for node in cluster.nodes.values()]

@@ -25,6 +25,28 @@ def recorded(name: str) -> tuple[str, str, int]:
     )
 
 
+# ---------------------------------------------------------------- etcd's verdict on the cluster
+
+
+@pytest.mark.parametrize(
+    ("recording", "verdict"),
+    [
+        ("healthy", "healthy"),
+        ("degraded", "degraded"),  # member 2 down: the other two have a leader and a quorum
+        ("unavailable", "unavailable"),  # members 2 and 3 down: the survivor has no leader
+        ("down", "unavailable"),  # nothing answers at all
+    ],
+)
+def test_the_verdict_is_etcds_own(recording: str, verdict: str) -> None:
+    """v2 and v3 answers of the same cluster give the same verdict, and v2's is the summary etcdctl printed."""
+    v2_out, v2_err, _ = recorded(f"{recording}.v2.cluster-health")
+    v2 = parsers.parse_v2_cluster_health(v2_out, v2_err)
+    v3_out, v3_err, _ = recorded(f"{recording}.v3.endpoint-health-cluster-json")
+    v3 = parsers.parse_v3_endpoint_health_json(v3_out, v3_err)
+    assert v2.verdict == v3.verdict == verdict
+    assert v2.summary in (verdict, None)  # etcdctl printed no summary when it could not list the members
+
+
 # ---------------------------------------------------------------- v2 cluster-health
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -46,25 +47,39 @@ def _env_flag(name: str) -> bool:
         return False
 
 
+def _wants_json(args: list[str]) -> bool:
+    """`--json` among the options (before any `--`, after which words belong to a command run elsewhere)."""
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def _fail(code: ExitCode, message: str, hint: str | None, as_json: bool) -> NoReturn:
+    """Exit with `code`; under --json, a run that has not printed its document yet prints the error as one, so that
+    stdout always holds exactly one JSON document."""
+    from coreos_lab import console
+
+    if as_json and not console.json_printed():
+        console.print_json({"error": {"message": message, "hint": hint, "exit_code": int(code)}})
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point with the single error boundary."""
     _register()
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or _env_flag("LAB_DEBUG")
+    args = argv if argv is not None else sys.argv[1:]
+    debug = "--debug" in args or _env_flag("LAB_DEBUG")
+    as_json = _wants_json(args)
     try:
         # In non-standalone mode click returns a command's return value, or the code of `ctx.exit(code)`:
         # commands return an ExitCode when they finish with anything but 0.
         returned = cli.main(args=argv, prog_name="lab", standalone_mode=False)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         sys.stderr.write("interrupted\n")
-        sys.exit(ExitCode.INTERRUPTED)
+        _fail(ExitCode.INTERRUPTED, "interrupted", None, as_json)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
-        sys.exit(ExitCode.USAGE)
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted\n")
-        sys.exit(ExitCode.INTERRUPTED)
+        _fail(ExitCode.USAGE, exc.format_message(), None, as_json)
     except LabError as exc:
         if debug:
             import traceback
@@ -73,10 +88,11 @@ def main(argv: list[str] | None = None) -> None:
         from coreos_lab import console
 
         console.error(exc.message, exc.hint)
-        sys.exit(exc.exit_code)
+        _fail(ExitCode(exc.exit_code), exc.message, exc.hint, as_json)
     except Exception as exc:  # the boundary: anything else is a bug or an unexpected environment
         if debug:
             raise
-        sys.stderr.write(f"error: unexpected {type(exc).__name__}: {exc}\n(run with --debug for a traceback)\n")
-        sys.exit(ExitCode.ERROR)
+        message = f"unexpected {type(exc).__name__}: {exc}"
+        sys.stderr.write(f"error: {message}\n(run with --debug for a traceback)\n")
+        _fail(ExitCode.ERROR, message, "run with --debug for a traceback", as_json)
     sys.exit(int(returned) if isinstance(returned, int) else ExitCode.OK)

@@ -8,6 +8,7 @@ import click
 def register(root: click.Group) -> None:
     from coreos_lab.cli import (
         discovery,
+        drill,
         health,
         lab,
         lifecycle,
@@ -25,3 +26,4 @@ def register(root: click.Group) -> None:
     lifecycle.register(root)  # up, halt, destroy, status, ssh, doctor: top-level commands
     root.add_command(health.health)
     root.add_command(smoke.smoke)
+    root.add_command(drill.drill)

@@ -56,10 +56,15 @@ def health(
 ) -> int:
     """Check etcd (and fleet, units) on every node of LAB_DIR (default: .) or of --ssh-config FILE.
 
-    Exit 0 when healthy, 3 when not, 5 when --wait's deadline passed first.
+    A lab's machines that are not running fail with their state, unasked; the others are checked. etcd's own
+    verdict on the cluster is shown: healthy, degraded (a member down, still a leader and writes) or unavailable
+    (no quorum).
+
+    Exit 0 when healthy, 3 when not (at once with machines not running, --wait or not), 5 when --wait's deadline
+    passed first.
     """
     from coreos_lab import console
-    from coreos_lab.cluster.health import HealthTimeout, check_cluster, wait_healthy
+    from coreos_lab.cluster.health import HealthTimeout, MachinesNotRunning, check_cluster, wait_healthy
     from coreos_lab.cluster.health.targets import cluster_from_lab, cluster_from_ssh_config
     from coreos_lab.lab.plan import load_plan
 
@@ -79,6 +84,7 @@ def health(
             cluster.members,
             connect_timeout=connect_timeout,
             etcd_nodes=cluster.etcd_nodes,
+            down=cluster.down,
         )
         code = ExitCode.OK if report.healthy else ExitCode.UNHEALTHY
     else:
@@ -105,11 +111,15 @@ def health(
                     on_update=on_update,
                     connect_timeout=connect_timeout,
                     etcd_nodes=cluster.etcd_nodes,
+                    down=cluster.down,
                 )
             code = ExitCode.OK
         except HealthTimeout as exc:
             report, code = exc.report, ExitCode.TIMEOUT
             console.error(f"deadline of {wait:g}s passed before the cluster was healthy")
+        except MachinesNotRunning as exc:
+            report, code = exc.report, ExitCode.UNHEALTHY
+            console.error(f"not waiting: {exc.message.removeprefix('not healthy: ')}")
 
     if as_json:
         console.print_json(report.as_dict())
@@ -118,6 +128,8 @@ def health(
     # The failing checks go to stderr in both modes: exit 3 or 5 always says which node and check.
     for node, check in report.failing():
         console.info(f"{node} {check.name}: {check.detail}")
+    if report.etcd_cluster is not None and report.etcd_cluster != "healthy":
+        console.info(f"etcd says the cluster is {report.etcd_cluster}: {report.etcd_cluster.meaning}")
     if report.healthy:
         console.success(f"healthy: {len(report.nodes)} nodes ({report.elapsed:.1f}s)")
     else:
@@ -132,8 +144,13 @@ def _table(report: HealthReport) -> Table:
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(box=None, pad_edge=False)
+    verdict = report.etcd_cluster
+    caption = f"etcd: cluster {verdict} ({verdict.meaning})" if verdict is not None else None
+    table = Table(box=None, pad_edge=False, caption=caption, caption_justify="left")
+    machines = any(n.machine for n in report.nodes)  # a lab with machines not running: say which
     table.add_column("node")
+    if machines:
+        table.add_column("machine")
     table.add_column("address")
     for name in report.checks:
         table.add_column(name)
@@ -142,6 +159,9 @@ def _table(report: HealthReport) -> Table:
         for name in report.checks:
             check = node.check(name)
             status = check.status.value if check else "-"
-            cells.append(Text(status, style=_STYLE.get(status, "")))
-        table.add_row(Text(node.name), Text(node.address), *cells)
+            if name == "etcd" and node.etcd_cluster not in (None, "healthy"):
+                status += f" ({node.etcd_cluster})"  # what this node's etcd says: a cut-off node differs
+            cells.append(Text(status, style=_STYLE.get(status.split()[0], "")))
+        machine = [Text((node.machine or "running").replace("_", " "))] if machines else []
+        table.add_row(Text(node.name), *machine, Text(node.address or "-"), *cells)
     return table

@@ -53,6 +53,18 @@ def collect_flags(kwargs: dict[str, Any]) -> dict[str, Any]:
     return {path: kwargs.pop("flag_" + path.replace(".", "_")) for path, *_ in _FLAGS}
 
 
+def warn_even_members(members: int) -> None:
+    """One line, no error: a quorum is a majority, so an even member count buys nothing over one member fewer."""
+    from coreos_lab import console
+
+    if members % 2 == 0:
+        survived = (members - 1) // 2
+        console.warn(
+            f"etcd.members is {members}: {members} members survive no more failures than {members - 1} "
+            f"({survived or 'none'}), since a quorum is a majority; use {members - 1} or {members + 1}"
+        )
+
+
 @click.command()
 @lab_dir_argument
 @setting_flags
@@ -68,6 +80,7 @@ def init(lab_dir: Path, force: bool, as_json: bool, **kwargs: Any) -> None:
     from coreos_lab.lab.labfile import init_lab
 
     result = init_lab(lab_dir, flags=collect_flags(kwargs), force=force)
+    warn_even_members(result.config.etcd_members)
     if as_json:
         console.print_json(result.as_dict())
         return
@@ -101,6 +114,7 @@ def render(lab_dir: Path, force: bool, as_json: bool, **kwargs: Any) -> None:
     config = load_config(lab_dir, flags=collect_flags(kwargs))
     driver = resolve_driver(str(config["libvirt.driver"])) if config.provider == "libvirt" else None
     result = render_lab(config, force=force, libvirt_driver=driver)
+    warn_even_members(config.etcd_members)
     if as_json:
         console.print_json(result.as_dict())
         return

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from coreos_lab.cli.options import check_option, json_option
+from coreos_lab.cli.options import check_option, json_option, split_dir
 from coreos_lab.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -23,13 +23,6 @@ def _plan(lab_dir: Path | None) -> LabPlan:
     from coreos_lab.lab.plan import load_plan
 
     return load_plan((lab_dir or Path.cwd()).resolve())
-
-
-def _split_dir(words: tuple[str, ...]) -> tuple[Path, list[str]]:
-    """`[DIR] REST…`: the first word is the lab directory when it is a directory holding a lab.yaml."""
-    if words and (Path(words[0]) / "lab.yaml").is_file():
-        return Path(words[0]), list(words[1:])
-    return Path.cwd(), list(words)
 
 
 def _render_nodes(nodes: list[Any]) -> None:
@@ -89,7 +82,7 @@ def halt(words: tuple[str, ...], as_json: bool) -> None:
     """Stop machines (all, or the NODEs named); they keep their disks and the cluster its token."""
     from coreos_lab import console, lifecycle
 
-    lab_dir, nodes = _split_dir(words)
+    lab_dir, nodes = split_dir(words)
     plan = _plan(lab_dir)
     result = lifecycle.halt(plan, nodes)
     if as_json:
@@ -154,7 +147,7 @@ def ssh(words: tuple[str, ...]) -> None:
     from coreos_lab import lifecycle
     from coreos_lab.errors import BadInput
 
-    lab_dir, rest = _split_dir(words)
+    lab_dir, rest = split_dir(words)
     if not rest:
         raise BadInput("name the machine: lab ssh [DIR] NODE [-- CMD...]")
     node, command = rest[0], rest[1:]

@@ -46,3 +46,10 @@ def resolve_existing_root(root: Path | None) -> Path:
     if root is not None or os.environ.get("LAB_MIRROR_ROOT"):
         check_root(resolved)
     return resolved
+
+
+def split_dir(words: tuple[str, ...]) -> tuple[Path, list[str]]:
+    """`[DIR] REST…`: the first word is the lab directory when it is a directory holding a lab.yaml."""
+    if words and (Path(words[0]) / "lab.yaml").is_file():
+        return Path(words[0]), list(words[1:])
+    return Path.cwd(), list(words)

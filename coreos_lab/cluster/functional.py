@@ -18,7 +18,8 @@ from coreos_lab.errors import Unhealthy
 SMOKE_PREFIX = "/coreos-lab/smoke"
 
 
-def _etcd_commands(distro: str, key: str, value: str) -> tuple[dict[str, str], list[str], list[str], list[str]]:
+def etcd_commands(distro: str, key: str, value: str) -> tuple[dict[str, str], list[str], list[str], list[str]]:
+    """The environment and the put, get and delete command lines of `key` in the distro's etcd API."""
     if DISTROS[distro].etcd_api == 2:  # etcd2's etcdctl speaks v2; etcd 3.x's picks v2 from ETCDCTL_API
         return {"ETCDCTL_API": "2"}, ["etcdctl", "set", key, value], ["etcdctl", "get", key], ["etcdctl", "rm", key]
     return (
@@ -33,7 +34,7 @@ def etcd_roundtrip(first: SSHTarget, last: SSHTarget, distro: str, *, timeout: f
     """Write a fresh key on `first`, read it on `last` (retrying until `timeout`: a follower may lag)."""
     key = f"{SMOKE_PREFIX}/{secrets.token_hex(8)}"
     value = secrets.token_hex(16)
-    env, put, get, delete = _etcd_commands(distro, key, value)
+    env, put, get, delete = etcd_commands(distro, key, value)
     with SSHSession(first) as writer:
         wrote = writer.run(put, env=env, timeout=timeout)
         if wrote.returncode != 0:

@@ -147,6 +147,15 @@ def _box(fields: dict[str, str]) -> InstalledBox:
     return InstalledBox(fields.get("box-name", ""), fields.get("box-provider", ""), fields.get("box-version", ""))
 
 
+def machine_id(lab_dir: Path, name: str, provider: str) -> str | None:
+    """The provider's id of a created machine (a VirtualBox VM's UUID, a libvirt domain's), as Vagrant records it in
+    `.vagrant/machines/NAME/PROVIDER/id`; None when it was never created."""
+    try:
+        return (lab_dir / ".vagrant" / "machines" / name / provider / "id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 class VagrantFailed(LabError):
     """A Vagrant command failed; the message quotes the relevant tail of its output and names the log."""
 
@@ -272,12 +281,13 @@ class Vagrant:
             )
         return statuses
 
-    def ssh_config(self, name: str | None = None) -> str:
-        """The OpenSSH config of one machine, or of every running one (`vagrant ssh-config [NAME]`)."""
+    def ssh_config(self, *names: str) -> str:
+        """The OpenSSH config of the machines named, or of every machine (`vagrant ssh-config [NAME…]`). Vagrant
+        fails it, "not yet ready for SSH", when one of them is not running."""
         # --machine-readable would wrap the config in ui lines; the plain output is the config itself. Only
         # stdout, though: stderr may hold Vagrant's own log (VAGRANT_LOG) or a plugin's Ruby warnings.
-        args = ["ssh-config", name] if name else ["ssh-config"]
-        log_name = f"ssh-config-{name}" if name else "ssh-config"
+        args = ["ssh-config", *names]
+        log_name = f"ssh-config-{names[0]}" if len(names) == 1 else "ssh-config"
         return self._run(args, log_name=log_name, machine_readable=False, stdout_only=True)
 
     def box_list(self) -> list[InstalledBox]:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from coreos_lab import proc
-from coreos_lab.errors import LabError, Timeout
+from coreos_lab.errors import CommandFailed, LabError, Timeout
 from coreos_lab.fsutil import atomic_write_text
 from coreos_lab.paths import cache_home
 from coreos_lab.prerequisites import Check, DoctorContext, DoctorFinding
@@ -246,6 +246,28 @@ def remove_management_network(uuid: str, name: str = MANAGEMENT_NETWORK_NAME) ->
     except LabError as exc:
         log.debug("management network not removed: %s", exc)
         return False
+
+
+# -- failure drills -----------------------------------------------------------------------------------------------
+
+
+def set_private_link(domain: str, up: bool) -> str:
+    """Plug the running domain's NICs on the lab's own networks (every one but the management network's) in or
+    out, live (`virsh domif-setlink`): the guest loses its peers, while SSH, over the management network, stays.
+    Says what it did."""
+    listing = _virsh("domiflist", domain)  # -q: rows of Interface, Type, Source, Model, MAC
+    if not listing.succeeded:
+        raise CommandFailed(listing.argv, listing.returncode, listing.stderr)
+    rows = [line.split() for line in listing.stdout.splitlines()]
+    macs = [row[4] for row in rows if len(row) == 5 and row[2] != MANAGEMENT_NETWORK_NAME]
+    if not macs:
+        raise LabError(f"libvirt domain {domain} has no NIC besides the management network's:\n{listing.stdout}")
+    state = "up" if up else "down"
+    for mac in macs:
+        result = _virsh("domif-setlink", domain, mac, state)
+        if not result.succeeded:
+            raise CommandFailed(result.argv, result.returncode, result.stderr)
+    return f"libvirt link {state} on {', '.join(macs)} (virsh domif-setlink)"
 
 
 # -- doctor -------------------------------------------------------------------------------------------------------

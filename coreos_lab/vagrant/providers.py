@@ -5,6 +5,7 @@ config, plan, lifecycle, doctor and the Vagrant adapter find it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,6 +31,8 @@ class Provider:
     host_interfaces: tuple[str, ...]  # name prefixes of the host interfaces the provider creates for its networks
     install_hint: str  # what to do when Vagrant says the provider cannot be used here
     checks: tuple[Check, ...]  # doctor's and `lab up`'s preflight checks of what the provider needs
+    # `lab drill partition`/`heal`: (machine id, up) plugs a running machine's private network in or out, SSH kept
+    set_private_link: Callable[[str, bool], str]
 
     @property
     def management_network(self) -> bool:
@@ -52,6 +55,7 @@ PROVIDERS: dict[str, Provider] = {
         install_hint="install VirtualBox so that VBoxManage is on PATH (Debian's Vagrant 2.3.4 needs VirtualBox "
         "< 7.1), or set `provider: libvirt` in lab.yaml; `lab doctor` checks every prerequisite",
         checks=virtualbox.CHECKS,
+        set_private_link=virtualbox.set_private_link,
     ),
     "libvirt": Provider(
         name="libvirt",
@@ -61,6 +65,7 @@ PROVIDERS: dict[str, Provider] = {
         install_hint="install vagrant-libvirt and start libvirtd (its socket must exist); "
         "`lab doctor` checks every prerequisite",
         checks=libvirt.CHECKS,
+        set_private_link=libvirt.set_private_link,
     ),
 }
 PROVIDER_NAMES: tuple[str, ...] = tuple(PROVIDERS)

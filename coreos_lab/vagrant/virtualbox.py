@@ -112,6 +112,18 @@ def check_virtualbox_hostonly(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     )
 
 
+# The lab's private network is the machine's second NIC: Vagrant keeps NIC 1 for NAT, which SSH goes through.
+PRIVATE_NIC = 2
+
+
+def set_private_link(vm: str, up: bool) -> str:
+    """Plug the running VM's private-network cable in or out (`VBoxManage controlvm VM setlinkstate2 on|off`): the
+    guest loses its peers, while SSH, through NAT on NIC 1, stays. Says what it did."""
+    state = "on" if up else "off"
+    proc.run([proc.which("VBoxManage"), "controlvm", vm, f"setlinkstate{PRIVATE_NIC}", state], timeout=60)
+    return f"VirtualBox NIC {PRIVATE_NIC} cable {'connected' if up else 'disconnected'} (VBoxManage controlvm)"
+
+
 def probe_virtualbox() -> tuple[str, str] | None:
     """(version, everything VBoxManage said), or None when it is not on PATH or does not answer."""
     if shutil.which("VBoxManage") is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import fcntl
 import os
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -337,6 +338,9 @@ class NetnsCluster:
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
+        # What a stand-in service manager needs to stop and start this etcd again (tests/harness/etcd_unit.py).
+        (node.workdir / "etcd.env").write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in settings.items()))
+        (node.workdir / "etcd.pid").write_text(f"{node.etcd.pid}\n")
         if wait:
             self.wait_etcd([i])
         return node.etcd

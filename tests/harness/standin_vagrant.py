@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -58,6 +59,22 @@ def provision() -> None:
     deadline = time.monotonic() + seconds
     while not ssh_config_marker().exists() and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+# Vagrant 2.3.4's message (templates/locales/en.yml, ssh_not_ready), as `vagrant ssh-config` prints it on stderr.
+SSH_NOT_READY = """The provider for this Vagrant-managed machine is reporting that it
+is not yet ready for SSH. Depending on your provider this can carry
+different meanings. Make sure your machine is created and running and
+try again. Additionally, check the output of `vagrant status` to verify
+that the machine is in the state that you expect. If you continue to
+get this error message, please view the documentation for the provider
+you're using."""
+
+
+def host_blocks(config: str, names: list[str]) -> str:
+    """The `Host NAME` blocks of an OpenSSH config for `names` (all of them when none are named)."""
+    blocks = [b for b in re.split(r"(?m)^(?=Host )", config) if b.startswith("Host ")]
+    return "".join(b for b in blocks if not names or b.split()[1] in names)
 
 
 def boxes_file() -> Path:
@@ -135,12 +152,17 @@ def main(argv: list[str]) -> int:
                 emit(name, "ui", "info", f"==> {name}: Destroying VM and associated drives...")
         return 0
     if command == "ssh-config":
-        # The machines' OpenSSH config: a file the test wrote (e.g. for nodes in network namespaces).
+        # The machines' OpenSSH config: the Host blocks of a file the test wrote (e.g. for nodes in network
+        # namespaces), of the machines named or of every one. Like Vagrant, it fails when one is not running.
         config = os.environ.get("STANDIN_SSH_CONFIG")
         ssh_config_marker().parent.mkdir(parents=True, exist_ok=True)
         ssh_config_marker().touch()
+        names = words[1:] or machines()
+        if any(state(name) != "running" for name in names):
+            print(SSH_NOT_READY, file=sys.stderr)
+            return 1
         if config:
-            print(Path(config).read_text(), end="")
+            print(host_blocks(Path(config).read_text(), words[1:]), end="")
         return 0
     if command == "ssh":
         # The guest's shell: runs the command here, exit code passed through like `vagrant ssh -c`.

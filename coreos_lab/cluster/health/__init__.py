@@ -5,6 +5,10 @@ Public API (for `lab health`, `lab up` and smoke tests):
 - `wait_healthy(targets, distro, checks, expected_members, timeout, on_update) -> HealthReport`, raising
   `HealthTimeout` (exit 5, carrying the last report) when the deadline passes first. Its time comes from a
   `Clock` (monotonic time and sleep; `SYSTEM_CLOCK` unless another is given).
+
+Both take `down`, a lab's machines that are not running: each is a failing node with its machine state, never
+asked over SSH. No wait brings a machine back, so `wait_healthy` then reports one round and raises
+`MachinesNotRunning` (exit 3, carrying that report).
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
 from coreos_lab.cluster.health.checks import CHECK_NAMES, CHECKS, CheckContext
-from coreos_lab.cluster.health.report import CheckResult, HealthReport, NodeReport, Status
+from coreos_lab.cluster.health.report import CheckResult, EtcdCluster, HealthReport, NodeReport, Status
+from coreos_lab.cluster.health.targets import MachineDown
 from coreos_lab.cluster.ssh import (
     DEFAULT_COMMAND_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
@@ -25,15 +30,18 @@ from coreos_lab.cluster.ssh import (
     SSHTarget,
 )
 from coreos_lab.distros import distro_named
-from coreos_lab.errors import BadInput, Timeout
+from coreos_lab.errors import BadInput, Timeout, Unhealthy
 
 __all__ = [
     "CHECK_NAMES",
     "SYSTEM_CLOCK",
     "CheckResult",
     "Clock",
+    "EtcdCluster",
     "HealthReport",
     "HealthTimeout",
+    "MachineDown",
+    "MachinesNotRunning",
     "NodeReport",
     "Status",
     "check_cluster",
@@ -69,6 +77,17 @@ class HealthTimeout(Timeout):
 
     def __init__(self, message: str, report: HealthReport):
         super().__init__(message)
+        self.report = report
+
+
+class MachinesNotRunning(Unhealthy):
+    """Some of the lab's machines are not running: no wait can make the cluster healthy; `report` says the rest."""
+
+    def __init__(self, report: HealthReport):
+        names = ", ".join(f"{n.name} ({n.machine})" for n in report.nodes if n.machine)
+        super().__init__(
+            f"not healthy: machines not running: {names}", hint="`lab up` starts the machines that are not running"
+        )
         self.report = report
 
 
@@ -115,7 +134,13 @@ def check_node(
     finally:
         if own_session or broken is not None:
             session.close()  # a broken connection is made anew by the next round
-    return NodeReport(target.name, target.address, tuple(results))
+    return NodeReport(target.name, target.address, tuple(results), etcd_cluster=ctx.node.etcd_cluster)
+
+
+def machine_down(machine: MachineDown, checks: Sequence[str]) -> NodeReport:
+    """A machine that is not running fails every check, unasked."""
+    why = f"not asked: the machine is {machine.state.replace('_', ' ')}"
+    return NodeReport(machine.name, "", tuple(CheckResult(c, Status.FAIL, why) for c in checks), machine=machine.state)
 
 
 def check_cluster(
@@ -129,19 +154,22 @@ def check_cluster(
     on_node: NodeCallback | None = None,
     etcd_nodes: Collection[str] | None = None,
     sessions: Sequence[SSHSession] | None = None,
+    down: Sequence[MachineDown] = (),
 ) -> HealthReport:
     """Check every node concurrently (one thread per node: paramiko blocks). `expected_members` defaults to
-    the number of targets; `on_node` is called from worker threads as each node's report is ready.
+    the number of nodes; `on_node` is called from worker threads as each node's report is ready.
     `etcd_nodes` names the etcd members when the configuration tells them (the other nodes are proxies);
-    None: not known, Flatcar nodes are probed. `sessions`: one connection per target, in order, to reuse."""
-    if not targets:
+    None: not known, Flatcar nodes are probed. `sessions`: one connection per target, in order, to reuse.
+    `down`: machines that are not running, reported after the others as failing nodes."""
+    if not targets and not down:
         raise BadInput("no nodes to check")
     selected = select_checks(distro, checks)
-    expected = len(targets) if expected_members is None else expected_members
+    node_count = len(targets) + len(down)
+    expected = node_count if expected_members is None else expected_members
     if expected < 1:
         raise BadInput(f"expected etcd members must be at least 1, not {expected}")
     proxies = frozenset(t.name for t in targets if etcd_nodes is not None and t.name not in etcd_nodes)
-    ctx = CheckContext(distro, expected, len(targets), command_timeout, proxies)
+    ctx = CheckContext(distro, expected, node_count, command_timeout, proxies)
     started = time.monotonic()
 
     def one(target: SSHTarget, session: SSHSession | None) -> NodeReport:
@@ -150,8 +178,9 @@ def check_cluster(
             on_node(report)
         return report
 
-    with ThreadPoolExecutor(max_workers=len(targets), thread_name_prefix="health") as pool:
+    with ThreadPoolExecutor(max_workers=max(len(targets), 1), thread_name_prefix="health") as pool:
         nodes = tuple(pool.map(one, targets, sessions if sessions is not None else [None] * len(targets)))
+    nodes += tuple(machine_down(m, selected) for m in down)
     return HealthReport(distro, expected, selected, nodes, time.monotonic() - started)
 
 
@@ -169,6 +198,7 @@ def wait_healthy(
     max_delay: float = 5.0,
     etcd_nodes: Collection[str] | None = None,
     clock: Clock = SYSTEM_CLOCK,
+    down: Sequence[MachineDown] = (),
 ) -> HealthReport:
     """Re-check with exponential backoff until healthy; `HealthTimeout` with the last report at the deadline.
 
@@ -178,6 +208,7 @@ def wait_healthy(
     run into the deadline, its failures then perhaps our shortened timeouts': the last round that ended before
     the deadline is reported instead. Each node's connection stays open from round to round: a new one costs a
     key exchange, slow on emulated guests. `clock` times the rounds, the deadline and the pauses between rounds.
+    With machines `down`, one round is reported at once (`MachinesNotRunning`): waiting cannot start them.
     """
     checks = tuple(checks)
     deadline = clock.now() + timeout
@@ -198,9 +229,12 @@ def wait_healthy(
                 on_node=on_update,
                 etcd_nodes=etcd_nodes,
                 sessions=sessions,
+                down=down,
             )
             if report.healthy:
                 return report
+            if down:
+                raise MachinesNotRunning(report)
             round_seconds = clock.now() - round_started
             left = deadline - clock.now()
             if left > 0 or full is None:

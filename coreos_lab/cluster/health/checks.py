@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from coreos_lab.cluster.health import parsers
-from coreos_lab.cluster.health.report import CheckResult, Status
+from coreos_lab.cluster.health.report import CheckResult, EtcdCluster, Status
 from coreos_lab.cluster.ssh import DEFAULT_COMMAND_TIMEOUT, SSHSession
 from coreos_lab.distros import DISTROS
 
@@ -38,6 +38,7 @@ class NodeFacts:
     etcd_unit_down: str = ""  # the units check found the etcd unit stopped: "etcd-member is inactive"
     known_proxy: bool = False  # the lab's configuration says so: no need to probe for the v3 API
     local_status: parsers.EndpointStatus | None = None  # v3 `endpoint status` of the local member
+    etcd_cluster: EtcdCluster | None = None  # what the etcd check heard of the cluster from here
 
 
 @dataclass(frozen=True)
@@ -114,6 +115,7 @@ def _etcd_not_running(name: str, ctx: CheckContext) -> CheckResult | None:
 
 def check_etcd(session: SSHSession, ctx: CheckContext) -> CheckResult:
     if (stopped := _etcd_not_running("etcd", ctx)) is not None:
+        ctx.node.etcd_cluster = EtcdCluster.UNAVAILABLE  # nothing serves here; other nodes may know better
         return stopped
     note = ""
     if DISTROS[ctx.distro].etcd_api == 2:
@@ -132,6 +134,7 @@ def check_etcd(session: SSHSession, ctx: CheckContext) -> CheckResult:
                 note, ctx.node.v2_only = " (local etcd answers v2 only: a proxy)", True
             else:
                 health = parsers.ClusterHealth(error=why)
+    ctx.node.etcd_cluster = health.verdict
     if health.error is not None:
         return _fail("etcd", f"etcd not answering{note}: {health.error}")
     total = len(health.members)
@@ -142,7 +145,7 @@ def check_etcd(session: SSHSession, ctx: CheckContext) -> CheckResult:
     if health.summary == "healthy":  # etcd2 (≤ 3.2) says so as soon as any member is
         verdict = "etcdctl says healthy but not every member is"
     else:
-        verdict = f"cluster is {health.summary or 'degraded'}"
+        verdict = f"cluster is {health.verdict}"
     return _fail("etcd", f"{verdict}: {total - len(bad)} of {total} healthy; not healthy: {named}{note}")
 
 

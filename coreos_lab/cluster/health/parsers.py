@@ -19,6 +19,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from coreos_lab.cluster.health.report import EtcdCluster
+
 # ---------------------------------------------------------------- v2 cluster-health
 
 
@@ -48,6 +50,15 @@ class ClusterHealth:
     @property
     def unhealthy_members(self) -> list[EtcdMemberHealth]:
         return [m for m in self.members if not m.healthy]
+
+    @property
+    def verdict(self) -> EtcdCluster:
+        """healthy, degraded or unavailable, counted from the member lines as etcd 3.3+ counts its summary (etcd2's
+        says healthy if any member is); unavailable too when nothing answered."""
+        healthy = sum(m.healthy for m in self.members)
+        if self.error is None and self.members and healthy == len(self.members):
+            return EtcdCluster.HEALTHY
+        return EtcdCluster.DEGRADED if healthy else EtcdCluster.UNAVAILABLE
 
 
 _V2_MEMBER = re.compile(r"^member (?P<id>[0-9a-f]+) is (?P<state>healthy|unhealthy|unreachable): (?P<rest>.*)$")
