@@ -135,13 +135,13 @@ def default_reference(distro: str) -> str:
     """The etcd image of a distro, from the distro table."""
     from coreos_lab.distros import DISTROS
 
-    reference = getattr(DISTROS[distro], "etcd_image", None)
-    if not reference:
+    reference = DISTROS[distro].etcd_image
+    if reference is None:
         raise BadInput(
-            f"{distro} runs no etcd image (no etcd_image in its row of the distro table)",
-            hint="name the image: lab mirror image fetch REFERENCE, e.g. quay.io/coreos/etcd:v3.5.16",
+            f"{distro} runs no etcd image (its etcd runs on the host)",
+            hint="name the image: lab mirror image fetch REFERENCE",
         )
-    return str(reference)
+    return reference
 
 
 def _credentials(username: str | None, password: str | None, password_stdin: bool) -> Credentials | None:
