@@ -245,9 +245,11 @@ def partition(dc: DrillCluster, nodes: Sequence[str]) -> DrillResult:
         for node in names:
             actions.append(_set_link(dc, node, up=False))
     except BaseException:  # leave no half-made partition behind
-        for node in names[: len(actions)]:
-            with contextlib.suppress(LabError):
-                _set_link(dc, node, up=True)
+        # the node being cut when this came may be cut already (or half): heal it too, harmless where nothing was
+        with _undisturbed():
+            for node in names[: len(actions) + 1]:
+                with contextlib.suppress(LabError):
+                    _set_link(dc, node, up=True)
         raise
     return DrillResult("partition", names, actions)
 
