@@ -565,7 +565,10 @@ def run_quorum(
                 undone, all_undone = drill.undo()
     finally:
         if junit is not None:
-            write_junit(junit, SUITE, [s.case() for s in steps], started=started)
+            try:
+                write_junit(junit, SUITE, [s.case() for s in steps], started=started)
+            except OSError as exc:
+                raise LabError(f"--junit {junit}: cannot write the report: {exc.strerror or exc}") from exc
     failed = [s for s in steps if s.outcome == "failed"]
     if interrupted:
         code, message = ExitCode.INTERRUPTED, "interrupted; every fault undone" if all_undone else "interrupted"

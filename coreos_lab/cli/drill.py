@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -152,6 +153,8 @@ def quorum(
     from coreos_lab import console
     from coreos_lab.drill import run_quorum
 
+    if junit is not None:
+        _check_report_path(junit)
     result = run_quorum(_cluster(lab_dir, ssh_config, distro, proxies), timeout=timeout, junit=junit, on_step=_show)
     if as_json:
         console.print_json(result.as_dict())
@@ -164,6 +167,15 @@ def quorum(
     if junit is not None:
         console.info(f"JUnit report: {junit}")
     return int(result.exit_code)
+
+
+def _check_report_path(path: Path) -> None:
+    """Before the drill, not after it: a report that cannot be written must not cost a finished drill."""
+    parent = path.parent
+    if not parent.is_dir():
+        raise BadInput(f"--junit {path}: no directory {parent}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInput(f"--junit {path}: directory {parent} is not writable")
 
 
 _MARK = {"passed": ("PASS", "green"), "failed": ("FAIL", "bold red"), "error": ("ERROR", "bold red")}
