@@ -62,6 +62,12 @@ def print_json(document: Any) -> None:
     _json_printed = True
 
 
+def reset_json_printed() -> None:
+    """A new run has printed nothing yet (main() may run more than once in a process)."""
+    global _json_printed
+    _json_printed = False
+
+
 def json_printed() -> bool:
     """Whether this run has printed its JSON document (the error boundary prints one only if not)."""
     return _json_printed

@@ -107,3 +107,17 @@ def test_json_commands_print_one_json_document_even_on_error(tmp_path: Path, arg
 def test_without_json_an_error_leaves_stdout_empty(tmp_path: Path) -> None:
     run = lab("status", tmp_path / "no-lab")
     assert run.returncode == ExitCode.USAGE and run.stdout == ""
+
+
+def test_a_second_run_in_one_process_still_prints_its_json_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from coreos_lab.cli import main
+
+    for _ in range(2):
+        with pytest.raises(SystemExit) as exit:
+            main(["status", str(tmp_path / "no-lab"), "--json"])
+        assert exit.value.code == ExitCode.USAGE
+        assert json.loads(capsys.readouterr().out)["error"]["message"]

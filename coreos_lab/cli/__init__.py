@@ -64,6 +64,9 @@ def _fail(code: ExitCode, message: str, hint: str | None, as_json: bool) -> NoRe
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point with the single error boundary."""
+    from coreos_lab import console
+
+    console.reset_json_printed()
     _register()
     args = argv if argv is not None else sys.argv[1:]
     debug = "--debug" in args or _env_flag("LAB_DEBUG")
@@ -85,8 +88,6 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()
-        from coreos_lab import console
-
         console.error(exc.message, exc.hint)
         _fail(ExitCode(exc.exit_code), exc.message, exc.hint, as_json)
     except Exception as exc:  # the boundary: anything else is a bug or an unexpected environment
