@@ -525,7 +525,7 @@ def run_quorum(
     """The quorum drill on a running cluster (see `QuorumDrill`). Exit code 0 only when every step behaved as etcd
     promises, 3 when one did not, 130 when interrupted (Ctrl-C or SIGTERM), 1 when a fault could not be undone.
     Every fault it made is undone at the end in every case; the JUnit report is written in every case too."""
-    from coreos_lab.smoke import sigterm_as_interrupt
+    from coreos_lab.proc import sigterm_as_interrupt
 
     drill = QuorumDrill(dc, timeout=timeout, clock=clock)
     planned = drill.plan()

@@ -10,9 +10,10 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 from coreos_lab.errors import CommandFailed, Timeout, ToolMissing
 
@@ -155,3 +156,21 @@ def stream(
         raise Timeout(f"command timed out after {timeout:g}s: {' '.join(args)}")
     log.debug("exit %s: %s", proc.returncode, args[0])
     return CommandResult(args, proc.returncode, "\n".join(lines) + ("\n" if lines else ""), "")
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """CI systems cancel with SIGTERM: treat it like Ctrl-C so teardown still runs."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

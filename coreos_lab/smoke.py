@@ -9,18 +9,17 @@ always (Ctrl-C and SIGTERM included), unless `keep_on_failure` and something fai
 from __future__ import annotations
 
 import contextlib
-import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 from coreos_lab.distros import DISTROS
 from coreos_lab.errors import ExitCode, LabError, StageFailed
 from coreos_lab.junit import TestCase, write_junit
+from coreos_lab.proc import sigterm_as_interrupt
 
 if TYPE_CHECKING:
     from coreos_lab.cluster.health.targets import ClusterTargets
@@ -95,24 +94,6 @@ class Recorder:
     def skip(self, names: Sequence[str], reason: str) -> None:
         for name in names:
             self.add(TestCase(name, "smoke", 0.0, "skipped", reason))
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """CI systems cancel with SIGTERM: treat it like Ctrl-C so teardown still runs."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: leave signals alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 # --------------------------------------------------------------------------------------------- stages
