@@ -117,3 +117,13 @@ def test_write_blob_refuses_a_wrong_digest(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="does not match"):
         store.write_blob(b"abc", "sha256:" + "0" * 64)
     assert store.blob_paths() == []
+
+
+def test_tagging_refuses_to_rewrite_a_damaged_catalog(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    descriptor = _image(store)
+    store.index_path.write_text("{not json")
+    with pytest.raises(BadInput, match="damaged image catalog") as info:
+        store.tag_image("coreos/etcd", "v1", descriptor, source=None, platforms="all")
+    assert info.value.hint == "run lab mirror verify"
+    assert store.index_path.read_text() == "{not json"

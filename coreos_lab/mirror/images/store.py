@@ -190,7 +190,11 @@ class ImageStore:
             repository, tag, descriptor, source, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), platforms
         )
         with self._index_lock():
-            entries = [i for i in self._read_index() if (i.repository, i.tag) != (repository, tag)]
+            try:
+                stored = self.load_index()  # not _read_index: rewriting a damaged catalog would empty it
+            except BadInput as exc:
+                raise BadInput(exc.message, hint="run lab mirror verify") from None
+            entries = [i for i in stored if (i.repository, i.tag) != (repository, tag)]
             self._write_index([*entries, image])
         return image
 
