@@ -145,6 +145,7 @@ class RegistryClient:
         """The manifest or index at a tag or digest, its bytes checked: against the digest asked for (`expected`,
         or `reference` when it is one) and the registry's `Docker-Content-Digest`."""
         import requests
+        import urllib3
 
         url = self.manifest_url(reference)
         expected = expected or (reference if reference.startswith("sha256:") else None)
@@ -159,7 +160,7 @@ class RegistryClient:
                 # Some registries say application/json for an OCI manifest without mediaType: let its shape tell.
                 media_type = content_type if content_type in MANIFEST_MEDIA_TYPES else None
                 announced = r.headers.get("Docker-Content-Digest")
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # urllib3's: a body cut midway
             raise network_error(url, exc) from exc
         if len(data) > MANIFEST_LIMIT:
             raise BadInput(f"{url}: more than {MANIFEST_LIMIT} bytes; not a manifest")

@@ -1,0 +1,62 @@
+"""The registry client against a tiny HTTP server on 127.0.0.1 that misbehaves on purpose."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from coreos_lab.errors import LabError
+from coreos_lab.mirror.images.reference import parse_reference
+from coreos_lab.mirror.images.registry_client import RegistryClient
+
+Answer = Callable[[BaseHTTPRequestHandler], None]
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, dict[str, Answer]]]:
+    """A server answering each path with the function the test puts in the dict."""
+    answers: dict[str, Answer] = {}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:
+            answers[self.path.partition("?")[0]](self)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{httpd.server_address[1]}", answers
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def client(host: str) -> RegistryClient:
+    made = RegistryClient(parse_reference(f"{host}/coreos/etcd:v1"), credentials=None)
+    made.base = f"http://{host}"  # as ping() finds it for a plain-HTTP loopback registry
+    return made
+
+
+def cut_body(handler: BaseHTTPRequestHandler) -> None:
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+    handler.send_header("Content-Length", "1000")
+    handler.end_headers()
+    handler.wfile.write(b'{"schemaVersion": 2')
+    handler.wfile.flush()
+    handler.close_connection = True
+
+
+def test_a_manifest_cut_mid_body_is_a_network_error(server: tuple[str, dict[str, Answer]]) -> None:
+    host, answers = server
+    answers["/v2/coreos/etcd/manifests/v1"] = cut_body
+    with pytest.raises(LabError, match=f"cannot download http://{host}/v2/coreos/etcd/manifests/v1"):
+        client(host).manifest("v1")
