@@ -11,6 +11,7 @@ import pytest
 
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.mirror.images.auth import docker_config_credentials, docker_config_path, parse_challenge
+from coreos_lab.mirror.images.reference import parse_reference
 
 
 def test_challenges() -> None:
@@ -59,6 +60,14 @@ def test_docker_config_credentials(tmp_path: Path) -> None:
     assert docker_config_credentials("127.0.0.1:5001", path) is None
     assert docker_config_credentials("helper.example", path) is None
     assert docker_config_credentials("quay.io", tmp_path / "absent.json") is None
+
+
+def test_a_registry_host_in_any_case_finds_its_credentials(tmp_path: Path) -> None:
+    path = _config(tmp_path, {"Quay.IO": _auth("quser", "qpass")})
+    registry = parse_reference("QUAY.io/coreos/etcd:v1").registry
+    assert registry == "quay.io"  # as requests sends it
+    found = docker_config_credentials(registry, path)
+    assert found is not None and found.username == "quser"
 
 
 def test_damaged_docker_configs_name_the_file_and_field(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from coreos_lab.mirror.images.store import ImageStore, sha256_digest
         ("127.0.0.1:5000/coreos/etcd", "127.0.0.1:5000", "coreos/etcd", "latest", None),
         ("localhost/a/b:1@sha256:" + "a" * 64, "localhost", "a/b", "1", "sha256:" + "a" * 64),
         ("user/app@sha256:" + "b" * 64, "docker.io", "user/app", None, "sha256:" + "b" * 64),
+        ("Quay.IO/coreos/etcd", "quay.io", "coreos/etcd", "latest", None),  # as credentials are looked up
     ],
 )
 def test_references(text: str, registry: str, repository: str, tag: str | None, digest: str | None) -> None:

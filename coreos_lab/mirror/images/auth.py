@@ -80,7 +80,7 @@ def docker_config_credentials(registry: str, path: Path | None = None) -> Creden
         return None
     wanted = DOCKER_HUB_KEYS if registry == DOCKER_HUB else (registry,)
     for key, entry in auths.items():
-        host = urlsplit(key).netloc if "://" in key else key.rstrip("/")
+        host = (urlsplit(key).netloc if "://" in key else key.rstrip("/")).lower()  # host names: any case
         if key not in wanted and host not in wanted:
             continue
         encoded = entry.get("auth") if isinstance(entry, dict) else None

@@ -90,7 +90,7 @@ def parse_reference(text: str) -> ImageRef:
     if slash and ("." in first or ":" in first or first == "localhost"):
         if not HOST_RE.fullmatch(first):
             raise BadInput(f"invalid registry {first!r} in image reference {text!r}")
-        registry, path = first, remainder
+        registry, path = first.lower(), remainder  # host names are case-insensitive; requests lowercases them
     else:
         registry, path = DOCKER_HUB, rest
     tag = None
