@@ -5,12 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
-from coreos_lab.errors import LabError
+from coreos_lab.errors import BadInput, LabError
+from coreos_lab.mirror.download import download
+from coreos_lab.mirror.images.auth import Challenge
 from coreos_lab.mirror.images.reference import parse_reference
 from coreos_lab.mirror.images.registry_client import RegistryClient
+from coreos_lab.progress import SilentReporter
 
 Answer = Callable[[BaseHTTPRequestHandler], None]
 
@@ -60,3 +64,47 @@ def test_a_manifest_cut_mid_body_is_a_network_error(server: tuple[str, dict[str,
     answers["/v2/coreos/etcd/manifests/v1"] = cut_body
     with pytest.raises(LabError, match=f"cannot download http://{host}/v2/coreos/etcd/manifests/v1"):
         client(host).manifest("v1")
+
+
+def endless(status: int, content_type: str = "application/json") -> Answer:
+    """An answer whose body never ends (chunked), until the client hangs up."""
+
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        chunk = b"x" * 65536
+        try:
+            while True:
+                handler.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+        except OSError:
+            handler.close_connection = True
+
+    return answer
+
+
+def test_an_endless_error_body_is_read_only_so_far(server: tuple[str, dict[str, Answer]]) -> None:
+    host, answers = server
+    answers["/v2/coreos/etcd/manifests/v1"] = endless(404)
+    with pytest.raises(BadInput, match="HTTP 404"):
+        client(host).manifest("v1")
+
+
+def test_an_endless_token_answer_is_read_only_so_far(server: tuple[str, dict[str, Answer]]) -> None:
+    host, answers = server
+    answers["/token"] = endless(200)
+    made = client(host)
+    with pytest.raises(LabError, match="the answer holds no token"):
+        made.auth.authenticate(Challenge("bearer", {"realm": f"http://{host}/token"}), "test")
+
+
+def test_an_endless_blob_body_stops_one_byte_past_its_size(
+    server: tuple[str, dict[str, Answer]], tmp_path: Path
+) -> None:
+    host, answers = server
+    answers["/v2/coreos/etcd/blobs/sha256:" + "0" * 64] = endless(200, "application/octet-stream")
+    made = client(host)
+    with open(tmp_path / "blob.part", "w+b") as part:
+        got = download(made.http, made.blob_url("sha256:" + "0" * 64), part, ["sha256"], SilentReporter(), limit=10)
+    assert got.size == 11 and (tmp_path / "blob.part").stat().st_size == 11

@@ -309,7 +309,7 @@ def _fetch_blob(
             progress.advance(blob.size)
             return None
         url = client.blob_url(blob.digest)
-        got = download(client.http, url, part, ["sha256"], progress, status_error=registry_error)
+        got = download(client.http, url, part, ["sha256"], progress, status_error=registry_error, limit=blob.size)
         actual = f"sha256:{got.digests['sha256']}"
         if actual != blob.digest or got.size != blob.size:
             part.seek(0)

@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from coreos_lab.errors import BadInput, LabError
-from coreos_lab.mirror.images.auth import Credentials, RegistryAuth, docker_config_credentials, parse_challenge
+from coreos_lab.mirror.images.auth import (
+    Credentials,
+    RegistryAuth,
+    docker_config_credentials,
+    parse_challenge,
+    small_body,
+)
 from coreos_lab.mirror.images.manifests import MANIFEST_MEDIA_TYPES
 from coreos_lab.mirror.images.reference import ImageRef
 from coreos_lab.mirror.images.store import sha256_digest
@@ -55,7 +61,7 @@ def registry_error(url: str, resp: requests.Response) -> LabError:
     unknown names and digests are bad input (exit 2), anything else exit 1."""
     codes = []
     try:
-        errors = json.loads(resp.content[:65536]).get("errors") or []
+        errors = json.loads(small_body(resp)).get("errors") or []
         codes = [f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)]
     except (ValueError, AttributeError):
         pass
