@@ -108,3 +108,10 @@ def test_an_endless_blob_body_stops_one_byte_past_its_size(
     with open(tmp_path / "blob.part", "w+b") as part:
         got = download(made.http, made.blob_url("sha256:" + "0" * 64), part, ["sha256"], SilentReporter(), limit=10)
     assert got.size == 11 and (tmp_path / "blob.part").stat().st_size == 11
+
+
+def test_the_client_closes_its_own_session() -> None:
+    closed: list[bool] = []
+    with RegistryClient(parse_reference("127.0.0.1:1/coreos/etcd:v1"), credentials=None) as made:
+        made.http.close = lambda: closed.append(True)  # type: ignore[method-assign]
+    assert closed == [True]

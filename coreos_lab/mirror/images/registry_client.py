@@ -83,11 +83,10 @@ class RegistryClient:
         *,
         credentials: Credentials | None = None,
         insecure: bool = False,
-        http: requests.Session | None = None,
         jobs: int = 4,
     ):
         self.ref = ref
-        self.http = http or session()
+        self.http = session()  # its own: auth and adapters are mounted on it
         self.insecure = insecure or is_loopback(ref.api_host)
         self._mount_adapters(jobs)
         if credentials is None:
@@ -95,6 +94,15 @@ class RegistryClient:
         self.auth = RegistryAuth(self.http, ref.api_host, ref.repository, credentials)
         self.http.auth = self.auth
         self.base = f"https://{ref.api_host}"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _mount_adapters(self, jobs: int) -> None:
         """Enough kept connections per host for `jobs` blobs at once; for an insecure registry, unchecked TLS for
