@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from coreos_lab.errors import BadInput, LabError
-from coreos_lab.mirror.images.auth import docker_config_credentials, docker_config_path, parse_challenge
+from coreos_lab.mirror.images.auth import (
+    Challenge,
+    Credentials,
+    RegistryAuth,
+    docker_config_credentials,
+    docker_config_path,
+    parse_challenge,
+)
 from coreos_lab.mirror.images.reference import parse_reference
 
 
@@ -99,3 +106,13 @@ def test_the_default_image_is_the_distros_etcd_image() -> None:
     with pytest.raises(BadInput, match="coreos runs no etcd image") as info:
         default_reference("coreos")
     assert info.value.hint is not None and "lab mirror image fetch REFERENCE" in info.value.hint
+
+
+def test_credentials_go_to_a_plain_http_realm_only_when_insecure() -> None:
+    import requests
+
+    credentials = Credentials("alice", "secret", "--password")
+    auth = RegistryAuth(requests.Session(), "quay.io", "coreos/etcd", credentials)
+    with pytest.raises(LabError, match=r"realm http://auth\.example/token is not HTTPS.*'alice'") as info:
+        auth.authenticate(Challenge("bearer", {"realm": "http://auth.example/token"}), "test")
+    assert info.value.hint is not None and "--insecure" in info.value.hint

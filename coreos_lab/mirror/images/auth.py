@@ -113,8 +113,17 @@ def small_body(resp: requests.Response) -> bytes:
 class RegistryAuth:
     """Authorization for one registry host: none, Basic, or a Bearer token for one repository's pull scope."""
 
-    def __init__(self, http: requests.Session, netloc: str, repository: str, credentials: Credentials | None):
+    def __init__(
+        self,
+        http: requests.Session,
+        netloc: str,
+        repository: str,
+        credentials: Credentials | None,
+        *,
+        insecure: bool = False,
+    ):
         self.http = http
+        self.insecure = insecure  # the registry is loopback or --insecure: plain HTTP is allowed
         self.netloc = netloc
         self.repository = repository
         self.credentials = credentials
@@ -141,6 +150,13 @@ class RegistryAuth:
         params = {"scope": f"repository:{self.repository}:pull"}
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
+        if self.credentials is not None and urlsplit(realm).scheme != "https" and not self.insecure:
+            # The realm is any host the registry names: never send a password there in clear text.
+            raise LabError(
+                f"the registry's token realm {realm} is not HTTPS; refusing to send the credentials of "
+                f"{self.credentials.username!r} (from {self.credentials.origin}) over it",
+                hint="pass --insecure if this registry is yours and its network is trusted",
+            )
         auth = (self.credentials.username, self.credentials.password) if self.credentials else _no_auth
         try:
             with self.http.get(

@@ -91,7 +91,7 @@ class RegistryClient:
         self._mount_adapters(jobs)
         if credentials is None:
             credentials = docker_config_credentials(ref.registry)
-        self.auth = RegistryAuth(self.http, ref.api_host, ref.repository, credentials)
+        self.auth = RegistryAuth(self.http, ref.api_host, ref.repository, credentials, insecure=self.insecure)
         self.http.auth = self.auth
         self.base = f"https://{ref.api_host}"
 
