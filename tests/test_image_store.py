@@ -128,3 +128,18 @@ def test_tagging_refuses_to_rewrite_a_damaged_catalog(tmp_path: Path) -> None:
         store.tag_image("coreos/etcd", "v1", descriptor, source=None, platforms="all")
     assert info.value.hint == "run lab mirror verify"
     assert store.index_path.read_text() == "{not json"
+
+
+def test_a_blob_is_on_disk_before_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    store = ImageStore(tmp_path)
+    digest = sha256_digest(b"blob")
+    with store.staging(digest) as part:
+        part.write(b"blob")
+        part.flush()
+        synced: list[bool] = []
+        real_fsync = os.fsync
+        monkeypatch.setattr(os, "fsync", lambda fd: synced.append(not store.has_blob(digest)) or real_fsync(fd))
+        store.commit_blob(digest, Path(part.name))
+    assert synced == [True] and store.read_blob(digest) == b"blob"

@@ -39,6 +39,7 @@ from coreos_lab.mirror.images.manifests import (
     parse_manifest,
 )
 from coreos_lab.mirror.images.reference import DIGEST_RE, check_digest, check_repository, check_tag
+from coreos_lab.mirror.store import sync_file
 
 IMAGES_DIR = "images"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
@@ -118,6 +119,7 @@ class ImageStore:
     def commit_blob(self, digest: str, staged: Path) -> Path:
         """Move a complete blob whose sha256 the caller verified to its content address (atomic rename)."""
         final = self.blob_path(digest)
+        sync_file(staged)
         os.replace(staged, final)
         return final
 
