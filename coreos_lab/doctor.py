@@ -193,7 +193,6 @@ def check_etcd_image(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     if not plan.etcd_image_from_mirror:
         yield DoctorFinding("mirror-image", "ok", f"the guests pull {image} from its registry (etcd.image_source)")
         return
-    from coreos_lab.lab.model import mirror_reference
     from coreos_lab.mirror.images.manifests import DEFAULT_PLATFORM
     from coreos_lab.mirror.images.reference import parse_reference
 
@@ -206,7 +205,7 @@ def check_etcd_image(ctx: DoctorContext) -> Iterable[DoctorFinding]:
         where = str(ctx.mirror_root)
     else:
         return  # no mirror to ask: check_mirror has failed already
-    wanted = f"etcd image {image} (as {mirror_reference(image)})"
+    wanted = f"etcd image {image} (as {ref.mirror_reference})"
     if present:
         yield DoctorFinding("mirror-image", "ok", f"{wanted} is in the mirror ({where})")
     else:

