@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from coreos_lab import proc
+from coreos_lab.errors import BadInput
 from coreos_lab.lab.plan import LabPlan
 from coreos_lab.prerequisites import Check, DoctorContext, DoctorFinding
 from coreos_lab.vagrant.providers import DEFAULT_PROVIDER, PROVIDERS
@@ -192,7 +193,7 @@ def check_etcd_image(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     if not plan.etcd_image_from_mirror:
         yield DoctorFinding("mirror-image", "ok", f"the guests pull {image} from its registry (etcd.image_source)")
         return
-    from coreos_lab.lab.model import mirror_reference
+    from coreos_lab.mirror.images.manifests import DEFAULT_PLATFORM
     from coreos_lab.mirror.images.reference import parse_reference
 
     ref = parse_reference(image)
@@ -204,20 +205,21 @@ def check_etcd_image(ctx: DoctorContext) -> Iterable[DoctorFinding]:
         where = str(ctx.mirror_root)
     else:
         return  # no mirror to ask: check_mirror has failed already
-    wanted = f"etcd image {image} (as {mirror_reference(image)})"
+    wanted = f"etcd image {image} (as {ref.mirror_reference})"
     if present:
         yield DoctorFinding("mirror-image", "ok", f"{wanted} is in the mirror ({where})")
     else:
         yield DoctorFinding(
             "mirror-image",
             "fail",
-            f"{wanted} is not in the mirror ({where}); the {plan.distro} guests pull it from there",
-            f"lab mirror image fetch {image}{root_option(ctx.mirror_root)} (or `lab mirror image import` an image "
+            f"{wanted} is not in the mirror for {DEFAULT_PLATFORM} ({where}); the {plan.distro} guests pull it from "
+            "there",
+            f"lab mirror image fetch {image}{root_flag_text(ctx.mirror_root)} (or `lab mirror image import` an image "
             "saved elsewhere; `etcd.image_source: upstream` in lab.yaml pulls it from its registry instead)",
         )
 
 
-def root_option(mirror_root: Path) -> str:
+def root_flag_text(mirror_root: Path) -> str:
     """` --root DIR` for a command the user is told to run, when the lab's mirror is not where it looks anyway."""
     import shlex
 
@@ -229,27 +231,47 @@ def root_option(mirror_root: Path) -> str:
 
 
 def mirror_has_manifest(mirror_url: str, repository: str, reference: str, timeout: float = 3.0) -> bool:
-    """Whether the registry at `mirror_url` has `repository`'s manifest `reference` (a tag or digest): `HEAD
-    /v2/<repository>/manifests/<reference>`, accepting every manifest type, as Docker asks."""
+    """Whether the registry at `mirror_url` answers `repository`'s manifest `reference` (a tag or digest) for
+    the guests' platform: `HEAD /v2/<repository>/manifests/<reference>` accepting no index type, so our
+    registry answers an index's linux/amd64 manifest or MANIFEST_UNKNOWN when it holds none."""
     import requests
 
-    from coreos_lab.mirror.images.manifests import MANIFEST_MEDIA_TYPES
+    from coreos_lab.mirror.images.manifests import IMAGE_MEDIA_TYPES
 
     url = f"{mirror_url.rstrip('/')}/v2/{repository}/manifests/{reference}"
     try:
-        response = requests.head(url, headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)}, timeout=timeout)
+        response = requests.head(url, headers={"Accept": ", ".join(IMAGE_MEDIA_TYPES)}, timeout=timeout)
     except requests.RequestException:
         return False
     return response.status_code == 200
 
 
 def stored_image_has(mirror_root: Path, repository: str, reference: str) -> bool:
-    """Whether the local store has `repository`'s manifest `reference` (a tag or digest)."""
+    """Whether the local store has `repository`'s manifest `reference` (a tag or digest) for the guests'
+    platform: an index with a stored linux/amd64 manifest, or a manifest whose config says linux/amd64."""
+
+    from coreos_lab.mirror.images.manifests import DEFAULT_PLATFORM, ImageIndex, parse_platform
     from coreos_lab.mirror.images.store import ImageStore
 
     if not mirror_root.is_dir():
         return False
-    return ImageStore(mirror_root).lookup_manifest(repository, reference) is not None
+    store = ImageStore(mirror_root)
+    wanted = parse_platform(DEFAULT_PLATFORM)
+    try:
+        descriptor = store.lookup_manifest(repository, reference)
+        if descriptor is None:
+            return False
+        parsed = store.manifest(descriptor)
+        if isinstance(parsed, ImageIndex):
+            entry = parsed.for_platform(wanted)
+            return entry is not None and store.has_blob(entry.digest)
+        config = json.loads(store.read_blob(parsed.config.digest))
+        return isinstance(config, dict) and (config.get("os"), config.get("architecture")) == (
+            wanted.os,
+            wanted.architecture,
+        )
+    except (BadInput, OSError, ValueError):
+        return False  # damaged: `lab mirror verify` names what
 
 
 def vagrant_has_box(plan: LabPlan) -> bool:

@@ -10,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from coreos_lab.errors import BadInput, LabError
-from coreos_lab.mirror.images.auth import docker_config_credentials, docker_config_path, parse_challenge
+from coreos_lab.mirror.images.auth import (
+    Challenge,
+    Credentials,
+    RegistryAuth,
+    docker_config_credentials,
+    docker_config_path,
+    parse_challenge,
+)
+from coreos_lab.mirror.images.reference import parse_reference
 
 
 def test_challenges() -> None:
@@ -61,6 +69,14 @@ def test_docker_config_credentials(tmp_path: Path) -> None:
     assert docker_config_credentials("quay.io", tmp_path / "absent.json") is None
 
 
+def test_a_registry_host_in_any_case_finds_its_credentials(tmp_path: Path) -> None:
+    path = _config(tmp_path, {"Quay.IO": _auth("quser", "qpass")})
+    registry = parse_reference("QUAY.io/coreos/etcd:v1").registry
+    assert registry == "quay.io"  # as requests sends it
+    found = docker_config_credentials(registry, path)
+    assert found is not None and found.username == "quser"
+
+
 def test_damaged_docker_configs_name_the_file_and_field(tmp_path: Path) -> None:
     path = _config(tmp_path, {"quay.io": {"auth": "not base64!"}})
     with pytest.raises(BadInput, match=r"auths\['quay.io'\].auth is not base64 of user:password") as info:
@@ -90,3 +106,13 @@ def test_the_default_image_is_the_distros_etcd_image() -> None:
     with pytest.raises(BadInput, match="coreos runs no etcd image") as info:
         default_reference("coreos")
     assert info.value.hint is not None and "lab mirror image fetch REFERENCE" in info.value.hint
+
+
+def test_credentials_go_to_a_plain_http_realm_only_when_insecure() -> None:
+    import requests
+
+    credentials = Credentials("alice", "secret", "--password")
+    auth = RegistryAuth(requests.Session(), "quay.io", "coreos/etcd", credentials)
+    with pytest.raises(LabError, match=r"realm http://auth\.example/token is not HTTPS.*'alice'") as info:
+        auth.authenticate(Challenge("bearer", {"realm": "http://auth.example/token"}), "test")
+    assert info.value.hint is not None and "--insecure" in info.value.hint

@@ -139,6 +139,11 @@ def test_platform_choice(mirror_root: Path, upstream: Registry, built_images: Bu
     assert wrong.returncode == ExitCode.USAGE
     assert "is an image for linux/amd64 only, not for linux/arm64" in wrong.stderr
     assert ImageStore(mirror_root).lookup("coreos/etcd", "v3.5.16") is None
+    # Stored already: still not "unchanged" for a platform it is not for.
+    assert fetch(mirror_root, f"{upstream.host}/coreos/etcd:v3.5.16").returncode == 0
+    again = fetch(mirror_root, f"{upstream.host}/coreos/etcd:v3.5.16", "--platform", "linux/arm64")
+    assert again.returncode == ExitCode.USAGE, again.stdout
+    assert "is an image for linux/amd64 only, not for linux/arm64" in again.stderr
     both = fetch(mirror_root, f"{upstream.host}/coreos/etcd:multi", "--platform", "linux/amd64", "--all-platforms")
     assert both.returncode == ExitCode.USAGE and "exclude each other" in both.stderr
 

@@ -28,6 +28,7 @@ from coreos_lab.mirror.images.store import ImageStore, sha256_digest
         ("127.0.0.1:5000/coreos/etcd", "127.0.0.1:5000", "coreos/etcd", "latest", None),
         ("localhost/a/b:1@sha256:" + "a" * 64, "localhost", "a/b", "1", "sha256:" + "a" * 64),
         ("user/app@sha256:" + "b" * 64, "docker.io", "user/app", None, "sha256:" + "b" * 64),
+        ("Quay.IO/coreos/etcd", "quay.io", "coreos/etcd", "latest", None),  # as credentials are looked up
     ],
 )
 def test_references(text: str, registry: str, repository: str, tag: str | None, digest: str | None) -> None:
@@ -104,7 +105,7 @@ def test_tagging_needs_every_blob_and_is_an_oci_layout(tmp_path: Path) -> None:
     assert store.lookup("coreos/etcd", "v1") == image
     assert store.lookup_manifest("coreos/etcd", descriptor.digest) == descriptor
     assert store.lookup_manifest("coreos/etcd", "v2") is None
-    assert store.tags("coreos/etcd") == ["v1"] and store.repositories() == ["coreos/etcd"]
+    assert store.repositories() == ["coreos/etcd"]
     index = json.loads(store.index_path.read_text())
     assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "coreos/etcd:v1"
     assert json.loads((store.dir / "oci-layout").read_text()) == {"imageLayoutVersion": "1.0.0"}
@@ -117,3 +118,34 @@ def test_write_blob_refuses_a_wrong_digest(tmp_path: Path) -> None:
     with pytest.raises(LabError, match="does not match"):
         store.write_blob(b"abc", "sha256:" + "0" * 64)
     assert store.blob_paths() == []
+
+
+def test_tagging_refuses_to_rewrite_a_damaged_catalog(tmp_path: Path) -> None:
+    store = ImageStore(tmp_path)
+    descriptor = _image(store)
+    store.index_path.write_text("{not json")
+    with pytest.raises(BadInput, match="damaged image catalog") as info:
+        store.tag_image("coreos/etcd", "v1", descriptor, source=None, platforms="all")
+    assert info.value.hint == "run lab mirror verify"
+    assert store.index_path.read_text() == "{not json"
+
+
+def test_a_blob_is_on_disk_before_its_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    store = ImageStore(tmp_path)
+    digest = sha256_digest(b"blob")
+    with store.staging(digest) as part:
+        part.write(b"blob")
+        part.flush()
+        synced: list[bool] = []
+        real_fsync = os.fsync
+        monkeypatch.setattr(os, "fsync", lambda fd: synced.append(not store.has_blob(digest)) or real_fsync(fd))
+        store.commit_blob(digest, Path(part.name))
+    assert synced == [True] and store.read_blob(digest) == b"blob"
+
+
+def test_the_mirror_reference_drops_the_registry_host() -> None:
+    assert parse_reference("quay.io/coreos/etcd:v3.5.16").mirror_reference == "coreos/etcd:v3.5.16"
+    pinned = parse_reference("quay.io/coreos/etcd@sha256:" + "a" * 64)
+    assert pinned.mirror_reference == "coreos/etcd@sha256:" + "a" * 64

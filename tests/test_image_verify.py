@@ -72,6 +72,17 @@ def test_a_changed_blob_is_a_mismatch_naming_its_image(mirror_root: Path) -> Non
     assert [f["status"] for f in run.json()["findings"]].count("ok") == 0  # neither image is sound
 
 
+def test_an_unreadable_blob_names_its_image(mirror_root: Path) -> None:
+    descriptor = add_image(mirror_root)
+    path = ImageStore(mirror_root).blob_path(layer_of(mirror_root, descriptor).digest)
+    path.unlink()
+    path.mkdir()  # cannot be read, even by root
+    run = verify(mirror_root)
+    assert run.returncode == ExitCode.ERROR
+    (bad,) = [f for f in run.json()["findings"] if f["status"] == "unreadable blob"]
+    assert bad["path"] == str(path) and bad["image"] == "coreos/etcd:v3.5.16" and bad["box"] is None
+
+
 def test_missing_blobs_and_damaged_catalogs_and_manifests_fail(mirror_root: Path, tmp_path: Path) -> None:
     descriptor = add_image(mirror_root)
     store = ImageStore(mirror_root)

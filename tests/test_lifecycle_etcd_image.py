@@ -13,13 +13,22 @@ from pathlib import Path
 import pytest
 import yaml
 from harness.cli import lab
-from harness.etcd_image import oci_layout_tar, push, put_in_store, small_image, write_oci_layout
+from harness.etcd_image import (
+    TestImage,
+    index_of,
+    oci_layout_tar,
+    push,
+    put_in_store,
+    small_image,
+    write_oci_layout,
+)
 from harness.lifecycle_labs import install_standins, make_lab
 from harness.registry import registry
 
 from coreos_lab.doctor import check_etcd_image
 from coreos_lab.errors import ExitCode
 from coreos_lab.lab.plan import load_plan
+from coreos_lab.mirror.images.store import ImageStore
 from coreos_lab.prerequisites import DoctorContext, DoctorFinding
 
 pytestmark = pytest.mark.integration
@@ -60,7 +69,8 @@ def test_the_local_store_without_the_image_fails_with_the_fetch_command(
     monkeypatch.setenv("LAB_MIRROR_ROOT", str(root))  # the lab's root is where `lab mirror` looks anyway
     [missing] = image_findings(lab_dir, mirror_answers=False)
     assert (missing.check, missing.level) == ("mirror-image", "fail")
-    assert missing.detail == f"etcd image {IMAGE} (as coreos/etcd:v3.5.16) is not in the mirror ({root}); " + (
+    assert missing.detail == (
+        f"etcd image {IMAGE} (as coreos/etcd:v3.5.16) is not in the mirror for linux/amd64 ({root}); "
         "the flatcar guests pull it from there"
     )
     assert missing.fix is not None and missing.fix.startswith(FETCH + " (or `lab mirror image import`")
@@ -93,6 +103,32 @@ def test_another_tag_of_the_image_is_not_the_image(tmp_path: Path) -> None:
     assert finding.fix.startswith("lab mirror image fetch quay.io/coreos/etcd:v3.5.17")
 
 
+def test_the_stored_image_must_hold_the_guests_platform(tmp_path: Path) -> None:
+    """The guests are linux/amd64: an image (or an index) without that platform would 404 on their pull."""
+    lab_dir, env = flatcar_lab(tmp_path)
+    root = Path(env["LAB_MIRROR_ROOT"])
+    arm, amd = small_image("arm", architecture="arm64"), small_image("amd")
+    put_in_store(root, arm, "coreos/etcd", "v3.5.16")
+    [plain] = image_findings(lab_dir, mirror_answers=False)
+    assert plain.level == "fail" and "not in the mirror for linux/amd64" in plain.detail
+
+    def store_index(images: dict[str, TestImage]) -> None:
+        top = index_of(images)
+        store = ImageStore(root)
+        for img in images.values():
+            for blob in img.blobs:
+                store.write_blob(blob.data, blob.digest)
+        store.write_blob(top.data, top.digest)
+        store.tag_image("coreos/etcd", "v3.5.16", top.descriptor, source=None, platforms="all")
+
+    store_index({"linux/arm64": arm})
+    [arm_only] = image_findings(lab_dir, mirror_answers=False)
+    assert arm_only.level == "fail"
+    store_index({"linux/arm64": arm, "linux/amd64": amd})
+    [both] = image_findings(lab_dir, mirror_answers=False)
+    assert both.level == "ok", both
+
+
 @pytest.mark.registry
 def test_a_mirror_answering_at_the_labs_url_is_asked_as_a_registry(tmp_path: Path) -> None:
     """HEAD /v2/<repository>/manifests/<tag or digest>, as Docker asks; the local store is not looked at."""
@@ -103,7 +139,7 @@ def test_a_mirror_answering_at_the_labs_url_is_asked_as_a_registry(tmp_path: Pat
     with registry(tmp_path / "registry") as upstream:
         set_lab_yaml(lab_dir, mirror={"url": upstream.url})
         [missing] = image_findings(lab_dir, mirror_answers=True)
-        assert missing.level == "fail" and missing.detail.endswith(f"not in the mirror ({upstream.url}); " + (
+        assert missing.level == "fail" and missing.detail.endswith(f"not in the mirror for linux/amd64 ({upstream.url}); " + (
             "the flatcar guests pull it from there"
         ))  # fmt: skip
         push(layout, "v3.5.16", upstream.host, "coreos/etcd:v3.5.16")

@@ -175,7 +175,9 @@ class LabConfig:
         if self.etcd_image is None:
             return None
         if self.etcd_image_from_mirror:
-            return f"{self.guest_registry}/{mirror_reference(self.etcd_image)}"
+            from coreos_lab.mirror.images.reference import parse_reference
+
+            return f"{self.guest_registry}/{parse_reference(self.etcd_image).mirror_reference}"
         return self.etcd_image if self.sources.get("etcd.image", "default") != "default" else None
 
     @property
@@ -206,12 +208,3 @@ def guest_url(host_url: str, guest_host: str) -> str:
     parts = urlsplit(host_url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return urlunsplit((parts.scheme, f"{guest_host}:{port}", parts.path.rstrip("/"), "", ""))
-
-
-def mirror_reference(image: str) -> str:
-    """An image as the mirror stores and serves it: `quay.io/coreos/etcd:v3.5.16` → `coreos/etcd:v3.5.16` (the
-    registry host dropped; a digest kept, which Docker then pulls by)."""
-    from coreos_lab.mirror.images.reference import parse_reference
-
-    ref = parse_reference(image)
-    return ref.repository + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")

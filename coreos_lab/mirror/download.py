@@ -47,8 +47,11 @@ def download(
     reporter: Reporter,
     *,
     status_error: Callable[[str, requests.Response], LabError] = _status_error,
+    limit: int | None = None,
 ) -> Downloaded:
-    """`status_error` turns an unexpected HTTP status into the error to raise (a release server's by default)."""
+    """`status_error` turns an unexpected HTTP status into the error to raise (a release server's by default).
+    `limit`: the size the file must have; the body is cut at one byte more (the caller refuses a larger size),
+    so a server that sends without end cannot fill the disk."""
     import requests
     import urllib3
 
@@ -80,7 +83,7 @@ def download(
                     part.truncate()
                 resumed_from = have
                 receiving = True
-                got = _receive(resp, part, hashers, have, total, url, reporter)
+                got = _receive(resp, part, hashers, have, total, url, reporter, limit)
         except _StartOver as exc:
             reporter.note(f"{url}: {exc}; downloading from the start")
             continue
@@ -92,7 +95,7 @@ def download(
                 f"download of {url} was cut after {part.tell()} bytes: {exc}",
                 hint="run the same command again to resume",
             ) from exc
-        if total is not None and got != total:
+        if total is not None and got != total and (limit is None or got <= limit):
             raise LabError(
                 f"download of {url} was cut: got {got} of {total} bytes (truncated download)",
                 hint="run the same command again to resume",
@@ -139,13 +142,17 @@ def _receive(
     total: int | None,
     url: str,
     reporter: Reporter,
+    limit: int | None = None,
 ) -> int:
     got = have
     part.seek(have)
     with reporter.transfer(url.rsplit("/", 1)[-1], total, have) as advance:
         # Raw bytes as stored: never let a Content-Encoding the server added anyway change what is hashed.
         # read1 returns what has arrived (up to CHUNK), so the progress moves on slow links too.
-        while chunk := resp.raw.read1(CHUNK, decode_content=False):
+        while (want := CHUNK if limit is None else min(CHUNK, limit + 1 - got)) > 0:
+            chunk = resp.raw.read1(want, decode_content=False)
+            if not chunk:
+                break
             hashers.update(chunk)
             part.write(chunk)
             got += len(chunk)

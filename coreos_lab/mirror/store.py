@@ -341,6 +341,7 @@ class MirrorStore:
         )
         # Hide the old record first so a crash between the two steps never pairs a record with the wrong box.
         self.record_path(key).unlink(missing_ok=True)
+        sync_file(staged)
         os.replace(staged, final)
         doc = {"kind": key.kind.name} | asdict(key) | {k: v for k, v in asdict(entry).items() if k != "key"}
         atomic_write_text(self.record_path(key), json.dumps(doc, indent=2) + "\n")
@@ -371,3 +372,13 @@ class MirrorStore:
             "description": description or f"{name}, served by coreos-lab",
             "versions": [{"version": v, "providers": p} for v, p in versions.items()],
         }
+
+
+def sync_file(path: Path) -> None:
+    """Flush a file's bytes to disk before it is renamed into place: after a power cut, a name in the store
+    never stands for an empty or partial file."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -26,8 +26,9 @@ OK, MISMATCH, SIZE_MISMATCH, MISSING_BOX, DAMAGED_RECORD, UNREADABLE = (
 NO_RECORD, PARTIAL = "no record", "partial download"
 # Of images: a blob an image needs that is not there, a catalog or manifest that cannot be read, and (a note)
 # a blob no image needs, left by a refused or interrupted fetch or a replaced tag.
-MISSING_BLOB, DAMAGED_CATALOG, DAMAGED_MANIFEST, UNREFERENCED = (
+MISSING_BLOB, UNREADABLE_BLOB, DAMAGED_CATALOG, DAMAGED_MANIFEST, UNREFERENCED = (
     "blob missing",
+    "unreadable blob",
     "damaged catalog",
     "damaged manifest",
     "unreferenced blob",
@@ -39,6 +40,7 @@ PROBLEMS = {
     DAMAGED_RECORD,
     UNREADABLE,
     MISSING_BLOB,
+    UNREADABLE_BLOB,
     DAMAGED_CATALOG,
     DAMAGED_MANIFEST,
 }
@@ -156,7 +158,9 @@ def verify_images(store: ImageStore, reporter: Reporter) -> list[Finding]:
             try:
                 actual = "sha256:" + file_digests(blob, ["sha256"], advance)["sha256"]
             except OSError as exc:
-                findings.append(Finding(blob, UNREADABLE, exc.strerror or str(exc), _names(users.get(digest))))
+                findings.append(
+                    Finding(blob, UNREADABLE_BLOB, exc.strerror or str(exc), image=_names(users.get(digest)))
+                )
                 damaged.add(digest)
                 continue
             if actual != digest:

@@ -80,7 +80,7 @@ def docker_config_credentials(registry: str, path: Path | None = None) -> Creden
         return None
     wanted = DOCKER_HUB_KEYS if registry == DOCKER_HUB else (registry,)
     for key, entry in auths.items():
-        host = urlsplit(key).netloc if "://" in key else key.rstrip("/")
+        host = (urlsplit(key).netloc if "://" in key else key.rstrip("/")).lower()  # host names: any case
         if key not in wanted and host not in wanted:
             continue
         encoded = entry.get("auth") if isinstance(entry, dict) else None
@@ -96,11 +96,34 @@ def docker_config_credentials(registry: str, path: Path | None = None) -> Creden
     return None
 
 
+BODY_LIMIT = 64 << 10  # an error or a token answer is small; more is not read
+
+
+def small_body(resp: requests.Response) -> bytes:
+    """At most BODY_LIMIT bytes of a streamed response's body, so a server cannot make us hold more (b"" when
+    the body cannot be read: the caller's message says what was missing)."""
+    import urllib3
+
+    try:
+        return resp.raw.read(BODY_LIMIT, decode_content=True) or b""
+    except (OSError, urllib3.exceptions.HTTPError):
+        return b""
+
+
 class RegistryAuth:
     """Authorization for one registry host: none, Basic, or a Bearer token for one repository's pull scope."""
 
-    def __init__(self, http: requests.Session, netloc: str, repository: str, credentials: Credentials | None):
+    def __init__(
+        self,
+        http: requests.Session,
+        netloc: str,
+        repository: str,
+        credentials: Credentials | None,
+        *,
+        insecure: bool = False,
+    ):
         self.http = http
+        self.insecure = insecure  # the registry is loopback or --insecure: plain HTTP is allowed
         self.netloc = netloc
         self.repository = repository
         self.credentials = credentials
@@ -127,9 +150,19 @@ class RegistryAuth:
         params = {"scope": f"repository:{self.repository}:pull"}
         if "service" in challenge.params:
             params["service"] = challenge.params["service"]
+        if self.credentials is not None and urlsplit(realm).scheme != "https" and not self.insecure:
+            # The realm is any host the registry names: never send a password there in clear text.
+            raise LabError(
+                f"the registry's token realm {realm} is not HTTPS; refusing to send the credentials of "
+                f"{self.credentials.username!r} (from {self.credentials.origin}) over it",
+                hint="pass --insecure if this registry is yours and its network is trusted",
+            )
         auth = (self.credentials.username, self.credentials.password) if self.credentials else _no_auth
         try:
-            resp = self.http.get(realm, params=params, auth=auth, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+            with self.http.get(
+                realm, params=params, auth=auth, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)
+            ) as resp:
+                body = small_body(resp)
         except requests.RequestException as exc:
             raise network_error(realm, exc) from exc
         if resp.status_code in (401, 403):
@@ -145,7 +178,7 @@ class RegistryAuth:
         if resp.status_code != 200:
             raise LabError(f"{realm}: HTTP {resp.status_code} {resp.reason or ''} while asking for a token".rstrip())
         try:
-            doc = resp.json()
+            doc = json.loads(body)
             token = doc.get("token") or doc.get("access_token")
         except (ValueError, AttributeError):
             token = None
@@ -174,7 +207,7 @@ class RegistryAuth:
         with self._lock:
             if self.header == sent:  # not renewed by another thread meanwhile
                 self.authenticate(parse_challenge(header, resp.url), resp.url)
-        resp.content  # noqa: B018 (read the small body, so the connection can be reused)
+        small_body(resp)  # read the small body, so the connection can be reused
         resp.close()
         again = resp.request.copy()
         again.headers["Authorization"] = self.header or ""

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from coreos_lab.errors import BadInput
 from coreos_lab.mirror.download import Downloaded, download
@@ -30,13 +30,10 @@ from coreos_lab.mirror.images.manifests import (
     parse_manifest,
     parse_platform,
 )
-from coreos_lab.mirror.images.reference import ImageRef, parse_reference
+from coreos_lab.mirror.images.reference import DEFAULT_TAG, ImageRef, parse_reference
 from coreos_lab.mirror.images.registry_client import FetchedManifest, RegistryClient, registry_error
 from coreos_lab.mirror.images.store import ALL_PLATFORMS, ImageStore, StoredImage
 from coreos_lab.progress import Advance, Reporter, SilentReporter
-
-if TYPE_CHECKING:
-    import requests
 
 # Blobs downloaded at once: a registry (or its storage) serves each connection at its own pace.
 DEFAULT_JOBS = 4
@@ -101,52 +98,56 @@ def fetch_image(
     force: bool = False,
     jobs: int = DEFAULT_JOBS,
     reporter: Reporter | None = None,
-    http: requests.Session | None = None,
 ) -> ImageFetchResult:
     reporter = reporter or SilentReporter()
     ref = parse_reference(reference) if isinstance(reference, str) else reference
     wanted = [parse_platform(p) for p in dict.fromkeys(platforms or (DEFAULT_PLATFORM,))]
-    client = RegistryClient(ref, credentials=credentials, insecure=insecure, http=http, jobs=jobs)
-    client.ping()
-    chosen = _choose(client, ref, wanted, all_platforms)
-    repository, tag = ref.repository, ref.tag or ref.mirror_name.rpartition(":")[2]
-    source = f"{ref.registry}/{ref.repository}{f':{ref.tag}' if ref.tag else ''}@{chosen.top.digest}"
+    with RegistryClient(ref, credentials=credentials, insecure=insecure, jobs=jobs) as client:
+        client.ping()
+        chosen = _choose(client, ref, wanted, all_platforms)
+        repository, tag = ref.repository, ref.tag or DEFAULT_TAG
+        source = f"{ref.registry}/{ref.repository}{f':{ref.tag}' if ref.tag else ''}@{chosen.top.digest}"
 
-    stored = store.lookup(repository, tag)
-    label = chosen.label
-    if stored is None:
-        action = "added"
-    elif stored.digest != chosen.top.digest:
-        if not force:
-            raise BadInput(
-                f"{stored.name} is already in the mirror as {stored.digest} (from {stored.source}), "
-                f"but {ref} is now {chosen.top.digest}",
-                hint="use --force to replace it",
-            )
-        action = "replaced"
-    else:
-        action, label = "updated", _merged_label(stored.platforms, chosen)
+        stored = store.lookup(repository, tag)
+        label = chosen.label
+        if stored is None:
+            action = "added"
+        elif stored.digest != chosen.top.digest:
+            if not force:
+                raise BadInput(
+                    f"{stored.name} is already in the mirror as {stored.digest} (from {stored.source}), "
+                    f"but {ref} is now {chosen.top.digest}",
+                    hint="use --force to replace it",
+                )
+            action = "replaced"
+        else:
+            action, label = "updated", _merged_label(stored.platforms, chosen)
 
-    blobs = list({b.digest: b for _, image in chosen.images for b in image.blobs}.values())
-    missing = [b for b in blobs if not store.has_blob(b.digest)]
-    reused = Tally(len(blobs) - len(missing), sum(b.size for b in blobs if b not in missing))
-    if stored is not None and action == "updated" and not missing and _covers(stored.platforms, label):
-        return ImageFetchResult(stored, "unchanged", source, chosen.platforms, Tally(), reused, 0)
+        blobs = list({b.digest: b for _, image in chosen.images for b in image.blobs}.values())
+        missing = [b for b in blobs if not store.has_blob(b.digest)]
+        reused = Tally(len(blobs) - len(missing), sum(b.size for b in blobs if b not in missing))
+        single = chosen.images[0][0] is chosen.top  # a single-platform image: its config says for which platform
+        if stored is not None and action == "updated" and not missing and _covers(stored.platforms, label):
+            if single:  # stored, but is it for the platform asked for?
+                _check_config_platform(store, chosen, wanted, all_platforms, ref)
+            return ImageFetchResult(stored, "unchanged", source, chosen.platforms, Tally(), reused, 0)
 
-    configs = [b for b in missing if any(b == image.config for _, image in chosen.images)]
-    got = _download_blobs(client, store, configs, f"{ref} (config)", reporter, jobs)
-    platforms_fetched = chosen.platforms
-    if chosen.images[0][0] is chosen.top:  # a single-platform image: its config says for which platform
-        platforms_fetched = _check_config_platform(store, chosen, wanted, all_platforms, ref)
-    layers = [b for b in missing if b not in configs]
-    got += _download_blobs(client, store, layers, str(ref), reporter, jobs)
+        configs = [b for b in missing if any(b == image.config for _, image in chosen.images)]
+        got = _download_blobs(client, store, configs, f"{ref} (config)", reporter, jobs)
+        platforms_fetched = chosen.platforms
+        if single:
+            platforms_fetched = _check_config_platform(store, chosen, wanted, all_platforms, ref)
+        layers = [b for b in missing if b not in configs]
+        got += _download_blobs(client, store, layers, str(ref), reporter, jobs)
 
-    for fetched, _ in chosen.images:
-        store.write_blob(fetched.data, fetched.digest)
-    store.write_blob(chosen.top.data, chosen.top.digest)
-    image = store.tag_image(repository, tag, chosen.descriptor, source=source, platforms=label)
-    tally = Tally(len(got), sum(d.size - d.resumed_from for d in got))
-    return ImageFetchResult(image, action, source, platforms_fetched, tally, reused, sum(d.resumed_from for d in got))
+        for fetched, _ in chosen.images:
+            store.write_blob(fetched.data, fetched.digest)
+        store.write_blob(chosen.top.data, chosen.top.digest)
+        image = store.tag_image(repository, tag, chosen.descriptor, source=source, platforms=label)
+        tally = Tally(len(got), sum(d.size - d.resumed_from for d in got))
+        return ImageFetchResult(
+            image, action, source, platforms_fetched, tally, reused, sum(d.resumed_from for d in got)
+        )
 
 
 def _choose(client: RegistryClient, ref: ImageRef, wanted: list[Platform], all_platforms: bool) -> _Chosen:
@@ -309,7 +310,7 @@ def _fetch_blob(
             progress.advance(blob.size)
             return None
         url = client.blob_url(blob.digest)
-        got = download(client.http, url, part, ["sha256"], progress, status_error=registry_error)
+        got = download(client.http, url, part, ["sha256"], progress, status_error=registry_error, limit=blob.size)
         actual = f"sha256:{got.digests['sha256']}"
         if actual != blob.digest or got.size != blob.size:
             part.seek(0)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from coreos_lab.mirror.http import BoxFileResponse, open_file, precondition_status
+from coreos_lab.mirror.http import ANSWERED_METHODS, BoxFileResponse, open_file, precondition_status
 from coreos_lab.mirror.images.registry import (
-    ANSWERED_METHODS,
     Blob,
     Document,
     Manifest,
@@ -46,7 +45,8 @@ class RegistryHandlers:
             return error_response(method_refused(request.method))
         accept = ",".join(request.headers.getall("Accept", [])) or None
         query = {key: request.query[key] for key in request.query}
-        answer = self.registry.resolve(request.rel_url.raw_path, query, accept)
+        # Off the event loop: it reads the catalog and manifests and hashes them.
+        answer = await asyncio.to_thread(self.registry.resolve, request.rel_url.raw_path, query, accept)
         match answer:
             case Document(document, link):
                 response = web.json_response(document, headers=API_VERSION)

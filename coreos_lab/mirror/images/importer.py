@@ -186,6 +186,25 @@ def _open(archive: Path) -> Iterator[tarfile.TarFile]:
         yield tar
 
 
+_READ_ERRORS = (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, KeyError)
+
+
+class _MemberReader:
+    """A member's bytes. Only failures of reading the archive become BadInput: an error of the caller's own
+    work with the bytes (a full disk while writing them) stays what it is."""
+
+    def __init__(self, reader: _ArchiveReader, member: tarfile.TarInfo, handle: IO[bytes]):
+        self._reader = reader
+        self._member = member
+        self._handle = handle
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._handle.read(size)
+        except _READ_ERRORS as exc:
+            raise self._reader.unreadable(self._member, exc) from None
+
+
 class _ArchiveReader:
     """The archive's members by their normalised path, read with errors that name the file and the member."""
 
@@ -225,15 +244,18 @@ class _ArchiveReader:
         return self.member(f"blobs/sha256/{digest.removeprefix('sha256:')}", why)
 
     @contextmanager
-    def stream(self, member: tarfile.TarInfo) -> Iterator[IO[bytes]]:
+    def stream(self, member: tarfile.TarInfo) -> Iterator[_MemberReader]:
         try:
             handle = self.tar.extractfile(member)
-            if handle is None:
-                raise tarfile.TarError("not a regular file")
-            with handle:
-                yield handle
-        except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, KeyError) as exc:
-            raise BadInput(f"{self.archive}: member {member.name} cannot be read: {exc}") from None
+        except _READ_ERRORS as exc:
+            raise self.unreadable(member, exc) from None
+        if handle is None:
+            raise self.unreadable(member, "not a regular file")
+        with handle:
+            yield _MemberReader(self, member, handle)
+
+    def unreadable(self, member: tarfile.TarInfo, why: object) -> BadInput:
+        return BadInput(f"{self.archive}: member {member.name} cannot be read: {why}")
 
     def read_small(self, member: tarfile.TarInfo) -> bytes:
         if member.size > SMALL_LIMIT:
@@ -417,18 +439,27 @@ def _docker_save_manifest(reader: _ArchiveReader, plan: _Plan, config_name: str,
 
 
 def _compressed_layer_digest(reader: _ArchiveReader, member: tarfile.TarInfo, compression: str, diff_id: str) -> str:
+    if compression != "+gzip":
+        # Its diff_id could not be checked without a zstd decoder: refused rather than stored unchecked.
+        raise BadInput(
+            f"{reader.archive}: member {member.name} is a {compression.lstrip('+')} layer; only plain and gzip "
+            "layers can be checked against the config's rootfs.diff_ids",
+            hint="save the image with gzip layers, or as an OCI layout (its digests are kept as they are)",
+        )
     blob = hashlib.sha256()
-    uncompressed = hashlib.sha256() if compression == "+gzip" else None
+    uncompressed = hashlib.sha256()
     inflate = zlib.decompressobj(wbits=31)
     with reader.stream(member) as handle:
         while chunk := handle.read(CHUNK):
             blob.update(chunk)
-            if uncompressed is not None:
-                try:
-                    uncompressed.update(inflate.decompress(chunk))
-                except zlib.error as exc:
-                    raise BadInput(f"{reader.archive}: member {member.name}: damaged gzip layer: {exc}") from None
-    if uncompressed is not None and f"sha256:{uncompressed.hexdigest()}" != diff_id:
+            try:
+                # At most CHUNK bytes out per call: a small layer that inflates hugely stays in bounded memory.
+                while chunk:
+                    uncompressed.update(inflate.decompress(chunk, CHUNK))
+                    chunk = inflate.unconsumed_tail
+            except zlib.error as exc:
+                raise BadInput(f"{reader.archive}: member {member.name}: damaged gzip layer: {exc}") from None
+    if f"sha256:{uncompressed.hexdigest()}" != diff_id:
         raise BadInput(
             f"{reader.archive}: member {member.name}: its uncompressed sha256 is sha256:{uncompressed.hexdigest()}, "
             f"but the config's rootfs.diff_ids says {diff_id}"

@@ -43,9 +43,10 @@ class ImageRef:
         return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
 
     @property
-    def mirror_name(self) -> str:
-        """`repository:tag` as the mirror keeps it (the tag a pinned reference is stored under, too)."""
-        return f"{self.repository}:{self.tag or DEFAULT_TAG}"
+    def mirror_reference(self) -> str:
+        """The image as the mirror stores and serves it: `quay.io/coreos/etcd:v3.5.16` → `coreos/etcd:v3.5.16`
+        (the registry host dropped; a digest kept, which Docker then pulls by)."""
+        return self.repository + (f":{self.tag}" if self.tag else "") + (f"@{self.digest}" if self.digest else "")
 
     def __str__(self) -> str:
         text = f"{self.registry}/{self.repository}"
@@ -90,7 +91,7 @@ def parse_reference(text: str) -> ImageRef:
     if slash and ("." in first or ":" in first or first == "localhost"):
         if not HOST_RE.fullmatch(first):
             raise BadInput(f"invalid registry {first!r} in image reference {text!r}")
-        registry, path = first, remainder
+        registry, path = first.lower(), remainder  # host names are case-insensitive; requests lowercases them
     else:
         registry, path = DOCKER_HUB, rest
     tag = None

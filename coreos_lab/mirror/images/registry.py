@@ -37,7 +37,6 @@ from coreos_lab.mirror.images.store import ImageStore, StoredImage, sha256_diges
 
 COMPONENT_RE = re.compile(COMPONENT)
 MAX_NAME_LENGTH = 255  # the distribution spec's limit on a repository name
-ANSWERED_METHODS = ("GET", "HEAD")
 ANY_MEDIA_TYPE = ("*/*", "application/*")
 
 

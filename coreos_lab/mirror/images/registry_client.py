@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from coreos_lab.errors import BadInput, LabError
-from coreos_lab.mirror.images.auth import Credentials, RegistryAuth, docker_config_credentials, parse_challenge
+from coreos_lab.mirror.images.auth import (
+    Credentials,
+    RegistryAuth,
+    docker_config_credentials,
+    parse_challenge,
+    small_body,
+)
 from coreos_lab.mirror.images.manifests import MANIFEST_MEDIA_TYPES
 from coreos_lab.mirror.images.reference import ImageRef
 from coreos_lab.mirror.images.store import sha256_digest
@@ -55,7 +61,7 @@ def registry_error(url: str, resp: requests.Response) -> LabError:
     unknown names and digests are bad input (exit 2), anything else exit 1."""
     codes = []
     try:
-        errors = json.loads(resp.content[:65536]).get("errors") or []
+        errors = json.loads(small_body(resp)).get("errors") or []
         codes = [f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict)]
     except (ValueError, AttributeError):
         pass
@@ -77,18 +83,26 @@ class RegistryClient:
         *,
         credentials: Credentials | None = None,
         insecure: bool = False,
-        http: requests.Session | None = None,
         jobs: int = 4,
     ):
         self.ref = ref
-        self.http = http or session()
+        self.http = session()  # its own: auth and adapters are mounted on it
         self.insecure = insecure or is_loopback(ref.api_host)
         self._mount_adapters(jobs)
         if credentials is None:
             credentials = docker_config_credentials(ref.registry)
-        self.auth = RegistryAuth(self.http, ref.api_host, ref.repository, credentials)
+        self.auth = RegistryAuth(self.http, ref.api_host, ref.repository, credentials, insecure=self.insecure)
         self.http.auth = self.auth
         self.base = f"https://{ref.api_host}"
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _mount_adapters(self, jobs: int) -> None:
         """Enough kept connections per host for `jobs` blobs at once; for an insecure registry, unchecked TLS for
@@ -145,6 +159,7 @@ class RegistryClient:
         """The manifest or index at a tag or digest, its bytes checked: against the digest asked for (`expected`,
         or `reference` when it is one) and the registry's `Docker-Content-Digest`."""
         import requests
+        import urllib3
 
         url = self.manifest_url(reference)
         expected = expected or (reference if reference.startswith("sha256:") else None)
@@ -159,7 +174,7 @@ class RegistryClient:
                 # Some registries say application/json for an OCI manifest without mediaType: let its shape tell.
                 media_type = content_type if content_type in MANIFEST_MEDIA_TYPES else None
                 announced = r.headers.get("Docker-Content-Digest")
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # urllib3's: a body cut midway
             raise network_error(url, exc) from exc
         if len(data) > MANIFEST_LIMIT:
             raise BadInput(f"{url}: more than {MANIFEST_LIMIT} bytes; not a manifest")

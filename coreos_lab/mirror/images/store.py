@@ -39,6 +39,7 @@ from coreos_lab.mirror.images.manifests import (
     parse_manifest,
 )
 from coreos_lab.mirror.images.reference import DIGEST_RE, check_digest, check_repository, check_tag
+from coreos_lab.mirror.store import sync_file
 
 IMAGES_DIR = "images"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
@@ -118,6 +119,7 @@ class ImageStore:
     def commit_blob(self, digest: str, staged: Path) -> Path:
         """Move a complete blob whose sha256 the caller verified to its content address (atomic rename)."""
         final = self.blob_path(digest)
+        sync_file(staged)
         os.replace(staged, final)
         return final
 
@@ -154,9 +156,6 @@ class ImageStore:
     def repositories(self) -> list[str]:
         return sorted({i.repository for i in self._read_index()})
 
-    def tags(self, repository: str) -> list[str]:
-        return [i.tag for i in self.images(repository)]
-
     def manifest(self, descriptor: Descriptor) -> ImageManifest | ImageIndex:
         """The stored manifest or index a descriptor names."""
         return parse_manifest(self.read_blob(descriptor.digest), descriptor.media_type, f"blob {descriptor.digest}")
@@ -190,7 +189,11 @@ class ImageStore:
             repository, tag, descriptor, source, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), platforms
         )
         with self._index_lock():
-            entries = [i for i in self._read_index() if (i.repository, i.tag) != (repository, tag)]
+            try:
+                stored = self.load_index()  # not _read_index: rewriting a damaged catalog would empty it
+            except BadInput as exc:
+                raise BadInput(exc.message, hint="run lab mirror verify") from None
+            entries = [i for i in stored if (i.repository, i.tag) != (repository, tag)]
             self._write_index([*entries, image])
         return image
 
