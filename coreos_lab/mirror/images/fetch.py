@@ -10,6 +10,7 @@ the catalog as it was, and an interrupted fetch leaves `.part` files the next on
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from collections import deque
@@ -17,9 +18,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from coreos_lab.errors import BadInput
+from coreos_lab.mirror.checksums import CHUNK
 from coreos_lab.mirror.download import Downloaded, download
 from coreos_lab.mirror.images.auth import Credentials
 from coreos_lab.mirror.images.manifests import (
@@ -310,6 +312,10 @@ def _fetch_blob(
             progress.advance(blob.size)
             return None
         url = client.blob_url(blob.digest)
+        if _complete_part(part, blob):  # cut between its last byte and its commit: nothing left to ask for
+            store.commit_blob(blob.digest, Path(part.name))
+            progress.advance(blob.size)
+            return Downloaded(blob.size, {"sha256": blob.digest.partition(":")[2]}, blob.size, False)
         got = download(client.http, url, part, ["sha256"], progress, status_error=registry_error, limit=blob.size)
         actual = f"sha256:{got.digests['sha256']}"
         if actual != blob.digest or got.size != blob.size:
@@ -321,3 +327,20 @@ def _fetch_blob(
             )
         store.commit_blob(blob.digest, Path(part.name))
     return got
+
+
+def _complete_part(part: BinaryIO, blob: Descriptor) -> bool:
+    """Whether the part already is the whole blob; a part that long but not the blob is emptied, as it cannot be
+    resumed into it. Asking the registry for the range past the end instead is not safe: Distribution 2.8
+    answers it with a 416 whose Content-Length is the blob's, over a shorter body."""
+    if part.seek(0, 2) < blob.size:
+        return False
+    part.seek(0)
+    digest = hashlib.sha256()
+    while chunk := part.read(CHUNK):
+        digest.update(chunk)
+    if part.tell() == blob.size and f"sha256:{digest.hexdigest()}" == blob.digest:
+        return True
+    part.seek(0)
+    part.truncate()
+    return False
