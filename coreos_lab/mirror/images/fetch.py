@@ -10,7 +10,6 @@ the catalog as it was, and an interrupted fetch leaves `.part` files the next on
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 from collections import deque
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from coreos_lab.errors import BadInput
-from coreos_lab.mirror.checksums import CHUNK
+from coreos_lab.mirror.checksums import file_digests
 from coreos_lab.mirror.download import Downloaded, download
 from coreos_lab.mirror.images.auth import Credentials
 from coreos_lab.mirror.images.manifests import (
@@ -333,13 +332,10 @@ def _complete_part(part: BinaryIO, blob: Descriptor) -> bool:
     """Whether the part already is the whole blob; a part that long but not the blob is emptied, as it cannot be
     resumed into it. Asking the registry for the range past the end instead is not safe: Distribution 2.8
     answers it with a 416 whose Content-Length is the blob's, over a shorter body."""
-    if part.seek(0, 2) < blob.size:
+    size = part.seek(0, 2)
+    if size < blob.size:
         return False
-    part.seek(0)
-    digest = hashlib.sha256()
-    while chunk := part.read(CHUNK):
-        digest.update(chunk)
-    if part.tell() == blob.size and f"sha256:{digest.hexdigest()}" == blob.digest:
+    if size == blob.size and f"sha256:{file_digests(Path(part.name), ['sha256'])['sha256']}" == blob.digest:
         return True
     part.seek(0)
     part.truncate()
