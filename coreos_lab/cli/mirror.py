@@ -25,7 +25,7 @@ base_url_option = click.option(
 
 @click.group()
 def mirror() -> None:
-    """Keep boxes in a local mirror and serve them to Vagrant."""
+    """Keep boxes and container images in a local mirror and serve them to Vagrant and Docker."""
 
 
 @mirror.command("import")
