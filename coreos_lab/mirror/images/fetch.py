@@ -109,19 +109,10 @@ def fetch_image(
         repository, tag = ref.repository, ref.tag or DEFAULT_TAG
         source = f"{ref.registry}/{ref.repository}{f':{ref.tag}' if ref.tag else ''}@{chosen.top.digest}"
 
-        stored = store.lookup(repository, tag)
+        verdict, stored = store.admit(repository, tag, chosen.top.digest, force=force, offered=f"{ref} is now")
+        action: str = verdict
         label = chosen.label
-        if stored is None:
-            action = "added"
-        elif stored.digest != chosen.top.digest:
-            if not force:
-                raise BadInput(
-                    f"{stored.name} is already in the mirror as {stored.digest} (from {stored.source}), "
-                    f"but {ref} is now {chosen.top.digest}",
-                    hint="use --force to replace it",
-                )
-            action = "replaced"
-        else:
+        if stored is not None and verdict == "same":
             action, label = "updated", _merged_label(stored.platforms, chosen)
 
         blobs = list({b.digest: b for _, image in chosen.images for b in image.blobs}.values())

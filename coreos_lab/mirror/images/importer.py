@@ -474,23 +474,14 @@ def _admit(store: ImageStore, plan: _Plan, force: bool) -> None:
     """Decide every tag before anything is written: the same image again is "unchanged"; a tag that names
     another image is "replaced" with `force`, else the import is refused."""
     for planned in plan.images:
-        stored = store.lookup(planned.repository, planned.tag)
-        if stored is None:
-            continue
-        if stored.digest == planned.descriptor.digest and all(
-            store.has_blob(d.digest) for d in store.required_blobs(stored.descriptor)
-        ):
-            planned.action = "unchanged"
-        elif stored.digest == planned.descriptor.digest:
-            planned.action = "added"  # the same image, blobs missing from the store: put back
-        elif not force:
-            raise BadInput(
-                f"{planned.name} is already in the mirror as {stored.digest} (from {stored.source}), "
-                f"but the archive has {planned.descriptor.digest}",
-                hint="use --force to replace it",
-            )
-        else:
+        verdict, stored = store.admit(
+            planned.repository, planned.tag, planned.descriptor.digest, force=force, offered="the archive has"
+        )
+        if verdict == "replaced":
             planned.action = "replaced"
+        elif stored is not None and all(store.has_blob(d.digest) for d in store.required_blobs(stored.descriptor)):
+            planned.action = "unchanged"
+        # else "added": a free tag, or the same image with blobs missing from the store (put back)
 
 
 def _copy_blob(store: ImageStore, reader: _ArchiveReader, blob: _Blob, advance: Advance, reporter: Reporter) -> None:

@@ -26,7 +26,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.fsutil import atomic_write_bytes, atomic_write_text, locked_part
@@ -173,6 +173,26 @@ class ImageStore:
             if self.has_blob(entry.digest):
                 needed += self.required_blobs(entry)
         return needed
+
+    def admit(
+        self, repository: str, tag: str, digest: str, *, force: bool, offered: str
+    ) -> tuple[Literal["added", "same", "replaced"], StoredImage | None]:
+        """The rule of image fetch and import (MirrorStore.admit's for boxes), decided before anything is written:
+        a free tag is "added"; one naming this digest is "same" (what is left to do is the caller's); one naming
+        another image is "replaced" only with `force`, else refused. `offered` says where `digest` comes from
+        ("quay.io/coreos/etcd:v3.5.16 is now", "the archive has")."""
+        stored = self.lookup(repository, tag)
+        if stored is None:
+            return "added", None
+        if stored.digest == digest:
+            return "same", stored
+        if not force:
+            raise BadInput(
+                f"{stored.name} is already in the mirror as {stored.digest} (from {stored.source}), "
+                f"but {offered} {digest}",
+                hint="use --force to replace it",
+            )
+        return "replaced", stored
 
     def tag_image(
         self, repository: str, tag: str, descriptor: Descriptor, *, source: str | None, platforms: str
