@@ -15,7 +15,7 @@ from coreos_lab.errors import BadInput
 
 if TYPE_CHECKING:
     from coreos_lab.mirror.images.auth import Credentials
-    from coreos_lab.mirror.images.fetch import Tally
+    from coreos_lab.mirror.images.store import Tally
 
 
 @mirror.group("image")

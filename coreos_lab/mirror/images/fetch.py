@@ -33,25 +33,13 @@ from coreos_lab.mirror.images.manifests import (
 )
 from coreos_lab.mirror.images.reference import DEFAULT_TAG, ImageRef, parse_reference
 from coreos_lab.mirror.images.registry_client import FetchedManifest, RegistryClient, registry_error
-from coreos_lab.mirror.images.store import ALL_PLATFORMS, ImageStore, StoredImage
+from coreos_lab.mirror.images.store import ALL_PLATFORMS, ImageStore, StoredImage, Tally
 from coreos_lab.progress import Advance, Reporter, SilentReporter
 
 # Blobs downloaded at once: a registry (or its storage) serves each connection at its own pace.
 DEFAULT_JOBS = 4
 # Config media types whose JSON says os/architecture (the OCI image config and Docker's, which it copies).
 IMAGE_CONFIGS = ("application/vnd.oci.image.config.v1+json", "application/vnd.docker.container.image.v1+json")
-
-
-@dataclass(frozen=True)
-class Tally:
-    blobs: int = 0
-    bytes: int = 0
-
-    def __add__(self, other: Tally) -> Tally:
-        return Tally(self.blobs + other.blobs, self.bytes + other.bytes)
-
-    def as_dict(self) -> dict[str, int]:
-        return {"blobs": self.blobs, "bytes": self.bytes}
 
 
 @dataclass(frozen=True)

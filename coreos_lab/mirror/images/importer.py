@@ -31,7 +31,6 @@ from typing import IO, Any
 
 from coreos_lab.errors import BadInput
 from coreos_lab.mirror.checksums import CHUNK
-from coreos_lab.mirror.images.fetch import Tally
 from coreos_lab.mirror.images.manifests import (
     OCI_MANIFEST,
     Descriptor,
@@ -40,7 +39,7 @@ from coreos_lab.mirror.images.manifests import (
     parse_manifest,
 )
 from coreos_lab.mirror.images.reference import DIGEST_RE, check_repository, check_tag, parse_reference
-from coreos_lab.mirror.images.store import ALL_PLATFORMS, REF_NAME, ImageStore, StoredImage, sha256_digest
+from coreos_lab.mirror.images.store import ALL_PLATFORMS, REF_NAME, ImageStore, StoredImage, Tally, sha256_digest
 from coreos_lab.progress import Advance, Reporter, SilentReporter
 
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"

@@ -55,6 +55,20 @@ def sha256_digest(data: bytes) -> str:
 
 
 @dataclass(frozen=True)
+class Tally:
+    """A count of blobs and their bytes (written, or found in the store already)."""
+
+    blobs: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: Tally) -> Tally:
+        return Tally(self.blobs + other.blobs, self.bytes + other.bytes)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"blobs": self.blobs, "bytes": self.bytes}
+
+
+@dataclass(frozen=True)
 class StoredImage:
     """One repository:tag in the catalog and the manifest (or index) it names."""
 
