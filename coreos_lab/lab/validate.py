@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,19 +42,30 @@ _UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.@-]+$")
 
 
 class Problems:
-    """Collects validation problems; raised together so the user fixes them in one go."""
+    """Collects validation problems; raised together so the user fixes them in one go.
+
+    Only the first `SHOWN` are spelled out (a message may be a callable, made only then): a file of 30 000 unknown
+    keys gets a readable error at once, not 30 000 lines and a did-you-mean for each.
+    """
+
+    SHOWN = 50
 
     def __init__(self, origin: str):
         self.origin = origin
+        self.count = 0
         self.items: list[str] = []
 
-    def add(self, where: str, message: str) -> None:
-        self.items.append(f"{where}: {message}")
+    def add(self, where: str, message: str | Callable[[], str]) -> None:
+        self.count += 1
+        if len(self.items) < self.SHOWN:
+            self.items.append(f"{where}: {message if isinstance(message, str) else message()}")
 
     def raise_if_any(self) -> None:
-        if self.items:
+        if self.count:
             lines = "\n".join(f"  {item}" for item in self.items)
-            count = f"{len(self.items)} problems" if len(self.items) > 1 else "1 problem"
+            if self.count > len(self.items):
+                lines += f"\n  … and {self.count - len(self.items)} more"
+            count = f"{self.count} problems" if self.count > 1 else "1 problem"
             hint = f"fix {self.origin} (or the environment variable / flag named) and try again"
             raise BadInput(f"invalid configuration ({count}):\n{lines}", hint=hint)
 
@@ -72,15 +84,16 @@ def flatten(doc: Mapping[str, Any], problems: Problems) -> dict[str, Any]:
                 if path in SETTINGS_BY_PATH or path in STRUCTURED:
                     flat[path] = subvalue
                 else:
-                    allowed = sorted(
-                        p.split(".", 1)[1] for p in [*SETTINGS_BY_PATH, *STRUCTURED] if p.startswith(key + ".")
-                    )
-                    problems.add(f"{CONFIG_FILE}: {path}", _unknown(str(sub), allowed))
+                    problems.add(f"{CONFIG_FILE}: {path}", partial(_unknown, str(sub), _section_keys(key)))
         elif key in SETTINGS_BY_PATH or key in STRUCTURED:
             flat[key] = value
         else:
-            problems.add(f"{CONFIG_FILE}: {key}", _unknown(key, TOP_LEVEL))
+            problems.add(f"{CONFIG_FILE}: {key}", partial(_unknown, key, TOP_LEVEL))
     return flat
+
+
+def _section_keys(section: str) -> list[str]:
+    return sorted(p.split(".", 1)[1] for p in [*SETTINGS_BY_PATH, *STRUCTURED] if p.startswith(section + "."))
 
 
 def _unknown(key: str, allowed: list[str]) -> str:
@@ -259,7 +272,7 @@ def build_nodes(
             problems.add(key, f"expected a mapping with ip and/or metadata, found {_show(settings)}")
             settings = {}
         for unknown in sorted(set(settings) - {"ip", "metadata"}):
-            problems.add(f"{key}.{unknown}", _unknown(str(unknown), ["ip", "metadata"]))
+            problems.add(f"{key}.{unknown}", partial(_unknown, str(unknown), ["ip", "metadata"]))
         if "ip" in settings:
             try:
                 ip = ipaddress.IPv4Address(str(settings["ip"]))
@@ -341,7 +354,7 @@ def check_fleet_metadata(values: dict[str, Any], file_values: dict[str, Any], pr
 
 def _check_keys(item: dict[str, Any], allowed: tuple[str, ...], where: str, problems: Problems) -> None:
     for key in sorted(set(item) - set(allowed), key=str):
-        problems.add(f"{where}.{key}", _unknown(str(key), list(allowed)))
+        problems.add(f"{where}.{key}", partial(_unknown, str(key), list(allowed)))
 
 
 def _port(value: Any, where: str, problems: Problems) -> int:
