@@ -8,13 +8,22 @@ assertion: a slow machine makes these tests slower, never red.
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from harness.cli import LabRun, lab
-from harness.labs import mirror_with_boxes
+from harness.cli import LabRun, lab, start_lab
+from harness.labs import mirror_with_boxes, write_lab
+from harness.processes import kill, stop
 
-from coreos_lab.errors import ExitCode
+from coreos_lab.errors import ExitCode, Timeout
+from coreos_lab.lab import lock
+from coreos_lab.lab.config import load_config
+from coreos_lab.lab.render import render_lab
+
+pytestmark = pytest.mark.integration
 
 HANG_GUARD = 120.0
 
@@ -110,3 +119,95 @@ def test_aliases_within_bounds_still_work(tmp_path: Path, mirror: Path) -> None:
         {"role": "services", "region": "lab"},
         {"role": "services", "region": "lab", "disk": "ssd"},
     ]
+
+
+# -- one writer at a time -------------------------------------------------------------------------------------
+
+
+def _tokens_in(text: str) -> set[str]:
+    return set(re.findall(r"http://10\.0\.2\.2:8080/([0-9a-f]+)", text))
+
+
+@pytest.mark.parametrize("trial", range(6))
+def test_parallel_renders_agree_on_the_token(tmp_path: Path, mirror: Path, trial: int) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror)
+    renders = [start_lab("render", lab_dir) for _ in range(8)]
+    try:
+        outcomes = [(process.wait(timeout=HANG_GUARD), process.communicate()[1]) for process in renders]
+    finally:
+        for process in renders:
+            stop(process)
+    assert [code for code, _ in outcomes] == [0] * 8, outcomes
+    state = json.loads((lab_dir / ".lab" / "state.json").read_text())
+    for node in ("core-01", "core-02", "core-03"):
+        assert _tokens_in((lab_dir / "user-data" / f"{node}.yaml").read_text()) == {state["token"]["token"]}
+    assert len(state["used_tokens"]) == 0  # the first render minted it; the seven after it kept it
+    assert lab("render", lab_dir, timeout=HANG_GUARD).returncode == 0  # nothing counts as "edited since"
+
+
+def _hold(lab_dir: Path) -> subprocess.Popen[str]:
+    """Another process holding the lab until its stdin closes; returns once it holds it. Its command line ends
+    like `python -m coreos_lab up DIR`'s, which is how waiters name a holder."""
+    script = (
+        "import sys; from pathlib import Path; from coreos_lab.lab.lock import locked_lab\n"
+        "with locked_lab(Path(sys.argv[-1]), 'lab up'):\n"
+        "    print('held', flush=True); sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", script, "coreos_lab", "up", str(lab_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+    return holder
+
+
+def test_a_second_writer_waits_for_the_holder_and_names_it(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror)
+    holder = _hold(lab_dir)
+    render = None
+    try:
+        render = start_lab("render", lab_dir)
+        assert render.stderr is not None
+        waiting = render.stderr.readline()
+        assert waiting == f"waiting for pid {holder.pid} (lab up {lab_dir}) to finish with {lab_dir} (up to 60 s)\n"
+        assert not (lab_dir / "Vagrantfile").exists()
+        holder.communicate(input="", timeout=HANG_GUARD)  # lets go
+        assert render.wait(timeout=HANG_GUARD) == 0, render.communicate()[1]
+        assert (lab_dir / "Vagrantfile").is_file()
+    finally:
+        stop(render)
+        kill(holder)
+
+
+def test_the_lock_of_a_killed_process_blocks_nobody(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror)
+    kill(_hold(lab_dir))  # SIGKILL: no cleanup of its own ran
+    run = lab("render", lab_dir, timeout=HANG_GUARD)
+    assert run.returncode == 0, run.stderr
+    assert "waiting" not in run.stderr
+
+
+def test_a_writer_gives_up_naming_the_holder(tmp_path: Path, mirror: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In process, with the wait shortened: the CLI would wait a minute."""
+    lab_dir = write_lab(tmp_path / "lab", mirror)
+    holder = _hold(lab_dir)
+    try:
+        monkeypatch.setattr(lock, "WAIT", 0.1)
+        with pytest.raises(Timeout) as refused, lock.locked_lab(lab_dir, "lab render"):
+            pytest.fail("the lock was taken while another process held it")
+        assert (
+            refused.value.message == f"{lab_dir} is busy: pid {holder.pid} (lab up {lab_dir}) still holds it after 0 s"
+        )
+        assert refused.value.exit_code == ExitCode.TIMEOUT
+    finally:
+        kill(holder)
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path: Path, mirror: Path) -> None:
+    """`lab up` renders and `lab smoke` runs up and destroy while holding the lab."""
+    config = load_config(write_lab(tmp_path / "lab", mirror), environ={})
+    with lock.locked_lab(config.lab_dir, "lab up"):
+        assert render_lab(config).token == "new"
+    assert sorted(p.name for p in (config.lab_dir / ".lab").iterdir()) == ["state.json"]  # the lock wrote nothing

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from coreos_lab.distros import DISTROS
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.fsutil import atomic_write_text
+from coreos_lab.lab.lock import locked_lab
 from coreos_lab.lab.model import LabConfig, Machine, Unit
 from coreos_lab.lab.state import LabState
 from coreos_lab.lab.tokens import Discovery, discovery_for
@@ -241,10 +242,16 @@ def render_lab(config: LabConfig, *, force: bool = False, libvirt_driver: str | 
     """Render the lab's files into its directory and record them (and the token) in its state.
 
     `libvirt_driver`: a libvirt lab's domain type, kvm or qemu, as the caller resolved it (`auto` takes a test
-    boot under KVM, which preflight makes anyway: `coreos_lab.vagrant.libvirt.resolve_driver`).
+    boot under KVM, which preflight makes anyway: `coreos_lab.vagrant.libvirt.resolve_driver`). The lab is locked
+    throughout (`coreos_lab.lab.lock`): its state has one writer at a time.
     """
     if config.provider == "libvirt" and libvirt_driver in (None, "auto"):
         raise LabError(f"render needs the resolved libvirt driver (kvm or qemu), not {libvirt_driver!r} (a bug)")
+    with locked_lab(config.lab_dir, "lab render"):
+        return _render_locked(config, force=force, libvirt_driver=libvirt_driver)
+
+
+def _render_locked(config: LabConfig, *, force: bool, libvirt_driver: str | None) -> RenderResult:
     lab_dir = config.lab_dir
     state = LabState.load(lab_dir)
     result = RenderResult(lab_dir)
@@ -262,7 +269,9 @@ def render_lab(config: LabConfig, *, force: bool = False, libvirt_driver: str | 
             exit_code=BadInput.exit_code,
         )
 
-    discovery, result.token = discovery_for(config, state)
+    discovery, result.token = discovery_for(
+        config, state, before_minting=lambda trial: render_files(config, trial, libvirt_driver)
+    )
     result.discovery = discovery
     if result.token == "new":
         state.save()  # a minted token is recorded at once, so a failure below never orphans it

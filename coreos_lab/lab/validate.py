@@ -271,7 +271,7 @@ def build_nodes(
         if not isinstance(settings, dict):
             problems.add(key, f"expected a mapping with ip and/or metadata, found {_show(settings)}")
             settings = {}
-        for unknown in sorted(set(settings) - {"ip", "metadata"}):
+        for unknown in sorted(set(settings) - {"ip", "metadata"}, key=str):
             problems.add(f"{key}.{unknown}", partial(_unknown, str(unknown), ["ip", "metadata"]))
         if "ip" in settings:
             try:
@@ -383,8 +383,9 @@ def build_ports(raw: Any, nodes: tuple[Machine, ...], problems: Problems) -> tup
         if protocol not in ("tcp", "udp"):
             problems.add(f"{where}.protocol", f"{protocol!r} is not allowed; choose tcp or udp")
         node = item.get("node")
-        if node is not None and node not in names:
-            problems.add(f"{where}.node", f"{node!r} is not a machine of this lab ({', '.join(sorted(names))})")
+        if node is not None and (not isinstance(node, str) or node not in names):
+            problems.add(f"{where}.node", f"{_show(node)} is not a machine of this lab ({', '.join(sorted(names))})")
+            node = None
         port = ForwardedPort(
             _port(item["guest"], f"{where}.guest", problems),
             _port(item["host"], f"{where}.host", problems),
@@ -466,7 +467,13 @@ def build_units(raw: Any, nodes: tuple[Machine, ...], problems: Problems) -> tup
         if enable is not None and not isinstance(enable, bool):
             problems.add(f"{where}.enable", f"{_show(enable)} is not true or false")
         drop_ins: list[DropIn] = []
-        for j, drop in enumerate(item.get("drop_ins") or []):
+        drops = item.get("drop_ins") or []
+        if not isinstance(drops, list):
+            problems.add(
+                f"{where}.drop_ins", f"expected a list of {{name: NAME.conf, content: TEXT}}, found {_show(drops)}"
+            )
+            drops = []
+        for j, drop in enumerate(drops):
             dwhere = f"{where}.drop_ins[{j}]"
             if not isinstance(drop, dict) or not str(drop.get("name", "")).endswith(".conf") or "content" not in drop:
                 problems.add(dwhere, "expected {name: NAME.conf, content: TEXT}")
