@@ -8,12 +8,16 @@ from typing import Any
 import pytest
 from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from coreos_lab.distros import DISTROS
 from coreos_lab.errors import BadInput, ExitCode
-from coreos_lab.lab.config import load_config
+from coreos_lab.lab.config import build_config, load_config
 from coreos_lab.lab.labfile import init_lab
-from coreos_lab.lab.settings import SETTINGS
+from coreos_lab.lab.render import render_files
+from coreos_lab.lab.settings import SETTINGS, SETTINGS_BY_PATH, STRUCTURED
+from coreos_lab.lab.tokens import Discovery
 
 
 @pytest.fixture
@@ -510,3 +514,155 @@ def test_an_even_etcd_member_count_is_warned_about(tmp_path: Path, mirror: Path,
     odd = lab("render", lab_dir, "--discovery-mode", "static", "--etcd-members", "3", env={"HOME": str(tmp_path)})
     assert odd.returncode == 0, odd.stderr
     assert "etcd.members" not in odd.stderr
+
+
+# -- hostile lab.yaml: whatever the values, exit 2 naming the field, never "unexpected" ---------------------------
+
+# Every key lab.yaml knows at any level, so that generated documents reach the deep checks.
+_KEYS = sorted(
+    {part for path in [*SETTINGS_BY_PATH, *STRUCTURED] for part in path.split(".")}
+    | {"ip", "metadata", "guest", "host", "node", "protocol", "name", "command", "enable", "content", "drop_ins"}
+    | {"core-01", "core-02", "role"}
+)
+_TEXTS = (
+    *("core-01", "tcp", "a.service", "a.conf", "start", "~nosuchuser/x", "172.17.8.150", "1068.8.0", "flatcar"),
+    *("http://127.0.0.1:99999", "http://[::1", "http://h:8080/p", "172.17.8.0/24", "virtualbox", "local"),
+)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(_TEXTS),
+    st.binary(max_size=4),  # !!binary
+    st.dates(),  # a YAML timestamp
+    st.sets(st.text(max_size=3), max_size=3),  # !!set
+)
+_YAMLISH = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.one_of(st.sampled_from(_KEYS), _SCALARS.filter(_hashable)), inner, max_size=4)
+    ),
+    max_leaves=24,
+)
+
+
+# A lab.yaml with every structure in it; the property replaces parts of it, at any depth, by anything.
+_FULL: dict[str, Any] = {
+    "version": "1068.8.0",
+    "nodes": 3,
+    "name_prefix": "core",
+    "subnet": "172.17.8.0/24",
+    "memory": 1024,
+    "gui": False,
+    "etcd": {"members": 1},
+    "discovery": {"mode": "local", "url": "https://discovery.etcd.io"},
+    "mirror": {"url": "http://127.0.0.1:8080", "guest_host": "10.0.2.2"},
+    "virtualbox": {"cpu_execution_cap": 100},
+    "fleet": {"metadata": {"region": "lab"}},
+    "machines": {"core-02": {"ip": "172.17.8.150", "metadata": {"disk": "ssd"}}},
+    "forwarded_ports": [{"guest": 80, "host": 8080, "protocol": "tcp", "node": "core-01"}],
+    "shared_folders": [{"host": ".", "guest": "/home/core/share"}],
+    "units": [
+        {
+            "name": "a.service",
+            "command": "start",
+            "enable": True,
+            "content": "[Service]\nExecStart=/bin/true\n",
+            "drop_ins": [{"name": "a.conf", "content": "[Service]\n"}],
+            "machines": ["core-01"],
+        }
+    ],
+}
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix] if prefix else []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    for key, inner in items:
+        found += _paths(inner, (*prefix, key))
+    return found
+
+
+_PATHS = _paths(_FULL)
+
+
+def _replaced(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """`doc` with the value at `path` replaced (where the path still leads somewhere after earlier changes)."""
+    if not path:
+        return value
+    if isinstance(doc, dict) and _hashable(path[0]):
+        return {**doc, path[0]: _replaced(doc.get(path[0]), path[1:], value)}
+    if isinstance(doc, list) and isinstance(path[0], int) and path[0] < len(doc):
+        return [_replaced(v, path[1:], value) if i == path[0] else v for i, v in enumerate(doc)]
+    return doc
+
+
+@st.composite
+def _hostile_docs(draw: st.DrawFn) -> dict[str, Any]:
+    doc: Any = _FULL
+    for path, value in draw(st.lists(st.tuples(st.sampled_from(_PATHS), _YAMLISH), min_size=1, max_size=3)):
+        doc = _replaced(doc, path, value)
+    extra = draw(st.dictionaries(st.sampled_from(_KEYS), _YAMLISH, max_size=2))  # and keys in odd places
+    return {**doc, **extra}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=_hostile_docs())
+def test_any_yamlish_document_is_a_config_or_bad_input(tmp_path: Path, mirror: Path, doc: dict[str, Any]) -> None:
+    """Documents as a YAML loader can make them (mappings, lists, every scalar type, sets, dates, bytes) at every
+    key lab.yaml knows: either a configuration that renders, or `BadInput` (exit 2); never another exception."""
+    doc = {"version": "1068.8.0", **doc}
+    if isinstance(doc.get("mirror", {}), dict):
+        doc["mirror"] = {"root": str(mirror), **doc.get("mirror", {})}
+    try:
+        config = build_config(tmp_path, doc, origin="lab.yaml", environ={}, check_mirror=True)
+    except BadInput as exc:
+        assert exc.exit_code == ExitCode.USAGE and "lab.yaml" in exc.message
+        return
+    render_files(config, Discovery("static", None, "core-01=http://172.17.8.101:2380"), "kvm")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999", "http://127.0.0.1:0", "http://[::1", "http://h:abc", "http://h:８０", "ftp://h"]
+)
+def test_a_bad_mirror_url_is_refused_by_init_and_config(tmp_path: Path, mirror: Path, url: str) -> None:
+    """Refused where it is given, not by the render or doctor that would use it later."""
+    init = lab("init", tmp_path / "new", "--root", mirror, "--mirror-url", url)
+    assert init.returncode == ExitCode.USAGE, init.stderr
+    assert f"mirror.url (from flag --mirror-url): {url!r} " in init.stderr
+    assert not (tmp_path / "new").exists()
+    in_file = lab("config", write_lab(tmp_path / "file", mirror, mirror={"url": url}))
+    assert in_file.returncode == ExitCode.USAGE and f"lab.yaml: mirror.url: {url!r} " in in_file.stderr
+    in_env = lab("config", write_lab(tmp_path / "env", mirror), env={"LAB_MIRROR_URL": url})
+    assert in_env.returncode == ExitCode.USAGE
+    assert f"mirror.url (from env LAB_MIRROR_URL): {url!r} " in in_env.stderr
+
+
+NO_SUCH_HOME = "~no-such-user-of-coreos-lab"
+
+
+def test_a_home_of_no_user_is_named(tmp_path: Path, mirror: Path) -> None:
+    root = f"{NO_SUCH_HOME}/boxes"
+    why = f"{root!r}: {NO_SUCH_HOME} names no user with a home directory"
+    in_file = lab("config", write_lab(tmp_path / "file", mirror, mirror={"root": root}))
+    assert in_file.returncode == ExitCode.USAGE and f"lab.yaml: mirror.root: {why}" in in_file.stderr
+    flag = lab("config", write_lab(tmp_path / "flag", mirror), "--root", root)
+    assert flag.returncode == ExitCode.USAGE and f"mirror.root (from flag --root): {why}" in flag.stderr
+    folder = write_lab(tmp_path / "folder", mirror, shared_folders=[{"host": root, "guest": "/x"}])
+    shared = lab("config", folder)
+    assert shared.returncode == ExitCode.USAGE and f"lab.yaml: shared_folders[0].host: {why}" in shared.stderr
+    env = lab("mirror", "list", env={"LAB_MIRROR_ROOT": root})
+    assert env.returncode == ExitCode.USAGE and f"environment LAB_MIRROR_ROOT: {why}" in env.stderr

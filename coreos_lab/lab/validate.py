@@ -29,6 +29,7 @@ from coreos_lab.lab.settings import (
     Setting,
     parse_subnet,
 )
+from coreos_lab.paths import expand_user, unknown_home
 from coreos_lab.urls import is_http_url
 from coreos_lab.vagrant.providers import PROVIDERS
 
@@ -186,6 +187,11 @@ def check_scalars(
     for path in ("mirror.url", "discovery.url"):
         if not is_http_url(str(values[path]), base=True):
             problems.add(where(path), f"{values[path]!r} is not an http(s) base URL such as http://127.0.0.1:8080")
+        elif urlsplit(str(values[path])).port == 0:  # a server cannot be reached at port 0
+            problems.add(where(path), f"{values[path]!r} names port 0; use the port the server listens at")
+    root = values["mirror.root"]
+    if root is not None and expand_user(str(root)) is None:
+        problems.add(where("mirror.root"), unknown_home(str(root)))
     _check_etcd_image(values, where, problems)
     guest = values["mirror.guest_host"]
     if guest is not None and not re.match(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:]+\]$", str(guest)):
@@ -227,6 +233,8 @@ def _check_etcd_image(values: dict[str, Any], where: Callable[[str], str], probl
             parse_reference(str(image))
         except BadInput as exc:
             problems.add(where("etcd.image"), f"{exc.message} (e.g. {distro.etcd_image})")
+    if not is_http_url(str(values["mirror.url"]), base=True):
+        return  # reported as such
     mirror_path = urlsplit(str(values["mirror.url"])).path.strip("/")
     if distro.etcd_image is not None and values["etcd.image_source"] == "mirror" and mirror_path:
         problems.add(
@@ -422,8 +430,10 @@ def build_folders(raw: Any, lab_dir: Path, problems: Problems) -> tuple[SharedFo
             problems.add(where, f"expected {{host: PATH, guest: /ABSOLUTE/PATH}}, found {_show(item)}")
             continue
         _check_keys(item, ("host", "guest"), where, problems)
-        host = Path(item["host"]).expanduser()
-        if not (lab_dir / host).is_dir():
+        host = expand_user(item["host"])
+        if host is None:
+            problems.add(f"{where}.host", unknown_home(item["host"]))
+        elif not (lab_dir / host).is_dir():
             problems.add(
                 f"{where}.host", f"{item['host']!r} is not a directory (relative paths are relative to the lab)"
             )
