@@ -407,3 +407,25 @@ def test_public_mode_with_the_service_unreachable_writes_nothing(tmp_path: Path,
     assert f"{url}/new?size=3 is unreachable" in caught.value.message
     assert caught.value.hint is not None and "discovery.url in lab.yaml" in caught.value.hint
     assert sorted(p.name for p in lab_dir.iterdir()) == ["lab.yaml"]
+
+
+@pytest.mark.parametrize("template", ["user-data-coreos.yaml.j2", "Vagrantfile.j2"])
+def test_a_failed_template_render_mints_no_token(tmp_path: Path, mirror: Path, template: str) -> None:
+    """A broken template is found by a trial render before the token is minted: the discovery store gains no
+    token, the lab no state; once the template is fixed, the render mints one."""
+    from coreos_lab.discovery.store import DiscoveryStore
+
+    lab_dir = write_lab(tmp_path / "lab", mirror)
+    (lab_dir / "templates").mkdir()
+    (lab_dir / "templates" / template).write_text("{{ discovery.url }} {{ no_such_thing }}\n")
+    run = lab("render", lab_dir)
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert f"{template}:1: template error: 'no_such_thing' is undefined" in run.stderr
+    assert not discovery_dir(mirror).exists() and not (lab_dir / ".lab").exists()
+    (lab_dir / "templates" / template).unlink()
+    assert render(lab_dir).token == "new"
+    store = DiscoveryStore(discovery_dir(mirror))
+    try:
+        assert [t.token for t in store.tokens()] == [LabState.load(lab_dir).token.token]  # type: ignore[union-attr]
+    finally:
+        store.close()
