@@ -174,6 +174,8 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
     ("no nodes", {"nodes": 0}, {}, "lab.yaml: nodes: 0 is out of range; allowed: 1 to 99"),
     ("too many nodes", {"nodes": 100}, {}, "lab.yaml: nodes: 100 is out of range; allowed: 1 to 99"),
     ("nodes from env", {}, {"LAB_NODES": "many"}, "environment LAB_NODES: 'many' is not an integer"),
+    ("nodes in other digits", {}, {"LAB_NODES": "٣"}, "environment LAB_NODES: '٣' is not an integer"),
+    ("memory with underscores", {}, {"LAB_MEMORY": "1_024"}, "environment LAB_MEMORY: '1_024' is not an integer"),
     ("nodes not a number", {"nodes": "three"}, {}, "lab.yaml: nodes: 'three' is not an integer"),
     ("nodes a boolean", {"nodes": True}, {}, "lab.yaml: nodes: True is not an integer"),
     ("unknown key", {"num_instances": 3}, {}, "lab.yaml: num_instances: unknown key; allowed:"),
@@ -666,3 +668,11 @@ def test_a_home_of_no_user_is_named(tmp_path: Path, mirror: Path) -> None:
     assert shared.returncode == ExitCode.USAGE and f"lab.yaml: shared_folders[0].host: {why}" in shared.stderr
     env = lab("mirror", "list", env={"LAB_MIRROR_ROOT": root})
     assert env.returncode == ExitCode.USAGE and f"environment LAB_MIRROR_ROOT: {why}" in env.stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--nodes", "٣"), ("--memory", "1_024"), ("--etcd-members", "²")])
+def test_a_flag_takes_digits_0_to_9_only(tmp_path: Path, mirror: Path, flag: str, value: str) -> None:
+    """int() reads "٣" as 3 and "1_024" as 1024; as a setting they are typos, refused like any non-number."""
+    run = lab("config", write_lab(tmp_path / "lab", mirror), flag, value)
+    assert run.returncode == ExitCode.USAGE
+    assert f"Invalid value for '{flag}': {value!r} is not an integer in digits 0-9" in run.stderr

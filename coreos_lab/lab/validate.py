@@ -143,11 +143,11 @@ def parse_env(setting: Setting, raw: str, where: str, problems: Problems) -> Any
         problems.add(where, f"{raw!r} is not a boolean (true/false, yes/no, 1/0)")
         return None
     if setting.kind is int:
-        try:
-            return int(text)
-        except ValueError:
+        # ASCII digits only: int() would also take "٣" and "1_000", which nobody means as a setting.
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
             problems.add(where, f"{raw!r} is not an integer")
             return None
+        return int(text)
     return text
 
 
