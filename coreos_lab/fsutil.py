@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
@@ -96,6 +97,8 @@ def held_lock(path: Path, *, wait: float, on_wait: Callable[[str], None] | None 
     A second process waits up to `wait` seconds (`on_wait(holder)` called once, as it starts waiting), then
     `LockHeld` naming the holder. The lock is flock(2)'s: nothing is written (a refused command leaves no trace),
     and the kernel drops it when its holder ends in any way, so a crashed process never leaves a stale lock.
+    Where the filesystem cannot lock (NFS emulates flock with byte-range locks, which a read-only descriptor
+    cannot take) the block runs unlocked, as it did before there was a lock.
     """
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -112,6 +115,10 @@ def held_lock(path: Path, *, wait: float, on_wait: Callable[[str], None] | None 
                 if time.monotonic() >= deadline:
                     raise LockHeld(path, lock_holder(path)) from None
                 time.sleep(0.05)  # flock has no timeout of its own; polling costs nothing noticeable here
+            except OSError as exc:
+                if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                break  # this filesystem cannot lock
         yield
     finally:
         os.close(fd)  # releases the lock
