@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
 from hypothesis import HealthCheck, given, settings
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from coreos_lab.distros import DISTROS
 from coreos_lab.errors import BadInput, ExitCode
-from coreos_lab.lab.config import build_config, load_config
+from coreos_lab.lab.config import load_config
 from coreos_lab.lab.labfile import init_lab
 from coreos_lab.lab.render import render_files
 from coreos_lab.lab.settings import SETTINGS, SETTINGS_BY_PATH, STRUCTURED
@@ -625,12 +626,14 @@ def _hostile_docs(draw: st.DrawFn) -> dict[str, Any]:
 @given(doc=_hostile_docs())
 def test_any_yamlish_document_is_a_config_or_bad_input(tmp_path: Path, mirror: Path, doc: dict[str, Any]) -> None:
     """Documents as a YAML loader can make them (mappings, lists, every scalar type, sets, dates, bytes) at every
-    key lab.yaml knows: either a configuration that renders, or `BadInput` (exit 2); never another exception."""
+    key lab.yaml knows, written as YAML and read back as `lab` reads it: either a configuration that renders, or
+    `BadInput` (exit 2) naming lab.yaml; never another exception."""
     doc = {"version": "1068.8.0", **doc}
     if isinstance(doc.get("mirror", {}), dict):
         doc["mirror"] = {"root": str(mirror), **doc.get("mirror", {})}
+    (tmp_path / "lab.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
     try:
-        config = build_config(tmp_path, doc, origin="lab.yaml", environ={}, check_mirror=True)
+        config = load_config(tmp_path, environ={}, check_mirror=True)
     except BadInput as exc:
         assert exc.exit_code == ExitCode.USAGE and "lab.yaml" in exc.message
         return
