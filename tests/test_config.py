@@ -679,3 +679,25 @@ def test_a_flag_takes_digits_0_to_9_only(tmp_path: Path, mirror: Path, flag: str
     run = lab("config", write_lab(tmp_path / "lab", mirror), flag, value)
     assert run.returncode == ExitCode.USAGE
     assert f"Invalid value for '{flag}': {value!r} is not an integer in digits 0-9" in run.stderr
+
+
+def test_the_yaml_bounds_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coreos_lab.lab import bounded_yaml
+
+    assert bounded_yaml.load("[" * 32 + "]" * 32) is not None
+    with pytest.raises(bounded_yaml.TooLarge, match="nested more than 32 levels deep"):
+        bounded_yaml.load("[" * 33 + "]" * 33)
+    # Depth through an alias counts where it is used: the mapping, 28 lists and the 3 levels of [[1]] fit, 29 do not.
+    assert bounded_yaml.load("a: &a [[1]]\nb: " + "[" * 28 + "*a" + "]" * 28)
+    with pytest.raises(bounded_yaml.TooLarge, match=r"nested more than 32 levels deep \(through alias \*a\)"):
+        bounded_yaml.load("a: &a [[1]]\nb: " + "[" * 29 + "*a" + "]" * 29)
+    assert len(bounded_yaml.load("[" + "0, " * 99_999 + "]")) == 99_999  # the list and its items: 100 000 values
+    with pytest.raises(bounded_yaml.TooLarge, match="more than 100000 values"):
+        bounded_yaml.load("[" + "0, " * 100_000 + "]")
+    # An alias counts as all it names: the mapping, three keys, the list of two and two aliases of it = 13.
+    text = "x: &x [1, 2]\ny: *x\nz: *x\n"
+    monkeypatch.setattr(bounded_yaml, "MAX_VALUES", 13)
+    assert bounded_yaml.load(text) == {"x": [1, 2], "y": [1, 2], "z": [1, 2]}
+    monkeypatch.setattr(bounded_yaml, "MAX_VALUES", 12)
+    with pytest.raises(bounded_yaml.TooLarge, match=r"more than 12 values once alias \*x is expanded"):
+        bounded_yaml.load(text)
