@@ -44,6 +44,8 @@ SENDFILE_CHUNK = 16 * 1024 * 1024
 HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 OPEN_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*([0-9]+)\s*-\s*$")
 ANSWERED_METHODS = ("GET", "HEAD")
+# The tasks sending a file body right now, so a server that stops can cut them (`cut_transfers`).
+IN_FLIGHT = web.AppKey("file bodies being sent", set["asyncio.Task[object]"])
 
 
 def transfer_tracker(app: web.Application, *, live_view: bool = False) -> TransferTracker:
@@ -58,7 +60,14 @@ def transfer_tracker(app: web.Application, *, live_view: bool = False) -> Transf
 
     app.on_startup.append(start_view)
     app.on_cleanup.append(stop_view)
+    app[IN_FLIGHT] = set()
     return tracker
+
+
+def cut_transfers(app: web.Application) -> None:
+    """End every file body being sent now: its connection is aborted (what the client has not read is dropped)."""
+    for task in list(app.get(IN_FLIGHT, ())):
+        task.cancel()
 
 
 def setup(app: web.Application, mirror_root: Path, *, base_url: str | None, tracker: TransferTracker) -> None:
@@ -310,6 +319,10 @@ class BoxFileResponse(web.StreamResponse):
             raise ConnectionResetError("Connection lost")
         loop = asyncio.get_running_loop()
         transfer = self._tracker.begin(request.remote or "-", self._label, count)
+        in_flight = request.app.get(IN_FLIGHT, set())
+        task = asyncio.current_task()
+        if task is not None:
+            in_flight.add(task)
         try:
             end = offset + count
             while offset < end:
@@ -318,5 +331,11 @@ class BoxFileResponse(web.StreamResponse):
                 offset += piece
                 self.bytes_sent += piece
                 transfer.advance(piece)
+        except asyncio.CancelledError:
+            # Cut (the server stops): a client that stopped reading must not hold the connection open with the
+            # unsent rest of a header block or a piece in the buffer, as a close (which flushes first) would.
+            transport.abort()
+            raise
         finally:
+            in_flight.discard(task)
             transfer.finish()
