@@ -77,7 +77,9 @@ async def _serve(
 
     from aiohttp import web
 
+    from coreos_lab import console
     from coreos_lab.access_log import AccessLog
+    from coreos_lab.discovery.api import DISCOVERY_OFF_KEY
 
     # Signal handlers first: a stop request that arrives while starting up must not be lost.
     stop = asyncio.Event()
@@ -104,6 +106,8 @@ async def _serve(
         if on_ready is not None:
             bound_port = runner.addresses[0][1]
             on_ready(f"http://{f'[{host}]' if ':' in host else host}:{bound_port}")
+        if DISCOVERY_OFF_KEY in app:
+            console.warn(app[DISCOVERY_OFF_KEY])
         await stop.wait()
         stop.clear()  # a second SIGINT/SIGTERM cuts the requests in flight at once
     finally:

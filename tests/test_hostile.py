@@ -6,17 +6,25 @@ event loop or turn into 500s; a read-only mirror is still served. Bounds on wait
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 
 import pytest
 from harness.boxes import add_box
 from harness.mirror import MirrorProcess, mirror_server
 
+from coreos_lab.discovery.store import DB_NAME
 from coreos_lab.mirror.store import MirrorStore
 
 pytestmark = pytest.mark.integration
@@ -58,3 +66,84 @@ def test_a_client_that_never_reads_does_not_hold_a_stop(big_box_root: Path, sign
             os.kill(srv.proc.pid, sig)
         assert srv.proc.wait(timeout=EXIT_BOUND) == 0  # raises TimeoutExpired if the stop hangs
     assert srv.lines[-1] == "stopped"
+
+
+@contextmanager
+def database_locked_by_another_process(root: Path) -> Iterator[None]:
+    """A second process that takes the discovery database's write lock and keeps it until told to stop."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(root / ".discovery" / DB_NAME)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        yield
+    finally:
+        holder.communicate("", timeout=30)  # end of its input: it rolls back and exits
+
+
+LOCK_HOLDER = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+db.execute("UPDATE meta SET value = value WHERE name = 'index'")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_locked_discovery_database_is_a_retryable_503_and_the_rest_still_answers(mirror_root: Path) -> None:
+    add_box(MirrorStore(mirror_root), "coreos-stable", "1.0.0")
+    with mirror_server(mirror_root) as srv:
+        token_url = urlopen(f"{srv.url}/new?size=1").text
+        with database_locked_by_another_process(mirror_root):
+            busy = urlopen(f"{srv.url}/new?size=3")
+            assert busy.status == 503 and int(busy.headers["Retry-After"]) > 0
+            assert "locked by another process" in busy.text
+            assert urlopen(f"{srv.url}/").status == 200
+            assert urlopen(f"{srv.url}/coreos-stable").status == 200
+            assert json.loads(urlopen(f"{token_url}/_config/size").text)["node"]["value"] == "1"  # reads go on
+        assert urlopen(f"{srv.url}/new?size=3").status == 200  # the client's retry succeeds
+
+
+def test_a_read_only_mirror_is_served_with_discovery_off(mirror_root: Path) -> None:
+    add_box(MirrorStore(mirror_root), "coreos-stable", "1.0.0")
+    # A read-only bind mount of the root in a mount namespace of the server's own: read-only even for root.
+    remount = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
+    argv = [sys.executable, "-m", "coreos_lab", "mirror", "serve", "--root", str(mirror_root), "--port", "0"]
+    proc = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", remount, "sh", str(mirror_root), *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    srv = MirrorProcess(proc)
+    try:
+        srv.wait_ready()
+        assert urlopen(f"{srv.url}{BOX}").status == 200
+        assert urlopen(f"{srv.url}/coreos-stable").status == 200
+        off = urlopen(f"{srv.url}/new")
+        assert off.status == 503 and "discovery is off" in off.text and "Read-only file system" in off.text
+        assert srv.stop() == 0
+    finally:
+        srv.stop()
+    assert any("discovery is off" in line for line in srv.lines)
+    assert not (mirror_root / ".discovery").exists()
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: Message
+    text: str
+
+
+def urlopen(url: str) -> Answer:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return Answer(response.status, response.headers, response.read().decode(errors="replace"))
+    except urllib.error.HTTPError as error:
+        return Answer(error.code, error.headers, error.read().decode(errors="replace"))
