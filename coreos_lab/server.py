@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from coreos_lab.discovery.store import TOKEN_RE
 from coreos_lab.errors import LabError, Timeout
 from coreos_lab.paths import DEFAULT_HOST, DEFAULT_PORT, discovery_dir
 
@@ -40,12 +41,25 @@ def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool
 
     app = web.Application()
     # Discovery and the registry first: their routes match only `/new`, 32-hex tokens and `/v2`, `/v2/…`; the
-    # box mirror takes every other path (a box named `v2` would be hidden: the distros' are <distro>-<channel>).
+    # box mirror takes every other path (a box so named would be hidden: `name_taken`).
     discovery_api.setup(app, discovery_dir(mirror_root), base_url=base_url)
     tracker = mirror_http.transfer_tracker(app, live_view=live_view)
     registry_http.setup(app, mirror_root, tracker=tracker)
     mirror_http.setup(app, mirror_root, base_url=base_url, tracker=tracker)
     return app
+
+
+def name_taken(name: str) -> str | None:
+    """Why no box called `name` can be served, or None: a route `build_app` adds before the mirror's takes its
+    metadata URL (discovery's `/new` and `/<token>`, the registry's `/v2`). Importing such a name should be refused.
+    """
+    if name == "new":
+        return "/new is the discovery API"
+    if name == "v2":
+        return "/v2 is the image registry"
+    if TOKEN_RE.match(name):
+        return "32 lowercase hex characters are a discovery token URL"
+    return None
 
 
 def serve_forever(

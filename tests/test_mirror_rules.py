@@ -14,10 +14,10 @@ from coreos_lab.mirror.http import (
     describe,
     effective_headers,
     if_range_matches,
-    name_taken,
 )
 from coreos_lab.mirror.layout import render_index
 from coreos_lab.mirror.store import MirrorStore
+from coreos_lab.server import name_taken
 
 
 def test_effective_headers_decisions() -> None:

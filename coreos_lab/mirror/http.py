@@ -22,7 +22,6 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from aiohttp import ETag, web
 from multidict import CIMultiDict
 
-from coreos_lab.discovery.store import TOKEN_RE
 from coreos_lab.errors import BadInput
 from coreos_lab.mirror.images.store import ImageStore
 from coreos_lab.mirror.layout import (
@@ -39,6 +38,7 @@ from coreos_lab.mirror.layout import (
 )
 from coreos_lab.mirror.store import BOX, MirrorStore
 from coreos_lab.mirror.transfers import TransferTracker
+from coreos_lab.server import name_taken
 from coreos_lab.urls import is_http_url
 
 # sendfile in pieces so the live view and the access log see progress; large enough to cost nothing.
@@ -84,18 +84,6 @@ def setup(app: web.Application, mirror_root: Path, *, base_url: str | None, trac
     """Add the mirror's route to `app`: every path not taken by a route added before it."""
     handlers = MirrorHandlers(MirrorLayout(MirrorStore(mirror_root)), base_url=base_url, tracker=tracker)
     app.router.add_route("*", "/{path:.*}", handlers.handle)
-
-
-def name_taken(name: str) -> str | None:
-    """Why no box called `name` can be served, or None: a route the server adds before the mirror's takes its
-    metadata URL (`server.build_app`: discovery's `/new` and `/<token>`, the registry's `/v2`)."""
-    if name == "new":
-        return "/new is the discovery API"
-    if name == "v2":
-        return "/v2 is the image registry"
-    if TOKEN_RE.match(name):
-        return "32 lowercase hex characters are a discovery token URL"
-    return None
 
 
 def check_root(root: Path) -> Path:
