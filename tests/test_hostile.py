@@ -21,8 +21,10 @@ from email.message import Message
 from pathlib import Path
 
 import pytest
+from harness import processes
 from harness.boxes import add_box
 from harness.mirror import MirrorProcess, mirror_server
+from harness.waiting import wait_until
 
 from coreos_lab.discovery.store import DB_NAME
 from coreos_lab.mirror.store import MirrorStore
@@ -147,3 +149,23 @@ def urlopen(url: str) -> Answer:
             return Answer(response.status, response.headers, response.read().decode(errors="replace"))
     except urllib.error.HTTPError as error:
         return Answer(error.code, error.headers, error.read().decode(errors="replace"))
+
+
+def test_lab_discovery_new_waits_out_a_busy_server(mirror_root: Path) -> None:
+    with mirror_server(mirror_root) as srv:
+        urlopen(f"{srv.url}/new?size=1")  # the database exists
+        with database_locked_by_another_process(mirror_root):
+            client = subprocess.Popen(
+                [sys.executable, "-m", "coreos_lab", "discovery", "new", "--server", srv.url, "--timeout", "60"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            try:
+                wait_until(lambda: any('/new?size=3 HTTP/1.1" 503 ' in line for line in srv.lines), "a 503 to lab")
+            except BaseException:
+                processes.kill(client)
+                raise
+        out, err = client.communicate(timeout=60)
+    assert client.returncode == 0, err
+    assert out.startswith(srv.url + "/")
