@@ -58,6 +58,7 @@ READ_THREADS = 4
 # etcd's indexes are unsigned 64-bit; sqlite stores signed 64-bit: no index of ours is beyond this.
 MAX_INDEX = 2**63 - 1
 TOKEN_PATTERN = "{token:[0-9a-f]{32}}"
+KEY_PATTERN = r"{rest:[\s\S]*}"  # any path below the token, also one with a decoded newline
 _PREV_EXIST = {"false": False, "true": True}
 # v2 write options etcd's discovery never sends; refused rather than silently ignored.
 _UNSUPPORTED_WRITE_OPTIONS = ("ttl", "dir", "prevValue", "prevIndex", "refresh")
@@ -314,7 +315,7 @@ def setup(
     app[DISCOVERY_KEY] = service
     app.router.add_get("/new", service.handle_new)  # and HEAD
     app.router.add_route("*", f"/{TOKEN_PATTERN}", service.handle_key)
-    app.router.add_route("*", f"/{TOKEN_PATTERN}/{{rest:.*}}", service.handle_key)
+    app.router.add_route("*", f"/{TOKEN_PATTERN}/{KEY_PATTERN}", service.handle_key)
     app.on_shutdown.append(service.wake_all)
     app.on_cleanup.append(service.close)
     return service
@@ -325,5 +326,5 @@ def _setup_off(app: web.Application, reason: str) -> None:
         return web.Response(status=503, text=reason + "\n")
 
     app[DISCOVERY_OFF_KEY] = reason
-    for path in ("/new", f"/{TOKEN_PATTERN}", f"/{TOKEN_PATTERN}/{{rest:.*}}"):
+    for path in ("/new", f"/{TOKEN_PATTERN}", f"/{TOKEN_PATTERN}/{KEY_PATTERN}"):
         app.router.add_route("*", path, off)

@@ -83,7 +83,7 @@ def cut_transfers(app: web.Application) -> None:
 def setup(app: web.Application, mirror_root: Path, *, base_url: str | None, tracker: TransferTracker) -> None:
     """Add the mirror's route to `app`: every path not taken by a route added before it."""
     handlers = MirrorHandlers(MirrorLayout(MirrorStore(mirror_root)), base_url=base_url, tracker=tracker)
-    app.router.add_route("*", "/{path:.*}", handlers.handle)
+    app.router.add_route("*", r"/{path:[\s\S]*}", handlers.handle)  # also a decoded newline
 
 
 def check_root(root: Path) -> Path:
