@@ -245,7 +245,12 @@ class EmbeddedServer:
         loop.run_until_complete(stop_runner(runner))
         loop.close()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
+        """Stop serving: file transfers still running after the shutdown grace are cut."""
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)

@@ -28,6 +28,7 @@ from harness.waiting import wait_until
 
 from coreos_lab.discovery.store import DB_NAME
 from coreos_lab.mirror.store import MirrorStore
+from coreos_lab.server import EmbeddedServer
 
 pytestmark = pytest.mark.integration
 
@@ -44,9 +45,10 @@ def big_box_root(mirror_root: Path) -> Path:
 
 
 @contextmanager
-def stalled_download(srv: MirrorProcess) -> Iterator[socket.socket]:
-    """A client that asks for a box, reads the first bytes of the answer, and then never reads again."""
-    host, port = srv.url.removeprefix("http://").rsplit(":", 1)
+def stalled_download(url: str) -> Iterator[socket.socket]:
+    """A client that asks the server at `url` for a box, reads the first bytes of the answer, and then never
+    reads again."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
@@ -63,11 +65,22 @@ def stalled_download(srv: MirrorProcess) -> Iterator[socket.socket]:
     "signals", [(signal.SIGTERM,), (signal.SIGINT,), (signal.SIGINT, signal.SIGINT)], ids=["term", "int", "int-int"]
 )
 def test_a_client_that_never_reads_does_not_hold_a_stop(big_box_root: Path, signals: tuple[int, ...]) -> None:
-    with mirror_server(big_box_root) as srv, stalled_download(srv):
+    with mirror_server(big_box_root) as srv, stalled_download(srv.url):
         for sig in signals:
             os.kill(srv.proc.pid, sig)
         assert srv.proc.wait(timeout=EXIT_BOUND) == 0  # raises TimeoutExpired if the stop hangs
     assert srv.lines[-1] == "stopped"
+
+
+def test_the_embedded_server_also_stops_despite_a_client_that_never_reads(big_box_root: Path) -> None:
+    """The server `lab up` runs for the duration of the command."""
+    srv = EmbeddedServer(big_box_root, port=0).start()
+    try:
+        with stalled_download(srv.url):
+            srv.stop()  # joins the server's thread for at most 30 s
+            assert not srv.running
+    finally:
+        srv.stop()
 
 
 @contextmanager
