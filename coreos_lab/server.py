@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from aiohttp import web
 
 # What a request in flight gets to finish once the server is told to stop; then its connection is cut. aiohttp's
-# own default (60 s to finish, 60 s more once cancelled) let one client that stopped reading hold a stop for 2 min.
+# own default (60 s to finish, 60 s more once cancelled) let one client that stopped reading hold a stop for 2 min
+# (docs/field-notes.md §8).
 SHUTDOWN_GRACE = 2.0
 
 

@@ -62,7 +62,8 @@ KEY_PATTERN = r"{rest:[\s\S]*}"  # any path below the token, also one with a dec
 _PREV_EXIST = {"false": False, "true": True}
 # v2 write options etcd's discovery never sends; refused rather than silently ignored.
 _UNSUPPORTED_WRITE_OPTIONS = ("ttl", "dir", "prevValue", "prevIndex", "refresh")
-# A count in a query: ASCII digits only (`str.isdigit` and `int` also take '²' and other scripts' digits).
+# A count in a query: ASCII digits only (`str.isdigit` and `int` also take '²' and other scripts' digits;
+# docs/field-notes.md §8).
 _COUNT_RE = re.compile(r"[0-9]{1,19}", re.ASCII)
 
 log = logging.getLogger(__name__)

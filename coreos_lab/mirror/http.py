@@ -46,7 +46,8 @@ SENDFILE_CHUNK = 16 * 1024 * 1024
 # A Host header is only trusted as a base URL when it looks like one (it ends up in JSON and HTML).
 HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 OPEN_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*([0-9]+)\s*-\s*$")
-# `bytes=-0`: a suffix of no bytes, which no representation satisfies (RFC 9110 §14.1.3).
+# `bytes=-0`: a suffix of no bytes, which no representation satisfies (RFC 9110 §14.1.3; aiohttp reads it as
+# the whole file, docs/field-notes.md §8).
 EMPTY_SUFFIX_RE = re.compile(r"\s*bytes\s*=\s*-\s*0+\s*", re.ASCII | re.IGNORECASE)
 # No file name on Linux is longer (NAME_MAX): a longer path segment names nothing the mirror holds.
 NAME_MAX_BYTES = 255
