@@ -35,6 +35,7 @@ from coreos_lab.discovery.store import (
     MAX_SIZE,
     MIN_SIZE,
     DiscoveryStore,
+    DiscoveryToken,
     EtcdError,
     Event,
     StateReadOnly,
@@ -93,9 +94,14 @@ def _unavailable(error: StateUnavailable) -> web.Response:
     return web.Response(status=503, text=f"{text}{error.message}\n", headers=headers)
 
 
-def _answers_unavailable(handler: Callable[[Any, web.Request], Awaitable[web.StreamResponse]]) -> Any:
+Handler = Callable[["DiscoveryService", web.Request], Awaitable[web.StreamResponse]]
+
+
+def _answers_unavailable(handler: Handler) -> Handler:
+    """The handler, with a database that fails (locked, or worse) answered as 503 instead of a 500."""
+
     @functools.wraps(handler)
-    async def handle(self: Any, request: web.Request) -> web.StreamResponse:
+    async def handle(self: DiscoveryService, request: web.Request) -> web.StreamResponse:
         try:
             return await handler(self, request)
         except StateUnavailable as error:
@@ -190,7 +196,7 @@ class DiscoveryService:
             index = await self._read(self.store.current_index)
             return web.Response(content_type="text/plain", headers={"X-Etcd-Index": str(index)})
 
-        def create() -> Any:
+        def create() -> DiscoveryToken:
             self.store.collect(self.max_token_age)
             return self.store.create_token(size)
 

@@ -276,7 +276,7 @@ class DiscoveryStore:
 
     @_guarded
     def current_index(self) -> int:
-        return int(self._db.execute("SELECT value FROM meta WHERE name = 'index'").fetchone()[0])
+        return self._index_in(self._db)
 
     def _index_in(self, db: sqlite3.Connection) -> int:
         return int(db.execute("SELECT value FROM meta WHERE name = 'index'").fetchone()[0])
