@@ -125,11 +125,13 @@ def test_a_locked_discovery_database_is_a_retryable_503_and_the_rest_still_answe
 
 def test_a_read_only_mirror_is_served_with_discovery_off(mirror_root: Path) -> None:
     add_box(MirrorStore(mirror_root), "coreos-stable", "1.0.0")
-    # A read-only bind mount of the root in a mount namespace of the server's own: read-only even for root.
+    # A read-only bind mount of the root, in user and mount namespaces of the server's own (no root needed):
+    # read-only even for root, as a read-only file system is.
     remount = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
     argv = [sys.executable, "-m", "coreos_lab", "mirror", "serve", "--root", str(mirror_root), "--port", "0"]
+    namespaces = ["unshare", "--user", "--map-root-user", "--mount", "--propagation", "private"]
     proc = subprocess.Popen(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", remount, "sh", str(mirror_root), *argv],
+        [*namespaces, "sh", "-c", remount, "sh", str(mirror_root), *argv],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
