@@ -2,7 +2,7 @@
 
 `yaml.safe_load` refuses code, not size: aliases expand without limit (nine anchors of nine aliases each are
 hundreds of millions of values once anything walks them, which validation and `lab config` must), and deep nesting
-overflows Python's stack in PyYAML's recursive composer (field-notes §8). Here the composer counts as it builds:
+overflows Python's stack in PyYAML's recursive composer (field-notes §9). Here the composer counts as it builds:
 every value, every alias by the size of what it names, and the depth an alias reaches; past a bound the load stops
 at once, at that place in the file. Counting costs nothing measurable, and aliases within the bounds still work
 (`<<: *defaults`).

@@ -4,7 +4,7 @@ run.
 Two `lab render`s of one lab would each mint a token and each write state and user-data; whichever wrote last
 won one file and lost the other, so the token in `.lab/state.json` and the one in user-data could differ. A
 second writer now waits for the first (saying whom it waits for, as apt does), up to `WAIT` seconds, then gives
-up naming the holder (exit 5). The lock is a flock on the directory itself (field-notes §8): it writes nothing
+up naming the holder (exit 5). The lock is a flock on the directory itself (field-notes §9): it writes nothing
 and ends with its process. Within one process it is re-entrant: `lab up` renders, `lab smoke` runs up and
 destroy. Readers (`lab config`, `status`, `health`) take no lock.
 """
