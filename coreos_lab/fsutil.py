@@ -133,13 +133,13 @@ def lock_holder(path: Path) -> str:
             pids = [
                 fields[4]
                 for fields in map(str.split, table)
-                if fields[1:2] == ["FLOCK"] and fields[5].endswith(f":{inode}")
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}")
             ]
         if not pids:
             return "another process"
         with open(f"/proc/{pids[0]}/cmdline", "rb") as cmdline:
             argv = [a.decode(errors="replace") for a in cmdline.read().split(b"\0") if a]
-    except (OSError, IndexError):
+    except OSError:
         return "another process"
     for i, arg in enumerate(argv):  # `python …/bin/lab up DIR` or `python -m coreos_lab up DIR`: say `lab up DIR`
         if Path(arg).name == "lab" or arg == "coreos_lab":

@@ -97,8 +97,8 @@ class BoundedSafeLoader(_BoundedComposer, *_PARSER_BASES, SafeConstructor, Resol
 
 
 def load(text: str | bytes) -> Any:
-    """The single document in `text`, as `yaml.safe_load` reads it; `TooLarge` past a bound, another
-    `yaml.YAMLError` when it is not valid YAML."""
+    """The single document in `text` (bytes: UTF-8, or UTF-16 with a BOM), as `yaml.safe_load` reads it;
+    `TooLarge` past a bound, another `yaml.YAMLError` when it is not valid YAML (or not text)."""
     if len(text) > MAX_BYTES:
         raise TooLarge(None, None, f"larger than {MAX_BYTES // 1024} KiB", None)
     loader = BoundedSafeLoader(text)

@@ -28,7 +28,7 @@ def read_lab_yaml(lab_dir: Path) -> dict[str, Any] | None:
     try:
         with path.open("rb") as handle:
             data = handle.read(bounded_yaml.MAX_BYTES + 1)  # never more than the bound into memory
-        doc = bounded_yaml.load(data.decode("utf-8"))
+        doc = bounded_yaml.load(data)
     except bounded_yaml.TooLarge as exc:
         raise BadInput(f"{path}: refused{_where(exc)}: {exc.problem}", hint="a lab.yaml needs far less") from exc
     except yaml.YAMLError as exc:
