@@ -35,7 +35,7 @@ def mirror(mirror_root: Path) -> Path:
 
 
 def _bomb(depth: int = 9, width: int = 9) -> list[str]:
-    """Anchors `a0 … a<depth>`, each a list of `width` aliases of the one before: width**depth values expanded."""
+    """Anchors `a0 … a<depth>`, each a list of `width` aliases of the one before: width**(depth + 1) values expanded."""
     lines = [f"x0: &a0 [{', '.join(['lol'] * width)}]"]
     for level in range(1, depth + 1):
         lines.append(f"x{level}: &a{level} [{', '.join([f'*a{level - 1}'] * width)}]")
