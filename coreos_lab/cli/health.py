@@ -66,13 +66,14 @@ def health(
     from coreos_lab import console
     from coreos_lab.cluster.health import HealthTimeout, MachinesNotRunning, check_cluster, wait_healthy
     from coreos_lab.cluster.health.targets import cluster_from_lab, cluster_from_ssh_config
-    from coreos_lab.lab.plan import load_plan
 
     if ssh_config is not None:
         cluster = cluster_from_ssh_config(ssh_config, lab_dir=lab_dir, distro=distro, members=members, proxies=proxies)
     elif proxies:
         raise BadInput("--proxy goes with --ssh-config; a lab's configuration names its proxies itself")
     else:
+        from coreos_lab.lab.plan import load_plan  # a lab's configuration: not needed with --ssh-config
+
         cluster = cluster_from_lab(load_plan(lab_dir or Path(".")), distro=distro, members=members)
     targets = cluster.targets
 
