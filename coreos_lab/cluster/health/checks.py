@@ -38,9 +38,8 @@ _STOPPED_STATES = frozenset({"inactive", "failed", "activating", "deactivating"}
 
 @dataclass
 class NodeFacts:
-    """What one check learned about a node that the next can use."""
+    """What the lab says of a node, and what one check learned about it that the next can use."""
 
-    v2_only: bool = False  # local etcd has no v3 API (a Flatcar machine running etcd as a v2 proxy)
     etcd_unit_down: str = ""  # the units check found the etcd unit stopped: "etcd-member is inactive"
     known_proxy: bool = False  # the lab's configuration says so: no need to probe for the v3 API
 
@@ -56,7 +55,7 @@ class CheckContext:
 
     def for_node(self, name: str) -> CheckContext:
         proxy = name in self.proxies
-        return replace(self, node=NodeFacts(v2_only=proxy, known_proxy=proxy))
+        return replace(self, node=NodeFacts(known_proxy=proxy))
 
 
 Check = Callable[[SSHSession, CheckContext], CheckResult]
@@ -162,7 +161,6 @@ def ask_etcd(session: SSHSession, ctx: CheckContext, checks: Collection[str]) ->
     v2 = _v2_answer(session, ctx, etcd, members)
     answered = v2.health.error is None if v2.health is not None else v2.listing is not None and not v2.listing.error
     if answered:
-        ctx.node.v2_only = True
         return replace(v2, note=" (local etcd answers v2 only: a proxy)")
     return replace(v2, health=parsers.ClusterHealth(error=why) if etcd else None)
 
