@@ -10,7 +10,9 @@ peer asks every node at once for its own endpoint's health and the member list:
 two run alternately, so drift in the machine's load hits both alike; medians of --runs each. Target (issue 20):
 lab / peer <= 1.0. For information, `--distro coreos` is measured too: CoreOS's etcd2 has no v3 API, so each node
 there runs v2 `cluster-health`, which probes every member (N² probes). The load average is printed with the
-figures: the nodes' sshd and etcd share this machine's cores with everything else running on it.
+figures: the nodes' sshd and etcd share this machine's cores with everything else running on it, and on a busy
+machine nine ssh processes get more of its CPU than one lab process. So each side's client CPU (user + system of
+its own processes, not the nodes') is printed too: it does not depend on the load.
 Needs root, iproute2, openssh-server and -client, etcd.
 Usage: python bench/health_scaling.py [--runs N]
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -41,13 +44,16 @@ def lab_argv() -> list[str]:
     return [lab] if lab else [sys.executable, "-m", "coreos_lab"]
 
 
-def timed(argv: list[str], what: str) -> float:
+def timed(argv: list[str], what: str) -> tuple[float, float]:
+    """Wall seconds, and CPU seconds (user + system) of the client's own processes (not the nodes')."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     run = subprocess.run(argv, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if run.returncode != 0:
         raise SystemExit(f"{what} failed (exit {run.returncode}):\n{run.stdout}\n{run.stderr}")
-    return elapsed
+    return elapsed, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 def peer_argv(config: Path, hosts: list[str]) -> list[str]:
@@ -77,10 +83,13 @@ def main() -> int:
         for name, argv in sides.items():  # warm-up: page cache, sshd, etcd connections
             timed(argv, name)
         times: dict[str, list[float]] = {name: [] for name in sides}
+        cpu: dict[str, list[float]] = {name: [] for name in sides}
         loads = [os.getloadavg()[0]]
         for _ in range(args.runs):  # alternated
             for name, argv in sides.items():
-                times[name].append(timed(argv, name))
+                wall, used = timed(argv, name)
+                times[name].append(wall)
+                cpu[name].append(used)
             loads.append(os.getloadavg()[0])
     medians = {name: statistics.median(t) for name, t in times.items()}
     peer = medians["peer (xargs -P9 ssh)"]
@@ -88,7 +97,10 @@ def main() -> int:
           f"{min(loads):.2f}–{max(loads):.2f} over the runs, {os.cpu_count()} cores):")  # fmt: skip
     for name, median in medians.items():
         spread = f"{min(times[name]) * 1000:.0f}–{max(times[name]) * 1000:.0f}"
-        print(f"  {name:24} {median * 1000:7.0f} ms  (range {spread} ms)  ratio {median / peer:.2f}")
+        used = statistics.median(cpu[name]) * 1000
+        print(
+            f"  {name:22} {median * 1000:6.0f} ms (range {spread} ms)  ratio {median / peer:.2f}  client CPU {used:4.0f} ms"
+        )
     ratio = medians["lab health, flatcar"] / peer
     ok = ratio <= TARGET
     print(f"{'PASS' if ok else 'MISS'}: lab / peer = {ratio:.2f} with the same questions (target <= {TARGET})")

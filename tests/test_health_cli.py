@@ -193,11 +193,11 @@ def test_named_proxy_is_asked_in_v2_only(tmp_path: Path, home: Path) -> None:
         member = report["nodes"]["core-01"]["checks"]
         assert member["etcd"] == {"status": "pass", "detail": "3 of 3 members healthy"}
         assert member["members"]["detail"] == "3 members (core-01, core-02, core-03), leader core-01"
-        asked = calls(nodes.nodes["core-01"])  # each member answers for itself: no --cluster
-        assert [call.split()[-4:] for call in asked] == [
+        asked = calls(nodes.nodes["core-01"])  # each member answers for itself (no --cluster), its questions at once
+        assert sorted(call.split()[-4:] for call in asked) == [
+            ["endpoint", "health", "-w", "json"],
             ["endpoint", "status", "-w", "json"],
             ["member", "list", "-w", "json"],
-            ["endpoint", "health", "-w", "json"],
         ]
         assert all(call.startswith("ETCDCTL_API=3 ") for call in asked)
 
@@ -271,28 +271,29 @@ def test_smoke_whose_round_trip_never_answers_exits_5(nodes: LoopbackNodes, tmp_
 
 def test_several_commands_in_one_exec_keep_their_own_outputs(nodes: LoopbackNodes, tmp_path: Path) -> None:
     """`SSHSession.run_each`: one exec, and each command's stdout, stderr and exit code as if run alone, whatever
-    they print (no trailing newline, lines that look like markers); with `if_first_succeeds`, nothing after a
-    first command that failed."""
+    they print (no trailing newline, lines that look like markers), one after the other or all at once."""
     from coreos_lab.cluster.ssh import SSHSession, parse_ssh_config
 
     (target,) = parse_ssh_config(nodes.write_ssh_config(tmp_path / "ssh_config", ["core-01"]).read_text())
+    order = tmp_path / "order"
     commands = [
-        (["printf", "no newline"], None),
-        (["sh", "-c", 'echo "$GREETING"; echo oops >&2; echo; exit 3'], {"GREETING": "a b\n0"}),
+        (["sh", "-c", f"printf 'no newline'; echo first >>{order}"], None),
+        (["sh", "-c", f'echo "$GREETING"; echo oops >&2; echo; echo second >>{order}; exit 3'], {"GREETING": "a b\n0"}),
         (["sh", "-c", "printf '\\n1 0\\n'; printf '\\n\\n' >&2"], None),
     ]
+    expected = [(0, "no newline", ""), (3, "a b\n0\n\n", "oops\n"), (0, "\n1 0\n", "\n\n")]
     with SSHSession(target) as session:
         before = logins(nodes.nodes["core-01"])
         results = session.run_each(commands)
-        assert [(r.returncode, r.stdout, r.stderr) for r in results] == [
-            (0, "no newline", ""),
-            (3, "a b\n0\n\n", "oops\n"),
-            (0, "\n1 0\n", "\n\n"),
-        ]
+        assert [(r.returncode, r.stdout, r.stderr) for r in results] == expected
         assert [r.argv for r in results] == [argv for argv, _ in commands]
-        failed_first = session.run_each(
-            [(["false"], None), (["touch", str(tmp_path / "ran")], None)], if_first_succeeds=True
-        )
-        assert [r.returncode for r in failed_first] == [1]
-        assert not (tmp_path / "ran").exists()
+        assert order.read_text() == "first\nsecond\n"
+        # At once: the first waits until the second has run, which only works if they run side by side.
+        order.unlink()
+        waits = f"while [ ! -s {order} ]; do sleep 0.05; done; printf 'no newline'"
+        where = (["sh", "-c", "readlink /proc/$$/fd/1"], None)  # the file its output goes to
+        at_once = session.run_each([(["sh", "-c", waits], None), *commands[1:], where], at_once=True)
+        assert [(r.returncode, r.stdout, r.stderr) for r in at_once[:3]] == expected
         assert logins(nodes.nodes["core-01"]) == before  # the same connection throughout
+    output_file = Path(at_once[3].stdout.strip())
+    assert output_file.name == "3.out" and not output_file.parent.exists()  # the outputs' directory is removed

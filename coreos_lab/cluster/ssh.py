@@ -180,15 +180,21 @@ def shell_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> 
 Command = tuple[Sequence[str], Mapping[str, str] | None]  # argv and its environment (None: the login's)
 
 
-def _each_script(commands: Sequence[Command], token: str, if_first_succeeds: bool) -> str:
-    """A shell script that runs `commands` in turn and follows each one's output with a marker line, on stdout
-    with its exit code: the outputs can then be told apart whatever they contain (the token is fresh)."""
-    lines = []
+def _each_script(commands: Sequence[Command], token: str, at_once: bool) -> str:
+    """A shell script that runs `commands` and follows each one's output with a marker line, on stdout with its
+    exit code: the outputs can then be told apart whatever they contain (the token is fresh). `at_once`: all
+    started together, each into its own files of a temporary directory, printed in order once all have ended."""
+    mark = f"printf '\\n{token} %d\\n' \"$rc\"; printf '\\n{token}\\n' >&2"
+    if not at_once:
+        return "\n".join(f"{shell_command(argv, env)} </dev/null; rc=$?\n{mark}" for argv, env in commands)
+    lines = ["d=$(mktemp -d) || exit 1", "trap 'rm -rf \"$d\"' EXIT"]
     for i, (argv, env) in enumerate(commands):
-        lines.append(f"{shell_command(argv, env)} </dev/null; rc=$?")
-        lines.append(f"printf '\\n{token} %d\\n' \"$rc\"; printf '\\n{token}\\n' >&2")
-        if i == 0 and if_first_succeeds:
-            lines.append('[ "$rc" -eq 0 ] || exit 0')
+        lines.append(
+            f'{{ {shell_command(argv, env)} </dev/null >"$d/{i}.out" 2>"$d/{i}.err"; echo $? >"$d/{i}.rc"; }} &'
+        )
+    lines.append("wait")
+    for i in range(len(commands)):
+        lines.append(f'cat "$d/{i}.out"; cat "$d/{i}.err" >&2; rc=$(cat "$d/{i}.rc"); {mark}')
     return "\n".join(lines)
 
 
@@ -261,12 +267,12 @@ class SSHSession:
         return self._run(shell_command(argv, env), list(argv), timeout)
 
     def run_each(
-        self, commands: Sequence[Command], *, timeout: float = DEFAULT_COMMAND_TIMEOUT, if_first_succeeds: bool = False
+        self, commands: Sequence[Command], *, timeout: float = DEFAULT_COMMAND_TIMEOUT, at_once: bool = False
     ) -> list[CommandResult]:
-        """Run several commands one after the other in ONE exec (one round trip, not one per command), each with
-        its own exit code, stdout and stderr. `if_first_succeeds`: the others run only when the first exits 0 (a
-        probe, then the questions); else the list holds the first's result only. `timeout` bounds them all."""
-        script = _each_script(commands, token := secrets.token_hex(8), if_first_succeeds)
+        """Run several commands in ONE exec (one round trip, not one per command), one after the other or, with
+        `at_once`, all at the same time; each result with its own exit code, stdout and stderr, in the order
+        given. `timeout` bounds them all."""
+        script = _each_script(commands, token := secrets.token_hex(8), at_once)
         result = self._run(script, [commands[0][0][0], "…"], timeout)
         return _split_each(commands, token, result)
 

@@ -125,32 +125,38 @@ class NodeRound:
     answer: EtcdAnswer | None = None
 
 
+def _steps(checks: Sequence[str]) -> list[tuple[str, ...]]:
+    """The checks in their order, the etcd ones as one step: one exec answers them both."""
+    steps: list[tuple[str, ...]] = []
+    for name in checks:
+        if name not in ETCD_CHECKS:
+            steps.append((name,))
+        elif not any(step[0] in ETCD_CHECKS for step in steps):
+            steps.append(tuple(c for c in checks if c in ETCD_CHECKS))
+    return steps
+
+
 def ask_node(target: SSHTarget, checks: Sequence[str], ctx: CheckContext, session: SSHSession) -> NodeRound:
     """Run `checks` on one node over its connection (left open for the probe and the caller's next round; a
-    broken one is closed, to be made anew). The etcd checks are asked together, once. A lost node fails its
-    checks; it never raises."""
+    broken one is closed, to be made anew). A lost node fails its checks; it never raises."""
     node = NodeRound(target, ctx.for_node(target.name))
-    etcd_checks = [c for c in checks if c in ETCD_CHECKS]
     broken: str | None = None
-    for name in checks:
-        if name in node.results or (name in ETCD_CHECKS and node.answer is not None):
-            continue
-        asked = etcd_checks if name in ETCD_CHECKS else [name]
+    for step in _steps(checks):
         if broken is not None:
-            node.results.update((c, CheckResult(c, Status.FAIL, broken)) for c in asked)
+            node.results.update((c, CheckResult(c, Status.FAIL, broken)) for c in step)
             continue
         try:
-            if name not in ETCD_CHECKS:
-                node.results[name] = CHECKS[name](session, node.ctx)
+            if step[0] not in ETCD_CHECKS:
+                node.results[step[0]] = CHECKS[step[0]](session, node.ctx)
             elif node.ctx.node.etcd_unit_down:
-                node.results.update((c, etcd_not_running(c, node.ctx)) for c in asked)
+                node.results.update((c, etcd_not_running(c, node.ctx)) for c in step)
             else:
-                node.answer = ask_etcd(session, node.ctx, asked)
-        except CommandTimeout as exc:  # this check failed; the connection may serve the next one
-            node.results.update((c, CheckResult(c, Status.FAIL, exc.message)) for c in asked)
+                node.answer = ask_etcd(session, node.ctx, step)
+        except CommandTimeout as exc:  # this step failed; the connection may serve the next one
+            node.results.update((c, CheckResult(c, Status.FAIL, exc.message)) for c in step)
         except SSHError as exc:  # the node is gone: the remaining checks fail without trying
             broken = exc.message
-            node.results.update((c, CheckResult(c, Status.FAIL, broken)) for c in asked)
+            node.results.update((c, CheckResult(c, Status.FAIL, broken)) for c in step)
     if broken is not None:
         session.close()
     return node

@@ -121,28 +121,26 @@ def _outputs(result: CommandResult | None) -> tuple[str, str]:
 
 
 def _v3_answer(session: SSHSession, ctx: CheckContext, etcd: bool) -> tuple[EtcdAnswer | None, str]:
-    """A v3 member's answer for itself: `endpoint status` first, quickly (a v2 proxy has no v3 API and would keep
-    a v3 client waiting for its whole command timeout); only if it answers, `member list` and the health of its
-    own endpoint (a linearizable read: true only with a leader and a quorum). None and why, when the status
-    did not answer."""
+    """A v3 member's answer for itself, its questions asked at once: `endpoint status` (its id and leader),
+    `member list` and the health of its own endpoint (a linearizable read: true only with a leader and a quorum).
+    None and why, when the status did not answer (a v2 proxy has no v3 API: its status fails at the probe's
+    dial timeout, the other two at theirs)."""
     probe = ["etcdctl", "--dial-timeout", _V3_PROBE_DIAL, "--command-timeout", _V3_PROBE_COMMAND]
     dial = ["etcdctl", "--dial-timeout", _V3_DIAL]
     asked: list[Command] = [([*probe, "endpoint", "status", "-w", "json"], _V3)]
     asked.append(([*dial, "member", "list", "-w", "json"], _V3))
     if etcd:
         asked.append(([*dial, "endpoint", "health", "-w", "json"], _V3))
-    results = session.run_each(asked, timeout=ctx.command_timeout, if_first_succeeds=True)
-    status = results[0] if results else None
+    results = iter(session.run_each(asked, timeout=ctx.command_timeout, at_once=True))
+    status, listed, health_result = next(results, None), next(results, None), next(results, None)
     statuses = parsers.parse_v3_endpoint_status_json(status.stdout) if status else []
     if not statuses:
         why = parsers.first_error_line(status.stderr) if status else None
         return None, why or (f"etcdctl exit {status.returncode}" if status else "no answer")
     own = statuses[0]
-    listing = parsers.parse_v3_member_list_json(*_outputs(results[1] if len(results) > 1 else None))
+    listing = parsers.parse_v3_member_list_json(*_outputs(listed))
     leader = next((m for m in listing.members if m.id == own.leader_id), None)
-    health = None
-    if etcd:
-        health = parsers.parse_v3_endpoint_health_json(*_outputs(results[2] if len(results) > 2 else None))
+    health = parsers.parse_v3_endpoint_health_json(*_outputs(health_result)) if etcd else None
     return EtcdAnswer(health, listing, leader, own=own), ""
 
 
