@@ -140,7 +140,7 @@ def _v3_answer(session: SSHSession, ctx: CheckContext, etcd: bool) -> tuple[Etcd
     own = statuses[0]
     listing = parsers.parse_v3_member_list_json(*_outputs(listed))
     leader = next((m for m in listing.members if m.id == own.leader_id), None)
-    health = parsers.parse_v3_endpoint_health_json(*_outputs(health_result)) if etcd else None
+    health = _v3_health(*_outputs(health_result)) if etcd else None
     return EtcdAnswer(health, listing, leader, own=own), ""
 
 
@@ -173,9 +173,14 @@ def ask_endpoints_health(
         result = session.run(argv, env=_V3, timeout=ctx.command_timeout)
     except SSHError as exc:  # a timeout too
         return parsers.ClusterHealth(error=exc.message)
-    health = parsers.parse_v3_endpoint_health_json(result.stdout, result.stderr)
-    if not health.members:  # an etcdctl without -w json support prints its lines on stderr
-        lines = parsers.parse_v3_endpoint_health_lines(result.stderr)
+    return _v3_health(result.stdout, result.stderr)
+
+
+def _v3_health(stdout: str, stderr: str) -> parsers.ClusterHealth:
+    """`endpoint health -w json`; an etcdctl without -w json support prints its plain lines on stderr."""
+    health = parsers.parse_v3_endpoint_health_json(stdout, stderr)
+    if not health.members:
+        lines = parsers.parse_v3_endpoint_health_lines(stderr)
         health = lines if lines.members else health
     return health
 
