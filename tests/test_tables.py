@@ -6,14 +6,13 @@ from __future__ import annotations
 import ast
 import ipaddress
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
 import pytest
 
 from coreos_lab.cli import cli
-from coreos_lab.cli.commands import register
+from coreos_lab.cli.commands import walk
 from coreos_lab.distros import DISTRO_NAMES, DISTROS, distro_named
 from coreos_lab.errors import BadInput
 from coreos_lab.lab.settings import SETTINGS_BY_PATH
@@ -24,18 +23,10 @@ from coreos_lab.vagrant.providers import DEFAULT_PROVIDER, PROVIDER_NAMES, PROVI
 PACKAGE = Path(__file__).resolve().parents[1] / "coreos_lab"
 
 
-def _commands(group: click.Group, path: str = "lab") -> Iterator[tuple[str, click.Command]]:
-    for name, command in group.commands.items():
-        yield f"{path} {name}", command
-        if isinstance(command, click.Group):
-            yield from _commands(command, f"{path} {name}")
-
-
 def test_every_distro_option_offers_the_tables_names() -> None:
-    register(cli)
     found = {
         where: tuple(param.type.choices)
-        for where, command in _commands(cli)
+        for where, command in walk(cli)
         for param in command.params
         if "--distro" in getattr(param, "opts", ()) and isinstance(param.type, click.Choice)
     }

@@ -1,6 +1,7 @@
 """The `lab` command: parse, dispatch, render. Core modules never see click.
 
-Command modules import their core modules inside the command functions so `lab --help` stays fast.
+Command modules are imported only for the command that runs (`commands.py`), and they import their core modules
+inside the command functions, so start-up stays short.
 """
 
 from __future__ import annotations
@@ -13,10 +14,13 @@ from typing import NoReturn
 import click
 
 from coreos_lab import __version__
+from coreos_lab.cli.commands import COMMANDS, LazyGroup
 from coreos_lab.errors import ExitCode, LabError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(
+    cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100}
+)
 @click.version_option(__version__, "--version", prog_name="lab")
 @click.option("--debug", is_flag=True, envvar="LAB_DEBUG", help="Debug logging and tracebacks on errors.")
 @click.pass_context
@@ -30,12 +34,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     if debug:
         os.environ["LAB_DEBUG"] = "1"
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
-
-
-def _register() -> None:
-    from coreos_lab.cli import commands
-
-    commands.register(cli)
 
 
 def _env_flag(name: str) -> bool:
@@ -67,7 +65,6 @@ def main(argv: list[str] | None = None) -> None:
     from coreos_lab import console
 
     console.reset_json_printed()
-    _register()
     args = argv if argv is not None else sys.argv[1:]
     debug = "--debug" in args or _env_flag("LAB_DEBUG")
     as_json = _wants_json(args)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from coreos_lab.cli.commands import MIRROR_COMMANDS, LazyGroup
 from coreos_lab.cli.options import json_option, resolve_existing_root, resolve_root, root_option
 from coreos_lab.distros import DISTRO_NAMES
 from coreos_lab.errors import ExitCode
@@ -23,7 +24,7 @@ base_url_option = click.option(
 )
 
 
-@click.group()
+@click.group(cls=LazyGroup, lazy=MIRROR_COMMANDS)
 def mirror() -> None:
     """Keep boxes and container images in a local mirror and serve them to Vagrant and Docker."""
 

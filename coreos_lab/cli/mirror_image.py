@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from coreos_lab.cli.mirror import human_size, mirror
+from coreos_lab.cli.mirror import human_size
 from coreos_lab.cli.options import json_option, resolve_root, root_option
 from coreos_lab.distros import DISTRO_NAMES
 from coreos_lab.errors import BadInput
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from coreos_lab.mirror.images.store import Tally
 
 
-@mirror.group("image")
+@click.group("image")
 def image() -> None:
     """Container images in the mirror (an OCI image layout under <root>/images), e.g. Flatcar's etcd."""
 

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import click
 
-from coreos_lab.cli.mirror import mirror
 from coreos_lab.cli.options import resolve_root, root_option
 from coreos_lab.paths import DEFAULT_HOST, DEFAULT_PORT
 
 
-@mirror.command("serve")
+@click.command("serve")
 @root_option
 @click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
 @click.option(
