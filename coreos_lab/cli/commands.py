@@ -14,6 +14,7 @@ def register(root: click.Group) -> None:
         lifecycle,
         mirror,
         mirror_image,  # noqa: F401 - adds `image` to the mirror group
+        mirror_publish,  # noqa: F401 - adds `publish` to the mirror group
         mirror_serve,  # noqa: F401 - adds `serve` to the mirror group
         smoke,
     )

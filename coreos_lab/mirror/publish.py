@@ -1,0 +1,297 @@
+"""`lab mirror publish`: the catalog written out as static files that any web server or object store can serve.
+
+What is written is what `lab mirror serve` answers (`MirrorLayout.paths` and `resolve`: one source of the metadata
+documents), with every URL under the base URL the files will be served at:
+
+    index.html                              the index page (a web server's index rule serves it at `/`)
+    <name>.json, and <name> where the       Vagrant box metadata, `application/json`
+      destination allows it (S3)
+    <name>/<version>/<provider>-<arch>.box  the boxes
+    seed-style and release-layout JSON, version.txt, DIGESTS and signatures
+    .coreos-lab-publish.json                the record of what was published: path → size, sha256
+
+A directory cannot hold a file `<name>` beside the directory `<name>/`, so there the metadata is only at
+`<name>.json` and the web server maps `/<name>` to it (README: nginx's `try_files $uri $uri.json`). The release
+layout's `<distro>_production_vagrant.box` is not copied a second time: its JSON points at the box's own URL,
+which is what `lab mirror fetch --upstream` follows.
+
+Order, so that a reader never sees a URL to a box that is not there yet: files first, each written atomically
+(a directory: a temporary name, then a rename; S3: an object exists only once its upload completed) and
+checked; then the documents that point at them, the index and the record last. Files whose size and sha256
+equal the record's, and that are still there with that size, are not written again. Boxes gone from the catalog
+stay (old metadata may still point at them) unless `delete`: then they go after the new metadata is written.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from hashlib import sha256
+from pathlib import Path
+from typing import Any, Protocol
+
+from coreos_lab.errors import BadInput, LabError
+from coreos_lab.fsutil import atomic_write_bytes
+from coreos_lab.mirror.layout import Metadata, MirrorLayout, Page, StoredFile, Text, render_index
+from coreos_lab.mirror.store import BOX, MirrorStore, sync_file
+from coreos_lab.progress import Reporter, SilentReporter
+
+RECORD_NAME = ".coreos-lab-publish.json"
+INDEX_NAME = "index.html"
+JSON_TYPE = "application/json"
+COPY_CHUNK = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    """One file of the published catalog: a store file copied as it is (`source`), or a document (`data`)."""
+
+    path: str  # below the destination, '/'-separated, no leading '/'
+    size: int
+    sha256: str
+    content_type: str
+    source: Path | None = None
+    data: bytes | None = None
+    is_box: bool = False
+
+    @property
+    def is_document(self) -> bool:
+        return self.data is not None
+
+
+class Destination(Protocol):
+    """Where the files go: a directory (`DirectoryDestination`) or an S3 prefix (`mirror.s3.S3Destination`)."""
+
+    label: str  # for messages: the directory, or s3://bucket/prefix
+    holds_file_beside_directory: bool  # whether `<name>` and `<name>/…` can both exist
+
+    def sizes(self, paths: Iterable[str]) -> dict[str, int]:
+        """The size of each of `paths` that exists there."""
+
+    def put_file(self, file: PublishedFile, reporter: Reporter) -> None:
+        """Write a store file, complete and checked (size, and sha256 where the copy is hashed), atomically."""
+
+    def put_document(self, file: PublishedFile) -> None:
+        """Write a document atomically, with its content type."""
+
+    def read(self, path: str) -> bytes | None:
+        """A file's bytes, None when there is none."""
+
+    def delete(self, path: str) -> None: ...
+
+
+@dataclass
+class PublishResult:
+    destination: str
+    base_url: str
+    names: list[str]
+    written: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)  # published earlier, gone from the catalog, kept (no --delete)
+    bytes_written: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "destination": self.destination,
+            "base_url": self.base_url,
+            "names": self.names,
+            "metadata_urls": [f"{self.base_url}/{name}" for name in self.names],
+            "written": self.written,
+            "unchanged": len(self.unchanged),
+            "removed": self.removed,
+            "kept": self.kept,
+            "bytes_written": self.bytes_written,
+        }
+
+
+# -- what to publish ---------------------------------------------------------------------------------------
+def catalog_files(store: MirrorStore, base_url: str, *, file_beside_directory: bool = True) -> list[PublishedFile]:
+    """Every file of the published catalog, with its size and sha256 (boxes: from their records)."""
+    layout = MirrorLayout(store)
+    boxes = {store.artifact_path(e.key).resolve(): e for e in store.entries(kind=BOX)}
+    paths = [p.lstrip("/") for p in layout.paths() if p != "/"]
+    directories = {"/".join(p.split("/")[:i]) for p in paths for i in range(1, p.count("/") + 1)}
+    files = [_document(INDEX_NAME, render_index(list(boxes.values()), base_url).encode(), "text/html; charset=utf-8")]
+    for path in paths:
+        if path in directories and not file_beside_directory:
+            continue  # `<name>` beside `<name>/`: served from `<name>.json` (see the module's docstring)
+        match layout.resolve(f"/{path}", base_url):
+            case Metadata(document):
+                files.append(_document(path, (json.dumps(document, indent=2) + "\n").encode(), JSON_TYPE))
+            case Text(text):
+                files.append(_document(path, text.encode(), "text/plain; charset=utf-8"))
+            case Page(page):
+                files.append(_document(path, page.encode(), "text/html; charset=utf-8"))
+            case StoredFile(source):
+                entry = boxes.get(source)
+                if entry is not None and path != entry.key.relpath:
+                    continue  # the release layout's copy of a box (see the module's docstring)
+                if entry is not None:
+                    files.append(
+                        PublishedFile(path, entry.size, entry.sha256, "application/octet-stream", source, is_box=True)
+                    )
+                else:
+                    data = source.read_bytes()  # an upstream side file: DIGESTS, a signature (small)
+                    files.append(PublishedFile(path, len(data), sha256(data).hexdigest(), _guess_type(path), source))
+    return files
+
+
+def _document(path: str, data: bytes, content_type: str) -> PublishedFile:
+    return PublishedFile(path, len(data), sha256(data).hexdigest(), content_type, data=data)
+
+
+def _guess_type(path: str) -> str:
+    return mimetypes.guess_type(path)[0] or "application/octet-stream"
+
+
+# -- publishing --------------------------------------------------------------------------------------------
+def publish(
+    store: MirrorStore,
+    destination: Destination,
+    base_url: str,
+    *,
+    delete: bool = False,
+    reporter: Reporter | None = None,
+) -> PublishResult:
+    """Write the catalog to `destination`, its URLs under `base_url`; only what changed since the last publish."""
+    reporter = reporter or SilentReporter()
+    names = store.names(BOX)
+    if not names:
+        raise BadInput(
+            f"nothing to publish: the mirror at {store.root} has no boxes",
+            hint="add boxes with `lab mirror fetch` / `lab mirror import`, or pass --root",
+        )
+    files = catalog_files(store, base_url, file_beside_directory=destination.holds_file_beside_directory)
+    published = _read_record(destination)
+    recorded = dict(published)
+    present = destination.sizes([f.path for f in files] + list(published))
+    result = PublishResult(destination.label, base_url, names)
+
+    def unchanged(file: PublishedFile) -> bool:
+        return (
+            published.get(file.path) == {"size": file.size, "sha256": file.sha256}
+            and present.get(file.path) == file.size
+        )
+
+    # Boxes and other store files first; then the documents that point at them; the index; the record.
+    for file in sorted(files, key=lambda f: (f.is_document, f.path == INDEX_NAME)):
+        if unchanged(file):
+            result.unchanged.append(file.path)
+            continue
+        if file.is_document:
+            destination.put_document(file)
+        else:
+            destination.put_file(file, reporter)
+        published[file.path] = {"size": file.size, "sha256": file.sha256}
+        result.written.append(file.path)
+        result.bytes_written += file.size
+    wanted = {f.path for f in files}
+    stale = sorted((p for p in published if p not in wanted), key=lambda p: (not p.endswith(".json"), p))
+    if delete:
+        # Documents before the boxes they may point at; the new metadata no longer names any of them.
+        for path in stale:
+            destination.delete(path)
+            del published[path]
+            result.removed.append(path)
+    else:
+        result.kept = [p for p in stale if p in present]
+        for path in stale:
+            if path not in present:
+                del published[path]  # removed by someone else: nothing to keep track of
+    if published != recorded:
+        record = {"base_url": base_url, "files": dict(sorted(published.items()))}
+        destination.put_document(_document(RECORD_NAME, (json.dumps(record, indent=1) + "\n").encode(), JSON_TYPE))
+    return result
+
+
+def _read_record(destination: Destination) -> dict[str, dict[str, Any]]:
+    """What the last publish wrote there (path → size, sha256); empty when there is no readable record."""
+    data = destination.read(RECORD_NAME)
+    if data is None:
+        return {}
+    try:
+        files = json.loads(data)["files"]
+        return {str(p): {"size": int(v["size"]), "sha256": str(v["sha256"])} for p, v in files.items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {}  # damaged: everything is written again, which repairs it
+
+
+# -- a directory -------------------------------------------------------------------------------------------
+class DirectoryDestination:
+    """A directory a web server serves (nginx, Apache, GitLab/GitHub Pages)."""
+
+    holds_file_beside_directory = False
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.label = str(root)
+
+    @classmethod
+    def open(cls, root: Path, mirror_root: Path) -> DirectoryDestination:
+        if root.exists() and not root.is_dir():
+            raise BadInput(f"publish destination {root} is not a directory")
+        resolved, store = root.resolve(), mirror_root.resolve()
+        if resolved == store or resolved.is_relative_to(store) or store.is_relative_to(resolved):
+            raise BadInput(f"publish destination {root} overlaps the mirror root {mirror_root}: pick another directory")
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    def _path(self, path: str) -> Path:
+        return self.root.joinpath(*path.split("/"))
+
+    def sizes(self, paths: Iterable[str]) -> dict[str, int]:
+        found = {}
+        for path in paths:
+            try:
+                stat = self._path(path).stat()
+            except OSError:
+                continue
+            if not os.path.isdir(self._path(path)):
+                found[path] = stat.st_size
+        return found
+
+    def put_file(self, file: PublishedFile, reporter: Reporter) -> None:
+        """A kernel copy (no second hashing pass: the store checked the box's sha256 when it was added, and `lab
+        mirror verify` re-hashes it), its size checked, then renamed into place."""
+        assert file.source is not None
+        final = self._path(file.path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        # A fixed temporary name: a copy cut short is overwritten by the next publish, never left to pile up.
+        temporary = final.with_name(f".{final.name}.publishing")
+        with file.source.open("rb") as src, temporary.open("wb") as dst:
+            with reporter.transfer(f"copying {file.path}", file.size) as advance:
+                copied = 0
+                while sent := os.sendfile(dst.fileno(), src.fileno(), copied, COPY_CHUNK):
+                    copied += sent
+                    advance(sent)
+            os.fchmod(dst.fileno(), 0o644)
+        if copied != file.size:
+            temporary.unlink()
+            raise LabError(f"copying {file.source} to {final}: {copied} bytes, the catalog says {file.size}")
+        sync_file(temporary)
+        os.replace(temporary, final)
+
+    def put_document(self, file: PublishedFile) -> None:
+        assert file.data is not None
+        atomic_write_bytes(self._path(file.path), file.data)
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            return self._path(path).read_bytes()
+        except OSError:
+            return None
+
+    def delete(self, path: str) -> None:
+        target = self._path(path)
+        target.unlink(missing_ok=True)
+        for directory in target.parents:  # the version and name directories only it kept
+            if directory == self.root:
+                break
+            try:
+                directory.rmdir()
+            except OSError:
+                break
