@@ -184,9 +184,12 @@ def publish(
             continue
         if file.is_document:
             destination.put_document(file)
+            published[file.path] = {"size": file.size, "sha256": file.sha256}
         else:
             destination.put_file(file, reporter)
-        published[file.path] = {"size": file.size, "sha256": file.sha256}
+            published[file.path] = {"size": file.size, "sha256": file.sha256}
+            # Recorded at once: a publish cut short later does not copy this box again.
+            _write_record(destination, base_url, published)
         result.written.append(file.path)
         result.bytes_written += file.size
     wanted = {f.path for f in files}
@@ -203,9 +206,13 @@ def publish(
             if path not in present:
                 del published[path]  # removed by someone else: nothing to keep track of
     if published != recorded:
-        record = {"base_url": base_url, "files": dict(sorted(published.items()))}
-        destination.put_document(_document(RECORD_NAME, (json.dumps(record, indent=1) + "\n").encode(), JSON_TYPE))
+        _write_record(destination, base_url, published)
     return result
+
+
+def _write_record(destination: Destination, base_url: str, published: dict[str, dict[str, Any]]) -> None:
+    record = {"base_url": base_url, "files": dict(sorted(published.items()))}
+    destination.put_document(_document(RECORD_NAME, (json.dumps(record, indent=1) + "\n").encode(), JSON_TYPE))
 
 
 def _read_record(destination: Destination) -> dict[str, dict[str, Any]]:

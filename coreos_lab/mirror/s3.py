@@ -103,7 +103,7 @@ class S3Destination:
             with file.source.open("rb") as raw, reporter.transfer(f"uploading {file.path}", file.size) as advance:
                 reader = HashingReader(raw)
                 self.client.upload_fileobj(reader, self.location.bucket, key, ExtraArgs=extra, Callback=advance)
-            sent = reader.hexdigest()
+                sent = reader.hexdigest()
             head = self.client.head_object(Bucket=self.location.bucket, Key=key)
         except self.errors as exc:
             raise self._failed("uploading to", file.path, exc) from exc

@@ -3,6 +3,7 @@ check credentials, and serves objects to plain GETs, as a public bucket does."""
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -41,8 +42,17 @@ class S3Server:
         )
 
     def bucket(self, name: str) -> str:
-        """A new bucket; its objects are at `<url>/<name>/<key>`."""
-        self.client().create_bucket(Bucket=name)
+        """A new bucket whose objects anyone may read, at `<url>/<name>/<key>` (the README's bucket policy)."""
+        client = self.client()
+        client.create_bucket(Bucket=name)
+        # AWS authorizes GET and HEAD of an object as s3:GetObject; moto asks for s3:HeadObject for a HEAD.
+        statement = {
+            "Effect": "Allow",
+            "Principal": "*",
+            "Action": ["s3:GetObject", "s3:HeadObject"],
+            "Resource": f"arn:aws:s3:::{name}/*",
+        }
+        client.put_bucket_policy(Bucket=name, Policy=json.dumps({"Version": "2012-10-17", "Statement": [statement]}))
         return f"{self.url}/{name}"
 
 
