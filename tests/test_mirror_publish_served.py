@@ -116,18 +116,21 @@ def test_vagrant_adds_boxes_picks_versions_and_sees_newer_ones(
 def test_a_lab_pointed_at_the_published_url_adds_its_box_from_there(
     nginx_site: Site, store: MirrorStore, vagrant_home: Path, tmp_path: Path
 ) -> None:
-    """`lab init --mirror-url <published URL>`: the rendered Vagrantfile's box_url is `<url>/<name>`, which nginx
-    answers from `<name>.json`."""
+    """`lab init --mirror-url <published URL>` (static discovery: a static site has no discovery service): the
+    rendered Vagrantfile's box_url is `<url>/<name>`, which nginx answers from `<name>.json`."""
     nginx_site.publish(store)
     lab_dir = tmp_path / "mylab"
     env = {"LAB_MIRROR_ROOT": str(store.root)}
-    run = lab("init", lab_dir, "--distro", "coreos", "--mirror-url", nginx_site.url, env=env)
+    init = ["--distro", "coreos", "--mirror-url", nginx_site.url, "--discovery-mode", "static"]
+    run = lab("init", lab_dir, *init, env=env)
     assert run.returncode == 0, run.stderr
-    config = lab("config", lab_dir, "--json", env=env).json()
-    assert config["settings"]["version"]["value"] == "1.1.0"
-    metadata = requests.get(f"{nginx_site.url}/coreos-stable", timeout=30).json()
-    assert "1.1.0" in [v["version"] for v in metadata["versions"]]
-    run = vagrant(vagrant_home, "box", "add", "--box-version", "1.1.0", f"{nginx_site.url}/coreos-stable")
+    run = lab("render", lab_dir, env=env)
+    assert run.returncode == 0, run.stderr
+    box_url = f"{nginx_site.url}/coreos-stable"
+    assert f'BOX_URL = "{box_url}"' in (lab_dir / "Vagrantfile").read_text()
+    metadata = requests.get(box_url, timeout=30).json()
+    assert [v["version"] for v in metadata["versions"]] == ["1.0.0", "1.1.0"]
+    run = vagrant(vagrant_home, "box", "add", "--box-version", "1.1.0", box_url)
     assert run.returncode == 0, run.stdout + run.stderr
     assert installed_boxes(vagrant_home) == [("coreos-stable", "1.1.0")]
 
