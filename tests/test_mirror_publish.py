@@ -3,13 +3,17 @@ removed, and what is refused. (Served by real nginx and read by real Vagrant: te
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
+import threading
 from pathlib import Path
 
 import pytest
+from harness import processes
 from harness.boxes import add_box
-from harness.cli import lab
+from harness.cli import lab, start_lab
+from harness.waiting import wait_until
 
 from coreos_lab.mirror.layout import Metadata, MirrorLayout
 from coreos_lab.mirror.store import BoxKey, MirrorStore
@@ -52,7 +56,8 @@ def test_publish_writes_the_metadata_serve_answers_the_boxes_and_an_index(store:
     assert not (dest / "flatcar/stable/amd64-usr/current/flatcar_production_vagrant.box").exists()  # not copied twice
     index = (dest / "index.html").read_text()
     assert f"vagrant box add {BASE}/coreos-stable" in index
-    assert sorted(p.name for p in dest.rglob(".*")) == [".coreos-lab-publish.json"]  # no temporary file left
+    # No temporary file left: only the record and the lock publishes take turns by.
+    assert sorted(p.name for p in dest.rglob(".*")) == [".coreos-lab-publish.json", ".coreos-lab-publish.lock"]
 
 
 def test_a_republish_without_change_writes_nothing(store: MirrorStore, tmp_path: Path) -> None:
@@ -173,3 +178,24 @@ def test_an_empty_mirror_is_refused(tmp_path: Path) -> None:
     run = lab("mirror", "publish", tmp_path / "site", "--base-url", BASE, "--root", tmp_path / "none")
     assert run.returncode == 2
     assert "nothing to publish" in run.stderr
+
+
+def test_two_publishes_to_one_directory_take_turns(store: MirrorStore, tmp_path: Path) -> None:
+    """They would share the temporary names; the second waits for the first's lock (held here by the test)."""
+    dest = tmp_path / "site"
+    dest.mkdir()
+    with (dest / ".coreos-lab-publish.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waiting = start_lab("mirror", "publish", dest, "--base-url", BASE, "--root", store.root)
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(waiting.stderr or []), daemon=True)
+        reader.start()
+        try:
+            wait_until(lambda: any("waiting for another publish" in line for line in lines), "the second one waiting")
+            assert not (dest / "coreos-stable").exists()
+        except BaseException:
+            processes.kill(waiting)
+            raise
+    assert waiting.wait(timeout=120) == 0, lines
+    reader.join(timeout=10)
+    assert (dest / "coreos-stable.json").is_file()

@@ -159,6 +159,37 @@ def test_s3_objects_carry_content_types_sizes_and_checksums(s3_site: Site, s3: S
 
 
 @pytest.mark.s3
+def test_a_box_that_no_longer_matches_its_sha256_is_not_left_on_s3(
+    s3_site: Site, s3: S3Server, store: MirrorStore
+) -> None:
+    """Damage of the same size (no size check sees it): the hash taken while uploading does."""
+    damaged = store.entries("coreos-stable")[-1]
+    with store.artifact_path(damaged.key).open("r+b") as box:
+        box.seek(damaged.size // 2)
+        box.write(b"\xff")
+    run = lab(
+        "mirror", "publish", s3_site.dest, "--base-url", s3_site.url, "--root", store.root, *s3_site.args,
+        env=s3_site.env,
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert f"upload of {damaged.key.relpath}" in run.stderr and "lab mirror verify" in run.stderr
+    keys = [o["Key"] for o in s3.client().list_objects_v2(Bucket="boxes").get("Contents", [])]
+    assert f"vagrant/{damaged.key.relpath}" not in keys
+    assert "vagrant/coreos-stable.json" not in keys and "vagrant/coreos-stable" not in keys
+
+
+@pytest.mark.s3
+def test_s3_without_credentials_is_refused_with_a_hint(s3: S3Server, store: MirrorStore) -> None:
+    env = {k: v for k, v in s3.env.items() if not k.startswith("AWS_ACCESS") and not k.startswith("AWS_SECRET")}
+    run = lab(
+        "mirror", "publish", "s3://boxes/x", "--base-url", "http://127.0.0.1:9", "--root", store.root,
+        "--endpoint-url", s3.url, env={**env, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""},
+    )  # fmt: skip
+    assert run.returncode == 1
+    assert "Unable to locate credentials" in run.stderr and "AWS_ACCESS_KEY_ID" in run.stderr
+
+
+@pytest.mark.s3
 def test_s3_without_the_bucket_is_refused_naming_it(s3: S3Server, store: MirrorStore) -> None:
     run = lab(
         "mirror", "publish", "s3://missing-bucket/x", "--base-url", "http://127.0.0.1:9", "--root", store.root,

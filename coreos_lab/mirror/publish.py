@@ -24,13 +24,16 @@ stay (old metadata may still point at them) unless `delete`: then they go after 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import mimetypes
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any, Protocol
 
 from coreos_lab.errors import BadInput, LabError
@@ -40,6 +43,7 @@ from coreos_lab.mirror.store import BOX, MirrorStore, sync_file
 from coreos_lab.progress import Reporter, SilentReporter
 
 RECORD_NAME = ".coreos-lab-publish.json"
+LOCK_NAME = ".coreos-lab-publish.lock"
 INDEX_NAME = "index.html"
 JSON_TYPE = "application/json"
 COPY_CHUNK = 64 * 1024 * 1024
@@ -81,6 +85,9 @@ class Destination(Protocol):
         """A file's bytes, None when there is none."""
 
     def delete(self, path: str) -> None: ...
+
+    def lock(self, on_wait: Callable[[], None]) -> AbstractContextManager[object]:
+        """Held for the whole publish: two publishes to one destination take turns where that can be arranged."""
 
 
 @dataclass
@@ -165,6 +172,13 @@ def publish(
             f"nothing to publish: the mirror at {store.root} has no boxes",
             hint="add boxes with `lab mirror fetch` / `lab mirror import`, or pass --root",
         )
+    with destination.lock(lambda: reporter.note(f"waiting for another publish to {destination.label} to finish")):
+        return _publish(store, destination, base_url, names, delete=delete, reporter=reporter)
+
+
+def _publish(
+    store: MirrorStore, destination: Destination, base_url: str, names: list[str], *, delete: bool, reporter: Reporter
+) -> PublishResult:
     files = catalog_files(store, base_url, file_beside_directory=destination.holds_file_beside_directory)
     published = _read_record(destination)
     recorded = dict(published)
@@ -257,7 +271,7 @@ class DirectoryDestination:
                 stat = self._path(path).stat()
             except OSError:
                 continue
-            if not os.path.isdir(self._path(path)):
+            if S_ISREG(stat.st_mode):
                 found[path] = stat.st_size
         return found
 
@@ -291,6 +305,18 @@ class DirectoryDestination:
             return self._path(path).read_bytes()
         except OSError:
             return None
+
+    @contextmanager
+    def lock(self, on_wait: Callable[[], None]) -> Iterator[object]:
+        """An exclusive lock on DEST/.coreos-lab-publish.lock: two publishes would otherwise share the temporary
+        names, and one could rename into place a box the other is still writing."""
+        with (self.root / LOCK_NAME).open("a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                on_wait()
+                fcntl.flock(handle, fcntl.LOCK_EX)
+            yield handle
 
     def delete(self, path: str) -> None:
         target = self._path(path)

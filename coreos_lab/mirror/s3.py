@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -72,7 +73,10 @@ class S3Destination:
         where = f"s3://{self.location.bucket}/{self._key(path)}"
         if code == "NoSuchBucket":
             return BadInput(f"bucket {self.location.bucket!r} does not exist ({self.label})")
-        return LabError(f"{action} {where}: {exc}")
+        hint = None
+        if type(exc).__name__ == "NoCredentialsError":
+            hint = "give boto3 credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (~/.aws)"
+        return LabError(f"{action} {where}: {exc}", hint=hint)
 
     def sizes(self, paths: Iterable[str]) -> dict[str, int]:
         """One listing of the prefix (1000 keys a request) instead of a HEAD per file."""
@@ -140,6 +144,11 @@ class S3Destination:
             if getattr(exc, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise self._failed("reading", path, exc) from exc
+
+    def lock(self, on_wait: Callable[[], None]) -> AbstractContextManager[object]:
+        """None: S3 has no lock. Objects appear whole, so two publishes at once leave whole boxes; the record is
+        the last one's."""
+        return nullcontext()
 
     def delete(self, path: str) -> None:
         try:
