@@ -35,6 +35,8 @@ from harness.s3 import S3Server, s3_server
 from coreos_lab.mirror.store import BoxKey, MirrorStore
 
 BOXES = 4
+MANY_NAMES = ("flatcar-stable", "flatcar-beta", "coreos-stable")
+MANY_VERSIONS = 30
 CHUNK = 16 * 1024 * 1024
 BASE_URL = "http://boxes.bench.test"
 CPU = [0.0]  # CPU seconds of the commands timed
@@ -65,6 +67,18 @@ def make_mirror(root: Path, size: int) -> None:
                 digest.update(piece)
                 left -= len(piece)
         store.commit(key, part, sha256=digest.hexdigest(), source="bench")
+
+
+def make_many(root: Path) -> None:
+    """A catalog of many versions (tiny boxes): what a no-change republish costs when there is much to compare."""
+    store = MirrorStore(root)
+    for name in MANY_NAMES:
+        for version in range(MANY_VERSIONS):
+            key = BoxKey(name, f"{3000 + version}.0.0", "virtualbox")
+            part = store.part_path(key)
+            part.parent.mkdir(parents=True, exist_ok=True)
+            part.write_bytes(key.relpath.encode())
+            store.commit(key, part, sha256=hashlib.sha256(key.relpath.encode()).hexdigest(), source="bench")
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
@@ -174,6 +188,10 @@ def main() -> None:
         )
         report(f"to a directory ({args.size_mib} MiB in {BOXES} boxes)", times, "rsync -a", size)
         print(f"  republish with nothing changed: {unchanged_republish(publish_argv(root, str(work / 'site-kept')))}")
+        many = work / "many"
+        make_many(many)
+        republish = unchanged_republish(publish_argv(many, str(work / "many-site")))
+        print(f"  the same for {len(MANY_NAMES) * MANY_VERSIONS} small boxes ({', '.join(MANY_NAMES)}): {republish}")
 
         with s3_server(work) as s3:
             s3.bucket("bench")
