@@ -178,6 +178,7 @@ def test_an_empty_mirror_is_refused(tmp_path: Path) -> None:
     run = lab("mirror", "publish", tmp_path / "site", "--base-url", BASE, "--root", tmp_path / "none")
     assert run.returncode == 2
     assert "nothing to publish" in run.stderr
+    assert not (tmp_path / "site").exists()
 
 
 def test_two_publishes_to_one_directory_take_turns(store: MirrorStore, tmp_path: Path) -> None:

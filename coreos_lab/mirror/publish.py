@@ -181,20 +181,16 @@ def publish(
 ) -> PublishResult:
     """Write the catalog to `destination`, its URLs under `base_url`; only what changed since the last publish."""
     reporter = reporter or SilentReporter()
-    store = CatalogSnapshot(store)
-    names = store.names(BOX)
-    if not names:
-        raise BadInput(
-            f"nothing to publish: the mirror at {store.root} has no boxes",
-            hint="add boxes with `lab mirror fetch` / `lab mirror import`, or pass --root",
-        )
+    _check_not_empty(store)  # before the destination is touched
     with destination.lock(lambda: reporter.note(f"waiting for another publish to {destination.label} to finish")):
-        return _publish(store, destination, base_url, names, delete=delete, reporter=reporter)
+        # Read under the lock: a publish that waited must not write an older catalog over a newer one.
+        return _publish(CatalogSnapshot(store), destination, base_url, delete=delete, reporter=reporter)
 
 
 def _publish(
-    store: MirrorStore, destination: Destination, base_url: str, names: list[str], *, delete: bool, reporter: Reporter
+    store: CatalogSnapshot, destination: Destination, base_url: str, *, delete: bool, reporter: Reporter
 ) -> PublishResult:
+    names = _check_not_empty(store)
     files = catalog_files(store, base_url, file_beside_directory=destination.holds_file_beside_directory)
     published = _read_record(destination)
     recorded = dict(published)
@@ -223,7 +219,7 @@ def _publish(
         result.written.append(file.path)
         result.bytes_written += file.size
     wanted = {f.path for f in files}
-    stale = sorted((p for p in published if p not in wanted), key=lambda p: (not p.endswith(".json"), p))
+    stale = sorted((p for p in published if p not in wanted), key=lambda p: (p.endswith(BOX.suffix), p))
     if delete:
         # Documents before the boxes they may point at; the new metadata no longer names any of them.
         for path in stale:
@@ -238,6 +234,16 @@ def _publish(
     if published != recorded:
         _write_record(destination, base_url, published)
     return result
+
+
+def _check_not_empty(store: MirrorStore) -> list[str]:
+    names = store.names(BOX)
+    if not names:
+        raise BadInput(
+            f"nothing to publish: the mirror at {store.root} has no boxes",
+            hint="add boxes with `lab mirror fetch` / `lab mirror import`, or pass --root",
+        )
+    return names
 
 
 def _write_record(destination: Destination, base_url: str, published: dict[str, dict[str, Any]]) -> None:
@@ -274,7 +280,6 @@ class DirectoryDestination:
         resolved, store = root.resolve(), mirror_root.resolve()
         if resolved == store or resolved.is_relative_to(store) or store.is_relative_to(resolved):
             raise BadInput(f"publish destination {root} overlaps the mirror root {mirror_root}: pick another directory")
-        root.mkdir(parents=True, exist_ok=True)
         return cls(root)
 
     def _path(self, path: str) -> Path:
@@ -326,6 +331,7 @@ class DirectoryDestination:
     def lock(self, on_wait: Callable[[], None]) -> Iterator[object]:
         """An exclusive lock on DEST/.coreos-lab-publish.lock: two publishes would otherwise share the temporary
         names, and one could rename into place a box the other is still writing."""
+        self.root.mkdir(parents=True, exist_ok=True)
         with (self.root / LOCK_NAME).open("a") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
