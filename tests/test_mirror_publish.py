@@ -133,6 +133,17 @@ def test_files_the_publish_did_not_write_are_never_deleted(store: MirrorStore, t
     assert (dest / "robots.txt").read_text() == "User-agent: *\n"
 
 
+def test_a_first_publish_never_overwrites_files_it_did_not_write(store: MirrorStore, tmp_path: Path) -> None:
+    dest = tmp_path / "site"
+    dest.mkdir()
+    (dest / "index.html").write_text("<p>our team page</p>\n")
+    run = lab("mirror", "publish", dest, "--base-url", BASE, "--root", store.root)
+    assert run.returncode == 2
+    assert "did not write: index.html" in run.stderr
+    assert (dest / "index.html").read_text() == "<p>our team page</p>\n"
+    assert sorted(p.name for p in dest.iterdir()) == [".coreos-lab-publish.lock", "index.html"]
+
+
 def test_a_box_that_no_longer_matches_its_record_size_is_refused(store: MirrorStore, tmp_path: Path) -> None:
     key = BoxKey("coreos-stable", "1.1.0", "virtualbox")
     with store.artifact_path(key).open("ab") as box:

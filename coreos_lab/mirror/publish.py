@@ -192,9 +192,21 @@ def _publish(
 ) -> PublishResult:
     names = _check_not_empty(store)
     files = catalog_files(store, base_url, file_beside_directory=destination.holds_file_beside_directory)
-    published = _read_record(destination)
-    recorded = dict(published)
-    present = destination.sizes([f.path for f in files] + list(published))
+    record = _read_record(destination)
+    present = destination.sizes([f.path for f in files] + list(record or {}))
+    if record is None:
+        # The first publish here: never overwrite what someone else put there (their own index.html, …).
+        foreign = [f.path for f in files if f.path in present]
+        if foreign:
+            raise BadInput(
+                f"{destination.label} already holds files `lab mirror publish` did not write: "
+                + ", ".join(foreign[:3])
+                + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""),
+                hint="publish to an empty directory or prefix, or move those files away",
+            )
+        record = {}
+        _write_record(destination, base_url, record)  # from now on, what is there and unrecorded is ours
+    published, recorded = dict(record), record
     result = PublishResult(destination.label, base_url, names)
 
     def unchanged(file: PublishedFile) -> bool:
@@ -251,11 +263,12 @@ def _write_record(destination: Destination, base_url: str, published: dict[str, 
     destination.put_document(_document(RECORD_NAME, (json.dumps(record, indent=1) + "\n").encode(), JSON_TYPE))
 
 
-def _read_record(destination: Destination) -> dict[str, dict[str, Any]]:
-    """What the last publish wrote there (path → size, sha256); empty when there is no readable record."""
+def _read_record(destination: Destination) -> dict[str, dict[str, Any]] | None:
+    """What the last publish wrote there (path → size, sha256); None when nothing was ever published there, empty
+    when the record is damaged."""
     data = destination.read(RECORD_NAME)
     if data is None:
-        return {}
+        return None
     try:
         files = json.loads(data)["files"]
         return {str(p): {"size": int(v["size"]), "sha256": str(v["sha256"])} for p, v in files.items()}
