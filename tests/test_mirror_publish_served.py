@@ -81,7 +81,7 @@ def s3_site(s3: S3Server) -> Site:
     return Site(f"{bucket_url}/vagrant", "s3://boxes/vagrant", ["--endpoint-url", s3.url], s3.env)
 
 
-@pytest.fixture(params=["nginx", "s3"])
+@pytest.fixture(params=["nginx", pytest.param("s3", marks=pytest.mark.s3)])
 def site(request: pytest.FixtureRequest) -> Site:
     return request.getfixturevalue(f"{request.param}_site")  # type: ignore[no-any-return]
 
@@ -226,7 +226,6 @@ class Reader(threading.Thread):
                             self.seen.add(provider["url"])
 
 
-@pytest.mark.s3
 def test_an_interrupted_publish_never_shows_metadata_naming_a_missing_box(
     site: Site, mirror_root: Path, tmp_path: Path
 ) -> None:
