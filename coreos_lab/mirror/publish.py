@@ -220,14 +220,16 @@ def _publish(
         if unchanged(file):
             result.unchanged.append(file.path)
             continue
-        if file.is_document:
-            destination.put_document(file)
-            published[file.path] = {"size": file.size, "sha256": file.sha256}
-        else:
-            destination.put_file(file, reporter)
-            published[file.path] = {"size": file.size, "sha256": file.sha256}
-            # Recorded at once: a publish cut short later does not copy this box again.
-            _write_record(destination, base_url, published)
+        try:
+            if file.is_document:
+                destination.put_document(file)
+            else:
+                destination.put_file(file, reporter)
+        except OSError as exc:  # a box removed from the store meanwhile, a full disk, …
+            raise LabError(f"writing {file.path} to {destination.label}: {exc.strerror or exc}") from exc
+        published[file.path] = {"size": file.size, "sha256": file.sha256}
+        if not file.is_document:
+            _write_record(destination, base_url, published)  # at once: a publish cut short later keeps this box
         result.written.append(file.path)
         result.bytes_written += file.size
     wanted = {f.path for f in files}
@@ -317,18 +319,21 @@ class DirectoryDestination:
         final.parent.mkdir(parents=True, exist_ok=True)
         # A fixed temporary name: a copy cut short is overwritten by the next publish, never left to pile up.
         temporary = final.with_name(f".{final.name}.publishing")
-        with file.source.open("rb") as src, temporary.open("wb") as dst:
-            with reporter.transfer(f"copying {file.path}", file.size) as advance:
-                copied = 0
-                while sent := os.sendfile(dst.fileno(), src.fileno(), copied, COPY_CHUNK):
-                    copied += sent
-                    advance(sent)
-            os.fchmod(dst.fileno(), 0o644)
-        if copied != file.size:
-            temporary.unlink()
-            raise LabError(f"copying {file.source} to {final}: {copied} bytes, the catalog says {file.size}")
-        sync_file(temporary)
-        os.replace(temporary, final)
+        try:
+            with file.source.open("rb") as src, temporary.open("wb") as dst:
+                with reporter.transfer(f"copying {file.path}", file.size) as advance:
+                    copied = 0
+                    while sent := os.sendfile(dst.fileno(), src.fileno(), copied, COPY_CHUNK):
+                        copied += sent
+                        advance(sent)
+                os.fchmod(dst.fileno(), 0o644)
+            if copied != file.size:
+                raise LabError(f"copying {file.source} to {final}: {copied} bytes, the catalog says {file.size}")
+            sync_file(temporary)
+            os.replace(temporary, final)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
     def put_document(self, file: PublishedFile) -> None:
         assert file.data is not None
