@@ -11,6 +11,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -36,13 +37,13 @@ class Site:
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
-    def publish(self, store: MirrorStore, *extra: str) -> dict[str, object]:
+    def publish(self, store: MirrorStore, *extra: str) -> dict[str, Any]:
         run = lab(
             "mirror", "publish", self.dest, "--base-url", self.url, "--root", store.root, "--json", *self.args, *extra,
             env=self.env,
         )  # fmt: skip
         assert run.returncode == 0, run.stderr
-        return run.json()  # type: ignore[no-any-return]
+        return run.json()
 
 
 @pytest.fixture
@@ -83,7 +84,7 @@ def s3_site(s3: S3Server) -> Site:
 
 @pytest.fixture(params=["nginx", pytest.param("s3", marks=pytest.mark.s3)])
 def site(request: pytest.FixtureRequest) -> Site:
-    return request.getfixturevalue(f"{request.param}_site")  # type: ignore[no-any-return]
+    return request.getfixturevalue(f"{request.param}_site")
 
 
 # -- Vagrant against the published catalog -----------------------------------------------------------------
@@ -105,7 +106,7 @@ def test_vagrant_adds_boxes_picks_versions_and_sees_newer_ones(
     run = vagrant(vagrant_home, "box", "outdated", "--global")
     assert "'flatcar-stable' for 'virtualbox' (v3815.2.0) is up to date" in run.stdout, run.stdout + run.stderr
     add_box(store, "flatcar-stable", "3850.0.0")
-    assert "flatcar-stable/3850.0.0/virtualbox-amd64.box" in site.publish(store)["written"]  # type: ignore[operator]
+    assert "flatcar-stable/3850.0.0/virtualbox-amd64.box" in site.publish(store)["written"]
     run = vagrant(vagrant_home, "box", "outdated", "--global")
     assert "'flatcar-stable' for 'virtualbox' is outdated! Current: 3815.2.0. Latest: 3850.0.0" in run.stdout, (
         run.stdout + run.stderr
@@ -142,8 +143,8 @@ def test_s3_objects_carry_content_types_sizes_and_checksums(s3_site: Site, s3: S
     result = s3_site.publish(store)
     client = s3.client()
 
-    def head(path: str) -> dict[str, object]:
-        return client.head_object(Bucket="boxes", Key=f"vagrant/{path}")  # type: ignore[no-any-return]
+    def head(path: str) -> dict[str, Any]:
+        return client.head_object(Bucket="boxes", Key=f"vagrant/{path}")
 
     for name in ("coreos-stable", "coreos-stable.json", "flatcar_production_vagrant.json"):
         assert head(name)["ContentType"] == "application/json", name
@@ -155,7 +156,7 @@ def test_s3_objects_carry_content_types_sizes_and_checksums(s3_site: Site, s3: S
     over_http = requests.get(f"{s3_site.url}/big-box/1.0.0/virtualbox-amd64.box", timeout=60)
     assert len(over_http.content) == big.size
     assert s3_site.publish(store)["written"] == []
-    assert len(result["written"]) > 0  # type: ignore[arg-type]
+    assert len(result["written"]) > 0
 
 
 @pytest.mark.s3

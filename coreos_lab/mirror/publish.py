@@ -10,10 +10,10 @@ documents), with every URL under the base URL the files will be served at:
     seed-style and release-layout JSON, version.txt, DIGESTS and signatures
     .coreos-lab-publish.json                the record of what was published: path → size, sha256
 
-A directory cannot hold a file `<name>` beside the directory `<name>/` (docs/field-notes.md §8), so there the metadata is only at
-`<name>.json` and the web server maps `/<name>` to it (README: nginx's `try_files $uri $uri.json`). The release
-layout's `<distro>_production_vagrant.box` is not copied a second time: its JSON points at the box's own URL,
-which is what `lab mirror fetch --upstream` follows.
+A directory cannot hold a file `<name>` beside the directory `<name>/` (docs/field-notes.md §9), so there the
+metadata is only at `<name>.json` and the web server maps `/<name>` to it (README: nginx's `try_files $uri
+$uri.json`). The release layout's `<distro>_production_vagrant.box` is not copied a second time: its JSON points
+at the box's own URL, which is what `lab mirror fetch --upstream` follows.
 
 Order, so that a reader never sees a URL to a box that is not there yet: files first, each written atomically
 (a directory: a temporary name, then a rename; S3: an object exists only once its upload completed) and

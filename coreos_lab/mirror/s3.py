@@ -3,10 +3,10 @@
 (environment, ~/.aws, instance roles).
 
 Uploads go through boto3's managed transfer: multipart above 8 MiB (boto3's default threshold), parts sent in
-parallel, each with a CRC32 the server checks on arrival (docs/field-notes.md §8). The box's bytes are hashed as boto3 reads them, once,
-and must match the catalog's sha256; the object carries that sha256 as its metadata. After the upload the object
-is asked for (HEAD): its size and that sha256 must be the catalog's before anything pointing at it is written.
-An object appears only once its upload completes, so a reader never sees half a box.
+parallel, each with a CRC32 the server checks on arrival (docs/field-notes.md §9). The box's bytes are hashed as
+boto3 reads them, once, and must match the catalog's sha256; the object carries that sha256 as its metadata. After
+the upload the object is asked for (HEAD): its size and that sha256 must be the catalog's before anything pointing
+at it is written. An object appears only once its upload completes, so a reader never sees half a box.
 """
 
 from __future__ import annotations
