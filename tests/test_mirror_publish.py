@@ -162,6 +162,7 @@ def test_a_box_that_no_longer_matches_its_record_size_is_refused(store: MirrorSt
     [
         (["--base-url", "ftp://x"], "invalid --base-url 'ftp://x'"),
         (["--base-url", BASE, "--endpoint-url", "http://127.0.0.1:9"], "--endpoint-url is for an s3:// destination"),
+        (["--base-url", BASE, "--endpoint-url", "minio:9000"], "invalid --endpoint-url 'minio:9000'"),
     ],
 )
 def test_bad_options_are_refused(store: MirrorStore, tmp_path: Path, args: list[str], message: str) -> None:

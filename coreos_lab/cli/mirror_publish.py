@@ -41,6 +41,10 @@ def publish(
     if not is_http_url(base_url, base=True):
         raise BadInput(f"invalid --base-url {base_url!r}: give the absolute http(s) URL DEST will be served at")
     base = base_url.rstrip("/")
+    if endpoint_url is not None and not is_http_url(endpoint_url, base=True):
+        raise BadInput(
+            f"invalid --endpoint-url {endpoint_url!r}: give the S3 API's http(s) URL, e.g. http://minio:9000"
+        )
     mirror_root = resolve_root(root)
     target: Destination
     if is_s3_url(destination):
