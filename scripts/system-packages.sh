@@ -11,6 +11,8 @@ TEST_PACKAGES=(etcd-server etcd-client openssh-server iproute2 nginx procps)
 TEST_PACKAGES+=(docker-registry skopeo)
 # Docker's own client against the mirror's registry (marker docker): a private dockerd, vfs, no networking.
 TEST_PACKAGES+=(docker.io)
+# rsync: the reference bench/publish.py compares `lab mirror publish` to a directory with.
+TEST_PACKAGES+=(rsync)
 
 # apt_install PKG…: install what is missing, with --no-install-recommends; apt-get update once if needed.
 apt_install() {

@@ -32,6 +32,7 @@ COMMANDS = {
 MIRROR_COMMANDS = {
     "image": "coreos_lab.cli.mirror_image:image",
     "serve": "coreos_lab.cli.mirror_serve:serve",
+    "publish": "coreos_lab.cli.mirror_publish:publish",
 }
 
 
