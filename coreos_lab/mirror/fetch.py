@@ -5,7 +5,8 @@ directory, so a release published meanwhile cannot mix two versions); read the J
 optional signatures; with a keyring, check the DIGESTS signature before any large download; download the
 box into its locked `.part` (resuming an earlier one), hashing as it arrives; check the JSON checksum, the
 DIGESTS sha512 and, with a keyring, the box's `.sig`; keep the upstream files beside the version; commit.
-Any mismatch discards the part and leaves the store as it was.
+Any mismatch discards the part and leaves the store as it was. A provider the release server has no box for, but
+that the distro's row makes from its QEMU image (Flatcar's libvirt), is fetched by `qemu_box.py` the same way.
 """
 
 from __future__ import annotations
