@@ -29,7 +29,7 @@ class Distro:
     # ETCD_IMAGE_URL:ETCD_IMAGE_TAG (amd64; arm64 appends `-arm64`, and the Vagrant box is amd64 only).
     etcd_image: str | None
     # Providers the release server publishes no Vagrant box for, whose box `lab mirror fetch` makes from the
-    # release's QEMU image instead (docs/field-notes.md §8): Flatcar's Vagrant box is VirtualBox/Parallels only.
+    # release's QEMU image instead (docs/field-notes.md §9): Flatcar's Vagrant box is VirtualBox/Parallels only.
     boxes_from_qemu_image: tuple[str, ...] = ()
 
     def box_name(self, channel: str) -> str:

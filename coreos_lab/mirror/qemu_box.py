@@ -1,7 +1,7 @@
 """A Vagrant libvirt box made from a release's QEMU image: `lab mirror fetch --distro flatcar --provider libvirt`.
 
 Flatcar publishes no libvirt box, but every release has `flatcar_production_qemu_image.img` (qcow2) with
-`….img.DIGESTS`, `….img.DIGESTS.asc` and `….img.sig` (docs/field-notes.md §8). The image is fetched and verified
+`….img.DIGESTS`, `….img.DIGESTS.asc` and `….img.sig` (docs/field-notes.md §9). The image is fetched and verified
 as a box is (`fetch.py`: the concrete version's directory, DIGESTS signature before the download, sha512 and the
 image's own signature after it, resumable), and becomes the box as it arrives: the box's `.part` in the store is
 the box's tar archive, whose first member, `box.img`, is the image. Its 512-byte tar header is left empty while

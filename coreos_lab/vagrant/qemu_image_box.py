@@ -1,5 +1,5 @@
 """What makes a Flatcar QEMU image a Vagrant libvirt box that keeps the box contract `lab` relies on
-(docs/field-notes.md §8): user `core` reachable with the key Vagrant uses, and the rendered user-data applied by
+(docs/field-notes.md §9): user `core` reachable with the key Vagrant uses, and the rendered user-data applied by
 coreos-cloudinit from the Vagrant user-data path.
 
 Flatcar's QEMU image takes its configuration the way Flatcar documents for QEMU and libvirt: an Ignition config
