@@ -28,6 +28,9 @@ class Distro:
     # /usr/local/bin/etcd ${ETCD_IMAGE:-${ETCD_IMAGE_URL}:${ETCD_IMAGE_TAG}}`: this is the unit's
     # ETCD_IMAGE_URL:ETCD_IMAGE_TAG (amd64; arm64 appends `-arm64`, and the Vagrant box is amd64 only).
     etcd_image: str | None
+    # Providers the release server publishes no Vagrant box for, whose box `lab mirror fetch` makes from the
+    # release's QEMU image instead (docs/field-notes.md §11): Flatcar's Vagrant box is VirtualBox/Parallels only.
+    boxes_from_qemu_image: tuple[str, ...] = ()
 
     def box_name(self, channel: str) -> str:
         """The box's name, as the release server's JSON names it (never renamed: Vagrant checks it)."""
@@ -37,6 +40,11 @@ class Distro:
     def file_stem(self) -> str:
         """The release server's file names: `<stem>.json`, `<stem>.box`, `<stem>.box.DIGESTS`, …"""
         return f"{self.name}_production_vagrant"
+
+    @property
+    def qemu_image_file(self) -> str:
+        """The release's QEMU disk image (qcow2), beside `<file>.DIGESTS`, `.DIGESTS.asc` and `.sig`."""
+        return f"{self.name}_production_qemu_image.img"
 
     @property
     def version_variable(self) -> str:
@@ -81,6 +89,7 @@ DISTROS: dict[str, Distro] = {
         etcd_api=3,
         fleet=False,
         etcd_image="quay.io/coreos/etcd:v3.5.16",
+        boxes_from_qemu_image=("libvirt",),
     ),
 }
 DISTRO_NAMES: tuple[str, ...] = tuple(DISTROS)

@@ -111,6 +111,72 @@ def check_subnet(ctx: DoctorContext) -> Iterable[DoctorFinding]:
         yield DoctorFinding("subnet", "ok", f"lab subnet {subnet} clashes with no interface route")
 
 
+def check_management_network(ctx: DoctorContext) -> Iterable[DoctorFinding]:
+    """A provider's management network (libvirt: vagrant-libvirt's NAT + DHCP network) must be free: no route of
+    another interface on it (a VPN, Docker, a second libvirt network's bridge is a libvirt network below), no other
+    libvirt network overlapping it, and an existing `vagrant-libvirt` network must have the lab's subnet — else
+    vagrant-libvirt fails to create or start it, or the guests' DHCP and NAT go astray."""
+    from coreos_lab.vagrant import libvirt
+
+    spec = PROVIDERS.get(ctx.provider)
+    if spec is None or not spec.management_network:
+        return
+    setting = ctx.plan.management_network if ctx.plan and ctx.plan.management_network else libvirt.MANAGEMENT_NETWORK
+    wanted = ipaddress.ip_network(setting, strict=False)
+    routes = interface_routes() or []
+    networks = libvirt.defined_networks() or []
+    taken = [net for net, _ in routes] + [net for _, net in networks]
+    free = next_free_network(wanted, taken)
+    instead = f"set libvirt.management_network: {free} in lab.yaml" if free else "choose another management network"
+    for net, dev in routes:
+        if net.version == wanted.version and net.overlaps(wanted) and not dev.startswith(spec.host_interfaces):
+            yield DoctorFinding(
+                "management-network",
+                "fail",
+                f"libvirt management network {wanted} overlaps {net} on {dev}: the guests' DHCP and NAT would clash "
+                f"with {dev}",
+                instead,
+            )
+            return
+    for name, net in networks:
+        if name == libvirt.MANAGEMENT_NETWORK_NAME and net.version == wanted.version and net != wanted:
+            yield DoctorFinding(
+                "management-network",
+                "fail",
+                f"libvirt network {name} exists with {net}, not the lab's management network {wanted}: "
+                "vagrant-libvirt refuses to use it",
+                f"set libvirt.management_network: {net} in lab.yaml, or remove it when no machine uses it: "
+                f"virsh net-destroy {name} && virsh net-undefine {name}",
+            )
+            return
+        if name != libvirt.MANAGEMENT_NETWORK_NAME and net.version == wanted.version and net.overlaps(wanted):
+            yield DoctorFinding(
+                "management-network",
+                "fail",
+                f"libvirt network {name} ({net}) overlaps the management network {wanted}: vagrant-libvirt cannot "
+                "start a second network on it",
+                f"{instead}, or remove {name} when no machine uses it: virsh net-destroy {name} && "
+                f"virsh net-undefine {name}",
+            )
+            return
+    yield DoctorFinding("management-network", "ok", f"libvirt management network {wanted} clashes with nothing")
+
+
+def next_free_network(
+    wanted: ipaddress.IPv4Network | ipaddress.IPv6Network,
+    taken: list[ipaddress.IPv4Network | ipaddress.IPv6Network],
+) -> str | None:
+    """The first /24 after `wanted` in 192.168.0.0/16 that overlaps nothing `taken` (for a fix to name)."""
+    if wanted.version != 4:
+        return None
+    start = int(wanted.network_address) >> 8 & 0xFF if wanted.subnet_of(ipaddress.IPv4Network("192.168.0.0/16")) else 0
+    for third in [*range(start + 1, 255), *range(1, start + 1)]:
+        candidate = ipaddress.IPv4Network(f"192.168.{third}.0/24")
+        if not any(t.version == 4 and t.overlaps(candidate) for t in taken):
+            return str(candidate)
+    return None
+
+
 def interface_routes() -> list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str]] | None:
     """(network, device) of every non-default route, from `ip -j route`; None when it cannot be read."""
     if shutil.which("ip") is None:
@@ -379,7 +445,7 @@ def diagnose(plan: LabPlan | None, *, provider: str | None = None, mirror_root: 
     chosen = plan.provider if plan else (provider or DEFAULT_PROVIDER)
     ctx = DoctorContext(plan=plan, provider=chosen, mirror_root=mirror_root)
     report = DoctorReport(plan.lab_dir if plan else None, chosen)
-    checks = [*COMMON_CHECKS[:1], *provider_checks(chosen), *COMMON_CHECKS[1:]]
+    checks = [*COMMON_CHECKS[:1], *provider_checks(chosen), check_management_network, *COMMON_CHECKS[1:]]
     if chosen not in PROVIDERS:
         report.findings.append(DoctorFinding("provider", "warn", f"no checks for provider {chosen!r}"))
     for check in checks:

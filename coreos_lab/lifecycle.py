@@ -37,9 +37,10 @@ from coreos_lab.fsutil import atomic_write_text
 from coreos_lab.lab.lock import locked_lab
 from coreos_lab.lab.plan import LabPlan
 from coreos_lab.prerequisites import DoctorContext, DoctorFinding
-from coreos_lab.vagrant.adapter import MachineStatus, Vagrant
+from coreos_lab.vagrant.adapter import KeyRefused, MachineStatus, Vagrant
 from coreos_lab.vagrant.libvirt import resolve_driver
 from coreos_lab.vagrant.providers import PROVIDERS
+from coreos_lab.vagrant.qemu_image_box import refused_key_message
 
 DEFAULT_TIMEOUT = 900.0
 
@@ -277,6 +278,18 @@ def _up_machines(plan: LabPlan, names: Sequence[str], *, deadline: float, on_eve
         vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir, timeout=left)
         try:
             vagrant.up(batch, on_progress=_progress(on_event, batch, "creating"))
+        except KeyRefused as exc:
+            box = f"{plan.box_name} {plan.box_version or ''} ({plan.provider})".replace("  ", " ")
+            where = f" (full log: {exc.log_path})" if exc.log_path else ""
+            error = LabError(
+                refused_key_message(box, exc.machine) + where,
+                hint="use a box that authorises Vagrant's insecure key for user core, then `lab destroy` and "
+                "`lab up` again",
+            )
+            for name in batch:
+                failures[name] = error
+                on_event(name, "failed", error.message.splitlines()[0])
+            return
         except LabError as exc:
             for name in batch:
                 failures[name] = exc

@@ -84,6 +84,8 @@ def run(
     return result
 
 
+STOP_GRACE = 120.0  # seconds a command stopped by `stream`'s `stop_when` has to clean up before it is killed
+
 # Commands `stream` is running, so an interrupted caller can pass Ctrl-C on to them (see `interrupt_running`).
 _running: set[subprocess.Popen[str]] = set()
 _running_lock = threading.Lock()
@@ -105,11 +107,14 @@ def stream(
     cwd: Path | str | None = None,
     extra_env: Mapping[str, str] | None = None,
     timeout: float | None = None,
+    stop_when: Callable[[], bool] | None = None,
 ) -> CommandResult:
     """Run a long command, handing each line of its merged stdout+stderr to `on_line` as it comes.
 
     For tools whose progress matters while they run (`vagrant up`); the result's `stdout` holds the whole
     merged output and `stderr` is empty. Never raises on a non-zero exit: the caller knows what it means.
+    `stop_when`, asked after each line: once it says so, the command gets SIGINT (Vagrant then cleans up what it
+    was creating) and its output is still read to the end; it is killed if it has not ended `STOP_GRACE` s later.
     """
     args = [os.fspath(a) for a in argv]
     full_env = _environment(None, extra_env)
@@ -137,6 +142,7 @@ def stream(
         proc.kill()
 
     timer = threading.Timer(timeout, kill) if timeout else None
+    stopping: threading.Timer | None = None
     if timer:
         timer.start()
     with _running_lock:
@@ -147,11 +153,18 @@ def stream(
                 line = line.rstrip("\n")
                 lines.append(line)
                 on_line(line)
+                if stop_when is not None and stopping is None and stop_when():
+                    stopping = threading.Timer(STOP_GRACE, proc.kill)
+                    stopping.start()
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.send_signal(signal.SIGINT)
     finally:
         with _running_lock:
             _running.discard(proc)
         if timer:
             timer.cancel()
+        if stopping:
+            stopping.cancel()
     if timed_out.is_set():
         raise Timeout(f"command timed out after {timeout:g}s: {' '.join(args)}")
     log.debug("exit %s: %s", proc.returncode, args[0])

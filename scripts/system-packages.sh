@@ -4,9 +4,11 @@ RUNTIME_PACKAGES=(python3 python3-venv python3-pip curl gpg openssh-client)
 NO_RECOMMENDS_PACKAGES=(vagrant)
 # Real VMs for the libvirt tests (marker libvirt): vagrant-libvirt + libvirt + QEMU, and what the tiny
 # CoreOS-like test box is built from (a Debian kernel, busybox, dropbear, extlinux). No recommends: ~1 GB less.
-LIBVIRT_TEST_PACKAGES=(vagrant-libvirt libvirt-daemon-system qemu-system-x86 qemu-utils dnsmasq-base iptables
+LIBVIRT_TEST_PACKAGES=(vagrant-libvirt libvirt-daemon-system qemu-system-x86 dnsmasq-base iptables
   linux-image-amd64 busybox-static dropbear-bin extlinux syslinux-common cpio e2fsprogs fdisk)
 TEST_PACKAGES=(etcd-server etcd-client openssh-server iproute2 nginx procps)
+# qemu-img: the fake Flatcar QEMU images the libvirt box conversion is tested with (and the tiny box's disk).
+TEST_PACKAGES+=(qemu-utils)
 # docker-registry and skopeo: a real upstream registry for the image tests, and a reference client.
 TEST_PACKAGES+=(docker-registry skopeo)
 # Docker's own client against the mirror's registry (marker docker): a private dockerd, vfs, no networking.

@@ -12,10 +12,20 @@ from pathlib import Path
 import pytest
 from harness.boxes import add_box
 from harness.cli import lab
-from harness.libvirt_box import DISK_BINARIES, FLAVOURS, GUEST_FILES, _kernel, _populate_root, build_box
+from harness.libvirt_box import (
+    DISK_BINARIES,
+    FLAVOURS,
+    GUEST_FILES,
+    _kernel,
+    _populate_root,
+    build_box,
+    vagrant_insecure_public_key,
+)
 from harness.user_data import etcd_environments
 
+from coreos_lab.distros import DISTROS
 from coreos_lab.mirror.store import MirrorStore
+from coreos_lab.vagrant.qemu_image_box import fw_cfg_argument, ignition_config
 
 BUSYBOX = shutil.which("busybox")
 
@@ -102,3 +112,37 @@ def test_built_box_is_a_libvirt_box(tmp_path: Path, flavour: str) -> None:
     table = json.loads(subprocess.run(["sfdisk", "-J", str(raw)], capture_output=True, text=True, check=True).stdout)
     (part,) = table["partitiontable"]["partitions"]
     assert (part["start"], part["type"], part.get("bootable")) == (2048, "83", True)
+
+
+def run_fw_cfg_reader(root: Path) -> None:
+    """The flatcar-qemu flavour's boot-time reader, with the guest's busybox, against `root` as its /."""
+    if BUSYBOX is None:
+        pytest.fail("busybox (busybox-static) is a test dependency (scripts/system-packages.sh)")
+    (root / "home/core/.ssh").mkdir(parents=True)
+    (root / "run").mkdir()
+    subprocess.run(
+        [BUSYBOX, "sh", str(GUEST_FILES / "fw-cfg-config")],
+        check=True,
+        env={"PATH": f"{Path(BUSYBOX).parent}:/usr/bin:/bin", "ROOT": str(root), "CONSOLE": "/dev/null"},
+    )
+
+
+def test_the_fw_cfg_reader_takes_what_the_made_box_passes(tmp_path: Path) -> None:
+    """The Ignition config of a box `lab mirror fetch --provider libvirt` makes, as QEMU hands it to the guest
+    (`string=` with QEMU's doubled commas undone): core gets Vagrant's key, user-data comes from Flatcar's path."""
+    argument = fw_cfg_argument(ignition_config(DISTROS["flatcar"]))
+    raw = argument.split(",string=", 1)[1].replace(",,", ",")
+    config = tmp_path / "root/sys/firmware/qemu_fw_cfg/by_name/opt/org.flatcar-linux/config/raw"
+    config.parent.mkdir(parents=True)
+    config.write_text(raw)
+    run_fw_cfg_reader(tmp_path / "root")
+    assert (tmp_path / "root/home/core/.ssh/authorized_keys").read_text().strip() == (
+        vagrant_insecure_public_key().strip()  # the installed Vagrant's own keys/vagrant.pub
+    )
+    assert (tmp_path / "root/run/user-data-paths").read_text() == "/var/lib/flatcar-vagrant/vagrantfile-user-data\n"
+
+
+def test_without_a_fw_cfg_config_core_gets_no_key(tmp_path: Path) -> None:
+    run_fw_cfg_reader(tmp_path / "root")
+    assert not (tmp_path / "root/home/core/.ssh/authorized_keys").exists()
+    assert (tmp_path / "root/run/user-data-paths").read_text() == ""

@@ -12,9 +12,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from harness.libvirt_lab import Lab
 from harness.libvirt_ns import LibvirtNamespace
 from harness.ports import free_port
-from test_libvirt_e2e import ETCD_CHECKS, Lab
+from test_libvirt_e2e import ETCD_CHECKS
 
 from coreos_lab.errors import ExitCode
 

@@ -343,7 +343,7 @@ def test_version_txt_without_the_version_is_refused(mirror_root: Path, upstream:
         (["--version", "../../etc"], "invalid box --version '../../etc'"),
         (["--channel", "edge"], "unknown --channel 'edge' for flatcar"),
         (["--distro", "ubuntu"], "'ubuntu' is not one of"),
-        (["--provider", "libvirt"], "no box with version '3815.2.0', provider 'libvirt'"),
+        (["--provider", "parallels"], "no box with version '3815.2.0', provider 'parallels'"),
         (["--upstream", "ftp://mirror.example"], "--upstream 'ftp://mirror.example' is not an http(s) URL"),
         (["--keyring", "/nonexistent/key.asc"], "--keyring /nonexistent/key.asc: no such file"),
     ],

@@ -5,7 +5,8 @@ directory, so a release published meanwhile cannot mix two versions); read the J
 optional signatures; with a keyring, check the DIGESTS signature before any large download; download the
 box into its locked `.part` (resuming an earlier one), hashing as it arrives; check the JSON checksum, the
 DIGESTS sha512 and, with a keyring, the box's `.sig`; keep the upstream files beside the version; commit.
-Any mismatch discards the part and leaves the store as it was.
+Any mismatch discards the part and leaves the store as it was. A provider the release server has no box for, but
+that the distro's row makes from its QEMU image (Flatcar's libvirt), is fetched by `qemu_box.py` the same way.
 """
 
 from __future__ import annotations
@@ -80,9 +81,15 @@ def fetch_box(
     concrete = resolve_version(http, release, version)
     if version == "current":
         reporter.note(f"{release.box_name}: current is {concrete}")
+    if provider in release.distro.boxes_from_qemu_image:  # no such box upstream: made from the QEMU image
+        from coreos_lab.mirror.qemu_box import fetch_qemu_image_box
+
+        return fetch_qemu_image_box(
+            store, release, concrete, provider=provider, keyring=keyring, force=force, reporter=reporter, http=http
+        )
 
     json_url = release.file_url(concrete, ".json")
-    metadata = _get(http, json_url)
+    metadata = get_file(http, json_url)
     chosen = box_metadata.select(
         box_metadata.parse(metadata, json_url),
         json_url,
@@ -96,7 +103,7 @@ def fetch_box(
     digests_url = release.file_url(concrete, ".box.DIGESTS")
     side_files = {
         ".json": metadata,
-        ".box.DIGESTS": _get(http, digests_url),
+        ".box.DIGESTS": get_file(http, digests_url),
         ".box.DIGESTS.asc": get_small(http, release.file_url(concrete, ".box.DIGESTS.asc"), optional=True),
         ".box.sig": get_small(http, release.file_url(concrete, ".box.sig"), optional=True),
     }
@@ -111,7 +118,7 @@ def fetch_box(
         verified: list[str] = []
         digests_text = side_files[".box.DIGESTS"] or b""
         if keyring is not None:
-            digests_text = _verify_digests_signature(keyring, scratch, stem, side_files, verified)
+            digests_text = verify_digests_signature(keyring, scratch, f"{stem}.box", verified)
         sha512 = parse_digests(digests_text.decode("utf-8", "replace"), f"{stem}.box", digests_url).get("sha512")
         if sha512 is None:
             raise BadInput(f"{digests_url}: field SHA512 HASH for {stem}.box is missing")
@@ -129,8 +136,10 @@ def fetch_box(
                 return FetchResult(admission.unchanged, "unchanged", json_url, box_url)
             got = download(http, box_url, part, ["sha256", "sha512", chosen.checksum_type], reporter)
             try:
-                _expect(got.digests[chosen.checksum_type], chosen.checksum, chosen.checksum_type, box_url, json_url)
-                _expect(got.digests["sha512"], sha512, "sha512", box_url, digests_url)
+                expect_digest(
+                    got.digests[chosen.checksum_type], chosen.checksum, chosen.checksum_type, box_url, json_url
+                )
+                expect_digest(got.digests["sha512"], sha512, "sha512", box_url, digests_url)
                 if keyring is not None and side_files[".box.sig"] is not None:
                     gpg.verify(keyring, scratch / f"{stem}.box.sig", Path(part.name))
                     verified.append(f"{stem}.box.sig")
@@ -159,7 +168,7 @@ def resolve_version(http: requests.Session, release: ReleaseChannel, version: st
     if version != "current":
         return check_version(version, "--version")
     url = release.version_txt_url()
-    text = _get(http, url).decode("utf-8", "replace")
+    text = get_file(http, url).decode("utf-8", "replace")
     concrete = parse_version_txt(text, release.distro.version_variable, url)
     try:
         return check_version(concrete, release.distro.version_variable)
@@ -167,29 +176,28 @@ def resolve_version(http: requests.Session, release: ReleaseChannel, version: st
         raise BadInput(f"{url}: {exc.message}") from exc
 
 
-def _get(http: requests.Session, url: str) -> bytes:
+def get_file(http: requests.Session, url: str) -> bytes:
     data = get_small(http, url)
     assert data is not None
     return data
 
 
-def _verify_digests_signature(
-    keyring: Path, scratch: Path, stem: str, side_files: dict[str, bytes | None], verified: list[str]
-) -> bytes:
-    """Check the DIGESTS signature; returns the DIGESTS text to trust (the signed text when clearsigned)."""
-    asc, sig = side_files[".box.DIGESTS.asc"], side_files[".box.sig"]
-    if asc is None and sig is None:
-        raise BadInput(f"--keyring given, but the release has neither {stem}.box.DIGESTS.asc nor {stem}.box.sig")
-    digests = side_files[".box.DIGESTS"] or b""
-    if asc is None:
+def verify_digests_signature(keyring: Path, scratch: Path, file: str, verified: list[str]) -> bytes:
+    """Check the signature of `<file>.DIGESTS` in `scratch` (the release's side files of `file`): the clearsigned or
+    detached `<file>.DIGESTS.asc`, else only `<file>.sig` (checked after the download). Returns the DIGESTS text to
+    trust (the signed text when clearsigned); names the signed files in `verified`."""
+    digests_path, asc_path = scratch / f"{file}.DIGESTS", scratch / f"{file}.DIGESTS.asc"
+    if not asc_path.exists() and not (scratch / f"{file}.sig").exists():
+        raise BadInput(f"--keyring given, but the release has neither {asc_path.name} nor {file}.sig")
+    digests = digests_path.read_bytes() if digests_path.exists() else b""
+    if not asc_path.exists():
         return digests
-    asc_path = scratch / f"{stem}.box.DIGESTS.asc"
-    if asc.lstrip().startswith(_CLEARSIGNED):
+    if asc_path.read_bytes().lstrip().startswith(_CLEARSIGNED):
         signed_text = scratch.parent / "signed-digests"
         gpg.verify(keyring, asc_path, output=signed_text)
         digests = signed_text.read_bytes()
     else:
-        gpg.verify(keyring, asc_path, scratch / f"{stem}.box.DIGESTS")
+        gpg.verify(keyring, asc_path, digests_path)
     verified.append(asc_path.name)
     return digests
 
@@ -201,6 +209,6 @@ def _stored_box_matches(store: MirrorStore, entry: CatalogEntry, chosen: box_met
     return file_digests(stored, [chosen.checksum_type])[chosen.checksum_type] == chosen.checksum
 
 
-def _expect(actual: str, expected: str, kind: str, box_url: str, source: str) -> None:
+def expect_digest(actual: str, expected: str, kind: str, box_url: str, source: str) -> None:
     if actual != expected:
         raise BadInput(f"{box_url}: {kind} is {actual}, but {source} says {expected} (wrong checksum)")

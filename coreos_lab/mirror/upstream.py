@@ -45,7 +45,11 @@ class ReleaseChannel:
 
     def file_url(self, version: str, suffix: str) -> str:
         """`suffix` is `.json`, `.box`, `.box.DIGESTS`, …; `version` may be `current`."""
-        return f"{self.base}/{BOARD}/{version}/{self.distro.file_stem}{suffix}"
+        return self.url_of(version, f"{self.distro.file_stem}{suffix}")
+
+    def url_of(self, version: str, filename: str) -> str:
+        """Any file of a version's directory (the QEMU image, its DIGESTS, …)."""
+        return f"{self.base}/{BOARD}/{version}/{filename}"
 
     def version_txt_url(self, version: str = "current") -> str:
         return f"{self.base}/{BOARD}/{version}/version.txt"

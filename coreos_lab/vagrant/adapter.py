@@ -156,6 +156,42 @@ def machine_id(lab_dir: Path, name: str, provider: str) -> str | None:
         return None
 
 
+# What Vagrant's SSH communicator prints, at most every 10 s, while the guest's sshd refuses its key; it goes on until
+# config.vm.boot_timeout. Seen this often (≥ 20 s of refusals), the key is not going to be accepted.
+KEY_REFUSED = "Warning: Authentication failure. Retrying..."
+KEY_REFUSED_REPORTS = 3
+
+
+class KeyRefused(LabError):
+    """A guest's SSH server kept refusing Vagrant's key: the box does not keep its side of the contract."""
+
+    def __init__(self, machine: str, log_path: Path | None):
+        where = f" (full log: {log_path})" if log_path else ""
+        super().__init__(f"{machine}: its SSH server refuses Vagrant's key{where}")
+        self.machine = machine
+        self.log_path = log_path
+
+
+class _KeyRefusals:
+    """Counts Vagrant's authentication-failure reports per machine, passing every progress line on."""
+
+    def __init__(self, on_progress: ProgressCallback | None):
+        self.on_progress = on_progress
+        self.counts: dict[str, int] = {}
+        self.machine: str | None = None  # the first machine that kept refusing
+
+    def __call__(self, target: str, text: str) -> None:
+        if text.endswith(KEY_REFUSED):
+            self.counts[target] = self.counts.get(target, 0) + 1
+            if self.counts[target] >= KEY_REFUSED_REPORTS and self.machine is None:
+                self.machine = target
+        if self.on_progress is not None:
+            self.on_progress(target, text)
+
+    def tripped(self) -> bool:
+        return self.machine is not None
+
+
 class VagrantFailed(LabError):
     """A Vagrant command failed; the message quotes the relevant tail of its output and names the log."""
 
@@ -324,7 +360,15 @@ class Vagrant:
         if self.provider:
             args.append(f"--provider={self.provider}")
         log_name = f"up-{names[0]}" if len(names) == 1 else "up"
-        self._run(args, log_name=log_name, on_progress=on_progress)
+        # A guest that refuses Vagrant's key would keep `vagrant up` waiting until its boot timeout: stopped early.
+        refusals = _KeyRefusals(on_progress)
+        try:
+            self._run(args, log_name=log_name, on_progress=refusals, stop_when=refusals.tripped)
+        except LabError:
+            if refusals.machine is None:
+                raise
+        if refusals.machine is not None:
+            raise KeyRefused(refusals.machine, self._log(log_name) if self.keep_logs else None)
 
     def halt(self, names: Sequence[str] = (), *, on_progress: ProgressCallback | None = None) -> None:
         self._run(["halt", *names], log_name="halt", on_progress=on_progress)
@@ -360,6 +404,7 @@ class Vagrant:
         on_progress: ProgressCallback | None = None,
         machine_readable: bool = True,
         stdout_only: bool = False,
+        stop_when: Callable[[], bool] | None = None,
     ) -> str:
         """Run `vagrant ARGS`, logging its output; returns stdout+stderr merged, or with `stdout_only` stdout."""
         argv = [self.executable(), *args]
@@ -394,7 +439,9 @@ class Vagrant:
                 for raw in (result.stdout + result.stderr).splitlines():
                     on_line(raw)
             else:
-                result = proc.stream(argv, on_line, cwd=self.lab_dir, extra_env=self.env, timeout=self.timeout)
+                result = proc.stream(
+                    argv, on_line, cwd=self.lab_dir, extra_env=self.env, timeout=self.timeout, stop_when=stop_when
+                )
             log.write(f"== exit {result.returncode}\n")
         if result.returncode != 0:
             output = result.stdout + result.stderr

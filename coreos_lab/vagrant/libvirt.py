@@ -36,6 +36,16 @@ MANAGEMENT_NETWORK = "192.168.121.0/24"
 DRIVERS = ("auto", "kvm", "qemu")
 LIBVIRT_SOCKETS = ("/run/libvirt/libvirt-sock", "/run/libvirt/virtqemud-sock", "/var/run/libvirt/libvirt-sock")
 QEMU = "qemu-system-x86_64"
+KVM_DEVICE = Path("/dev/kvm")
+# GitHub's hosted Ubuntu runners have /dev/kvm, but only root and group kvm may open it; GitHub's documented remedy
+# (and the one CI jobs of Vagrant projects use) is a udev rule that opens it to every user.
+KVM_UDEV_RULE = 'KERNEL=="kvm", GROUP="kvm", MODE="0666", OPTIONS+="static_node=kvm"'
+KVM_ACCESS_FIX = (
+    f"on a CI runner: echo '{KVM_UDEV_RULE}' | sudo tee /etc/udev/rules.d/99-kvm4all.rules && "
+    "sudo udevadm control --reload-rules && sudo udevadm trigger --name-match=kvm; "
+    "on your own machine: sudo usermod -aG kvm $USER, then log in again"
+)
+HASHICORP_VAGRANT = Path("/opt/vagrant/embedded")  # HashiCorp's package: Vagrant with a Ruby of its own
 KVM_CHECK_SECONDS = 10.0
 # What a booting kernel prints that proves guest code runs at speed (it panics: no root file system).
 _KERNEL_PROGRESS = (b"Kernel panic", b"VFS: Cannot open root device", b"Run /init", b"Freeing unused kernel")
@@ -89,7 +99,7 @@ def _cache_key(qemu: str, kernel: Path) -> str:
 
 def kvm_check(*, use_cache: bool = True, timeout: float = KVM_CHECK_SECONDS) -> KvmCheck:
     """Can KVM run a Linux guest here? Boots a kernel under KVM and watches its serial console."""
-    dev = Path("/dev/kvm")
+    dev = KVM_DEVICE
     if not dev.exists():
         return KvmCheck(False, "/dev/kvm does not exist (no KVM module, or KVM not exposed to this machine)")
     if not os.access(dev, os.R_OK | os.W_OK):
@@ -288,16 +298,21 @@ def check_libvirt(ctx: DoctorContext) -> Iterable[DoctorFinding]:
     plugin = vagrant_libvirt_plugin()
     if plugin is None:
         yield DoctorFinding(
-            "vagrant-libvirt",
-            "fail",
-            "the vagrant-libvirt plugin is not installed",
-            "apt-get install vagrant-libvirt (or `vagrant plugin install vagrant-libvirt`)",
+            "vagrant-libvirt", "fail", "the vagrant-libvirt plugin is not installed", plugin_install_fix()
         )
     else:
         yield DoctorFinding("vagrant-libvirt", "ok", f"vagrant-libvirt {plugin}")
     kvm = ctx.facts["kvm"] = kvm_check()  # `lab up` resolves libvirt.driver auto from it
     if kvm.usable:
         yield DoctorFinding("kvm", "ok", kvm.reason)
+    elif KVM_DEVICE.exists() and not os.access(KVM_DEVICE, os.R_OK | os.W_OK):
+        yield DoctorFinding(
+            "kvm",
+            "warn",
+            f"{KVM_DEVICE} is there, but this user may not open it: guests would run under software emulation "
+            "(libvirt.driver auto renders qemu), many times slower",
+            KVM_ACCESS_FIX,
+        )
     else:
         yield DoctorFinding(
             "kvm",
@@ -306,6 +321,39 @@ def check_libvirt(ctx: DoctorContext) -> Iterable[DoctorFinding]:
             "slower but working",
             "set libvirt.driver: qemu in lab.yaml to say so explicitly",
         )
+
+
+def plugin_install_fix() -> str:
+    """How to install vagrant-libvirt for the Vagrant this host has: Debian's and Ubuntu's packaged Vagrant has it
+    as a package; HashiCorp's builds the plugin into its own Ruby, against libvirt's headers."""
+    hashicorp = "sudo apt-get install -y libvirt-dev && vagrant plugin install vagrant-libvirt"
+    if HASHICORP_VAGRANT.is_dir():
+        return hashicorp
+    return f"sudo apt-get install -y vagrant-libvirt (with HashiCorp's Vagrant: {hashicorp})"
+
+
+def defined_networks() -> list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] | None:
+    """(name, subnet) of every network libvirt's system connection defines (active or not), one row per address;
+    None when libvirt cannot be asked."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        listing = _virsh("net-list", "--all", "--name")
+        if not listing.succeeded:
+            return None
+        found: list[tuple[str, ipaddress.IPv4Network | ipaddress.IPv6Network]] = []
+        for name in filter(None, (line.strip() for line in listing.stdout.splitlines())):
+            xml = _virsh("net-dumpxml", name)
+            if not xml.succeeded:
+                continue
+            for ip in ET.fromstring(xml.stdout).iter("ip"):
+                mask = ip.get("netmask") or ip.get("prefix")
+                if ip.get("address") and mask:
+                    found.append((name, ipaddress.ip_network(f"{ip.get('address')}/{mask}", strict=False)))
+        return found
+    except (LabError, ET.ParseError, ValueError) as exc:
+        log.debug("libvirt networks not read: %s", exc)
+        return None
 
 
 CHECKS: tuple[Check, ...] = (check_libvirt,)

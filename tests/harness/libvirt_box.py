@@ -6,9 +6,13 @@ insecure key, user-data at /var/lib/coreos-vagrant/ or /var/lib/flatcar-vagrant/
 provision; see tinybox/apply-user-data). The disk is an MBR with one ext4 partition (extlinux, kernel,
 initramfs and the persistent /var/lib). Builds are cached by a hash of their inputs, so reruns are instant.
 
-Two flavours: `coreos` carries Debian's etcd on the host, as CoreOS carries etcd2; `flatcar` carries none, as
+Flavours: `coreos` carries Debian's etcd on the host, as CoreOS carries etcd2; `flatcar` carries none, as
 Flatcar: its etcd runs from the container image the user-data names, pulled over the guest network from the
 registry the user-data allows (tinybox/pull-image). A Flatcar lab on it is healthy only if the image came.
+`flatcar-qemu` is the `flatcar` disk as Flatcar's QEMU image behaves (`build_image`, laid out like a release and
+made into a box by `lab mirror fetch --provider libvirt`): no key baked in; at boot it reads the Ignition config
+from QEMU's fw_cfg, takes core's key from it and applies the user-data its path unit names (tinybox/fw-cfg-config).
+`flatcar-qemu-no-fw-cfg` is that image without the reader: an image that breaks the contract.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ GUEST_FILES = Path(__file__).with_name("tinybox")
 KERNEL_GLOB = "vmlinuz-*-amd64"
 DISK_MIB = 256
 # Module names in load order (dependencies first), as `modprobe --show-depends` lists them.
-MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_rng", "ext4"]
+MODULES = ["virtio_pci", "virtio_blk", "virtio_net", "virtio_rng", "ext4", "qemu_fw_cfg"]
 BINARIES = {
     "/usr/sbin/dropbear": "bin/dropbear",
     "/usr/bin/scp": "bin/scp",
@@ -39,7 +43,11 @@ BINARIES = {
 DISK_BINARIES = {
     "coreos": {"/usr/bin/etcd": "opt/bin/etcd", "/usr/bin/etcdctl": "opt/bin/etcdctl"},
     "flatcar": {"/usr/bin/etcdctl": "opt/bin/etcdctl"},
+    "flatcar-qemu": {"/usr/bin/etcdctl": "opt/bin/etcdctl"},
+    "flatcar-qemu-no-fw-cfg": {"/usr/bin/etcdctl": "opt/bin/etcdctl"},
 }
+# The flavours that are QEMU images configured through fw_cfg, not boxes with the key baked in.
+QEMU_IMAGE_FLAVOURS = ("flatcar-qemu", "flatcar-qemu-no-fw-cfg")
 FLAVOURS = tuple(DISK_BINARIES)
 SCRIPTS = {
     "init": "init",
@@ -52,7 +60,9 @@ SCRIPTS = {
     "sudo": "bin/sudo",
     "shutdown": "bin/shutdown",
     "systemctl": "bin/systemctl",
+    "bash": "bin/bash",
 }
+FW_CFG_READER = {"fw-cfg-config": "bin/fw-cfg-config"}  # flavour flatcar-qemu only
 REQUIRED_PACKAGES = [
     "linux-image-amd64",
     "busybox-static",
@@ -133,6 +143,7 @@ def _populate_root(root: Path, release: str, flavour: str) -> None:
         "mnt",
         "var/lib",
         "var/log",
+        "var/tmp",
         "home/core/.ssh",
         "lib/modules",
         "root",
@@ -144,7 +155,10 @@ def _populate_root(root: Path, release: str, flavour: str) -> None:
     shutil.copy2("/usr/bin/busybox", root / "bin/busybox")
     applets = subprocess.run(["/usr/bin/busybox", "--list"], capture_output=True, text=True, check=True).stdout
     for applet in applets.split():
-        if applet not in {"busybox", "sh", "sudo", "shutdown", "systemctl"} and not (root / "bin" / applet).exists():
+        if (
+            applet not in {"busybox", "sh", "sudo", "shutdown", "systemctl", "bash"}
+            and not (root / "bin" / applet).exists()
+        ):
             (root / "bin" / applet).symlink_to("busybox")
     (root / "bin/sh").symlink_to("busybox")
     for src, dst in BINARIES.items():
@@ -155,7 +169,8 @@ def _populate_root(root: Path, release: str, flavour: str) -> None:
             shutil.copy2(lib.resolve(), target)
     for dst in DISK_BINARIES[flavour].values():
         (root / "bin" / Path(dst).name).symlink_to(f"/mnt/disk/{dst}")
-    for src, dst in SCRIPTS.items():
+    scripts = {**SCRIPTS, **(FW_CFG_READER if flavour == "flatcar-qemu" else {})}
+    for src, dst in scripts.items():
         shutil.copy2(GUEST_FILES / src, root / dst)
         (root / dst).chmod(0o755)
     order = []
@@ -182,9 +197,10 @@ def _populate_root(root: Path, release: str, flavour: str) -> None:
         '[ -n "$SSH_AUTH_SOCK" ] || export SSH_AUTH_SOCK=/run/no-ssh-agent\n'
     )
     (etc / "resolv.conf").write_text("")
-    key = root / "home/core/.ssh/authorized_keys"
-    key.write_text(vagrant_insecure_public_key())
-    key.chmod(0o600)
+    if flavour not in QEMU_IMAGE_FLAVOURS:  # those take their key from fw_cfg at boot, or have none
+        key = root / "home/core/.ssh/authorized_keys"
+        key.write_text(vagrant_insecure_public_key())
+        key.chmod(0o600)
     (root / "home/core/.ssh").chmod(0o700)
     (etc / "dropbear").symlink_to("/var/lib/dropbear")  # host keys persist across boots
 
@@ -255,14 +271,14 @@ def cache_dir() -> Path:
     return Path(base)
 
 
-def build_box(cache: Path | None = None, flavour: str = "coreos") -> Path:
-    """Path to the tiny libvirt box (.box, a tar.gz) of `flavour` (coreos or flatcar); built on first use, then
-    reused while inputs are unchanged."""
+def build_image(cache: Path | None = None, flavour: str = "coreos") -> Path:
+    """Path to the tiny box's disk of `flavour`, a qcow2 image; built on first use, then reused while inputs are
+    unchanged."""
     if flavour not in FLAVOURS:
         raise ValueError(f"no tiny box flavour {flavour!r}; flavours: {', '.join(FLAVOURS)}")
     kernel, release = _kernel()
     cache = cache or cache_dir()
-    out = cache / f"tinybox-{flavour}-libvirt-{_inputs_digest(kernel, release, flavour)}.box"
+    out = cache / f"tinybox-{flavour}-{_inputs_digest(kernel, release, flavour)}.qcow2"
     if out.exists():
         return out
     cache.mkdir(parents=True, exist_ok=True)
@@ -276,6 +292,16 @@ def build_box(cache: Path | None = None, flavour: str = "coreos") -> Path:
         _disk(kernel, initrd, raw, work, flavour)
         image = work / "box.img"
         subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(image)], check=True)
+        image.replace(out)
+    return out
+
+
+def build_box(cache: Path | None = None, flavour: str = "coreos") -> Path:
+    """Path to the tiny libvirt box (.box, a tar.gz) of `flavour` (coreos or flatcar): its disk (`build_image`)
+    with metadata and the box Vagrantfile; built on first use, then reused while inputs are unchanged."""
+    image = build_image(cache, flavour)
+    out = image.with_name(image.name.replace(f"tinybox-{flavour}-", f"tinybox-{flavour}-libvirt-")).with_suffix(".box")
+    if not out.exists():
         _box_tar(image, out)
     return out
 

@@ -290,6 +290,36 @@ class ReleaseUpstream:
                 self.release.files[f"/{channel}/{BOARD}/current/{name}"] = data
         return release
 
+    def publish_qemu_image(
+        self, distro: str, channel: str, version: str, image: bytes, *, current: bool = True, signed: bool = True
+    ) -> Release:
+        """Publish `<distro>_production_qemu_image.img` for `version` as Flatcar's release server does: the image
+        (qcow2) on the release host beside `….img.DIGESTS` (md5, sha1, sha512), the clearsigned `….DIGESTS.asc`
+        and the image's detached `….img.sig`; version.txt too."""
+        name = f"{distro}_production_qemu_image.img"
+        dir_path = f"/{channel}/{BOARD}/{version}"
+        digests = (
+            f"# MD5 HASH\n{hashlib.md5(image).hexdigest()}  {name}\n"
+            f"# SHA1 HASH\n{hashlib.sha1(image).hexdigest()}  {name}\n"
+            f"# SHA512 HASH\n{hashlib.sha512(image).hexdigest()}  {name}\n"
+        ).encode()
+        var = f"{distro.upper()}_VERSION"
+        files = {
+            name: image,
+            f"{name}.DIGESTS": digests,
+            "version.txt": f"{var}={version}\n{var}_ID={version}\n".encode(),
+        }
+        if signed and self.keys is not None:
+            files[f"{name}.DIGESTS.asc"] = self.keys.clearsign(digests)
+            files[f"{name}.sig"] = self.keys.detach_sign(image)
+        release = Release(distro, channel, version, image, dir_path, f"{dir_path}/{name}", self.release)
+        for file, data in files.items():
+            release.files[f"{dir_path}/{file}"] = data
+            self.release.files[f"{dir_path}/{file}"] = data
+            if current:
+                self.release.files[f"/{channel}/{BOARD}/current/{file}"] = data
+        return release
+
     def close(self) -> None:
         self.release.close()
         self.bincache.close()
