@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 CHUNK = 4 << 20  # the most one read takes from the socket
 SYNC_EVERY = 64 << 20
 # Without a size from the caller, the largest file accepted: a release's JSON and DIGESTS give none, and a
-# server may send a body without Content-Length. CoreOS and Flatcar Vagrant boxes are a few hundred MB.
+# server may send a body without Content-Length. CoreOS and Flatcar boxes and images are a few hundred MB.
 SIZE_CAP = 16 << 30
 
 
@@ -88,7 +88,7 @@ def download(
                     part.seek(0)
                     part.truncate()
                 if limit is None and total is not None and total > SIZE_CAP:
-                    raise _too_large(url, part, f"announces {total} bytes")
+                    raise _too_large(url, part, f"announces {total} bytes, over")
                 hashers = Hashers(algorithms)
                 try:
                     if have:  # hashed by the hashes' threads while the rest arrives
@@ -124,8 +124,9 @@ def _too_large(url: str, part: BinaryIO, what: str) -> LabError:
     part.seek(0)
     part.truncate()  # not a part worth resuming
     return LabError(
-        f"{url}: the server {what}, more than the {SIZE_CAP} bytes a box may have; refused, nothing kept",
-        hint="check --upstream: a release server sends a box of a few hundred MB",
+        f"{url}: the server {what} the cap of {SIZE_CAP} bytes for a file of no other known size; "
+        "refused, nothing kept",
+        hint="check --upstream: a release server's boxes and images are a few hundred MB",
     )
 
 
@@ -182,7 +183,7 @@ def _receive(
         writer.finish()  # every byte received is in the part, for the next run to resume from
         part.flush()
     if limit is None and got > SIZE_CAP:
-        raise _too_large(url, part, "sent more" if total is None else "sent more than it announced")
+        raise _too_large(url, part, "sent more than")
     return got
 
 
