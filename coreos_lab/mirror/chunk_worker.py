@@ -14,8 +14,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-BACKLOG = 16  # chunks a worker may lag behind (with 4 MiB chunks: 64 MiB, shared by all the workers)
-RANGE_CHUNK = 4 << 20
+BACKLOG = 32  # chunks a worker may lag behind (of 1 MiB in a download: 32 MiB, shared by all the workers)
+RANGE_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
