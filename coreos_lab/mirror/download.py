@@ -181,6 +181,7 @@ def _receive(
                 writer.put(chunk)
                 got += len(chunk)
                 advance(len(chunk))
+        writer.put(b"")  # the end: the rest is synced while the hashes catch up
     finally:
         writer.finish()  # every byte received is in the part, for the next run to resume from
         part.flush()
@@ -190,8 +191,9 @@ def _receive(
 
 
 class _PartWriter:
-    """Writes the chunks to the part, and every `SYNC_EVERY` bytes waits for them to reach the disk: the
-    disk works while the network does, and the commit's fsync (`store.commit`) finds little left to write."""
+    """Writes the chunks to the part, and every `SYNC_EVERY` bytes and at the end (an empty chunk) waits for
+    them to reach the disk: the disk works while the network does, and the commit's fsync (`store.commit`)
+    finds nothing left to write."""
 
     def __init__(self, part: BinaryIO):
         self.part = part
@@ -201,7 +203,7 @@ class _PartWriter:
         try:
             self.part.write(chunk)
             self.unsynced += len(chunk)
-            if self.unsynced >= SYNC_EVERY:
+            if self.unsynced >= SYNC_EVERY or (not chunk and self.unsynced):
                 self.part.flush()
                 os.fdatasync(self.part.fileno())
                 self.unsynced = 0
