@@ -11,7 +11,7 @@ Compared with it:
 Each round runs all three, alternating their order; printed are the medians, the ratio lab / floor (target
 ≤ 1.2) and the load average, since other work on the machine slows every side. For information: curl then
 `sha512sum` (what a careful user does by hand: a second pass over the file), and lab's start alone.
-Usage: python bench/fetch_throughput.py [--size-mib 512] [--rounds 5]
+Usage: python bench/fetch_throughput.py [--size-mib 512] [--rounds 5] [--baseline CHECKOUT]
 """
 
 from __future__ import annotations
@@ -123,6 +123,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout (e.g. `git archive main` unpacked): its lab in the same rounds"
+    )
     args = parser.parse_args()
     for tool in ("nginx", "curl", "sha512sum"):
         if shutil.which(tool) is None:
@@ -157,9 +160,10 @@ def main() -> int:
                 curl()
                 subprocess.run(["sha512sum", str(out)], check=True, stdout=subprocess.DEVNULL)
 
-            def lab() -> None:
+            def lab(checkout: Path = REPO) -> None:
                 argv = [sys.executable, "-m", "coreos_lab", "mirror", "fetch", "--root", str(mirror)]
-                subprocess.run([*argv, "--upstream", base], check=True, env=env, stderr=subprocess.DEVNULL)
+                run_env = dict(env, PYTHONPATH=str(checkout))
+                subprocess.run([*argv, "--upstream", base], check=True, env=run_env, stderr=subprocess.DEVNULL)
 
             def lab_start() -> None:
                 imports = "import coreos_lab.cli, coreos_lab.mirror.fetch, requests, rich.console"
@@ -172,6 +176,8 @@ def main() -> int:
                 "curl+sha512sum": curl_then_sha512sum,
                 "lab start": lab_start,
             }
+            if args.baseline:
+                runs["lab baseline"] = lambda: lab(args.baseline.resolve())
             samples: dict[str, list[float]] = {name: [] for name in runs}
             cpu: dict[str, list[float]] = {name: [] for name in runs}
             for i in range(args.rounds):
@@ -206,6 +212,10 @@ def main() -> int:
         f"hashes {cpu_s['hash']:.2f}, lab {cpu_s['lab']:.2f} (of which start {cpu_s['lab start']:.2f})"
     )
     print("for information:")
+    if args.baseline:
+        baseline = [lab / floor for lab, floor in zip(samples["lab baseline"], floors, strict=True)]
+        line("lab baseline", median["lab baseline"], samples["lab baseline"], f"  ({args.baseline})")
+        print(f"  baseline / floor {statistics.median(baseline):.2f}x   per round: {_list(baseline)}")
     line("curl + sha512sum", median["curl+sha512sum"], samples["curl+sha512sum"])
     print(f"  lab start        {median['lab start']:6.2f} s  (Python, click, requests, rich)")
     return 0
