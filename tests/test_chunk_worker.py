@@ -87,3 +87,19 @@ def test_closed_hashers_leave_no_thread_behind() -> None:
     hashers.update(b"x" * (1 << 20))
     hashers.close()
     assert {t.name for t in threading.enumerate()} - before == set()
+
+
+def test_offer_takes_a_chunk_only_while_the_backlog_has_room() -> None:
+    release = threading.Event()
+    consumed: list[bytes] = []
+
+    def consume(chunk: bytes) -> None:
+        release.wait()
+        consumed.append(chunk)
+
+    worker = ChunkWorker(consume, "offered", backlog=1)
+    assert worker.offer(b"first")
+    assert not worker.offer(b"second")  # the first is still being consumed
+    release.set()
+    worker.finish()
+    assert consumed == [b"first"]

@@ -52,6 +52,15 @@ class ChunkWorker:
         self._slots.acquire()
         self._queue.put(chunk)
 
+    def offer(self, chunk: bytes | FileRange) -> bool:
+        """`put` unless the backlog is full; False then (the chunk is not taken)."""
+        if self._error is not None:
+            raise self._error
+        if not self._slots.acquire(blocking=False):
+            return False
+        self._queue.put(chunk)
+        return True
+
     def finish(self) -> None:
         """Wait until every chunk put is consumed; raise what `consume` raised, if anything."""
         self._end()

@@ -168,7 +168,8 @@ def _receive(
     got = have
     cut_at = (SIZE_CAP if limit is None else limit) + 1
     part.seek(have)
-    writer = ChunkWorker(_PartWriter(part), "part-writer")
+    part_writer = _PartWriter(part)
+    writer = ChunkWorker(part_writer, "part-writer")
     try:
         with reporter.transfer(url.rsplit("/", 1)[-1], total, have) as advance:
             # Raw bytes as stored: never let a Content-Encoding the server added anyway change what is hashed.
@@ -183,7 +184,10 @@ def _receive(
                 advance(len(chunk))
         writer.put(b"")  # the end: the rest is synced while the hashes catch up
     finally:
-        writer.finish()  # every byte received is in the part, for the next run to resume from
+        try:
+            writer.finish()  # every byte received is in the part, for the next run to resume from
+        finally:
+            part_writer.close()
         part.flush()
     if limit is None and got > SIZE_CAP:
         raise _too_large(url, part, "sent more than")
@@ -191,23 +195,40 @@ def _receive(
 
 
 class _PartWriter:
-    """Writes the chunks to the part, and every `SYNC_EVERY` bytes and at the end (an empty chunk) waits for
-    them to reach the disk: the disk works while the network does, and the commit's fsync (`store.commit`)
-    finds nothing left to write."""
+    """Writes the chunks to the part. Every `SYNC_EVERY` bytes it has a thread of its own wait for them to reach
+    the disk (fdatasync) without waiting itself: the disk works while the network does, a slow disk does not
+    hold the download up, and the commit's fsync (`store.commit`) finds little left to write. An empty chunk is
+    the end: the writer then syncs the rest itself, while the hashes catch up."""
 
     def __init__(self, part: BinaryIO):
         self.part = part
         self.unsynced = 0
+        self._syncer = ChunkWorker(self._sync, "part-sync", backlog=1)
 
     def __call__(self, chunk: bytes) -> None:
         try:
-            self.part.write(chunk)
+            self.part.write(chunk)  # a chunk larger than the buffer goes straight to the file
             self.unsynced += len(chunk)
-            if self.unsynced >= SYNC_EVERY or (not chunk and self.unsynced):
-                self.part.flush()
-                os.fdatasync(self.part.fileno())
+            if not chunk:
+                self.close()
+                self._sync(chunk)
+            elif self.unsynced >= SYNC_EVERY and self._syncer.offer(chunk):  # else: a sync is under way
                 self.unsynced = 0
         except OSError as exc:
-            raise LabError(
-                f"cannot write {self.part.name}: {exc.strerror or exc}", hint="run the same command again to resume"
-            ) from exc
+            raise self._error(exc) from exc
+
+    def close(self) -> None:
+        """Wait for the sync under way, if any."""
+        self._syncer.finish()
+
+    def _sync(self, _: bytes) -> None:
+        try:
+            self.part.flush()
+            os.fdatasync(self.part.fileno())
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: OSError) -> LabError:
+        return LabError(
+            f"cannot write {self.part.name}: {exc.strerror or exc}", hint="run the same command again to resume"
+        )
