@@ -163,11 +163,14 @@ def main() -> int:
             def lab(checkout: Path = REPO) -> None:
                 argv = [sys.executable, "-m", "coreos_lab", "mirror", "fetch", "--root", str(mirror)]
                 run_env = dict(env, PYTHONPATH=str(checkout))
-                subprocess.run([*argv, "--upstream", base], check=True, env=run_env, stderr=subprocess.DEVNULL)
+                # cwd: `python -m` puts the working directory before PYTHONPATH; it must not pick the checkout.
+                subprocess.run(
+                    [*argv, "--upstream", base], check=True, env=run_env, cwd=root, stderr=subprocess.DEVNULL
+                )
 
             def lab_start() -> None:
                 imports = "import coreos_lab.cli, coreos_lab.mirror.fetch, requests, rich.console"
-                subprocess.run([sys.executable, "-c", imports], check=True, env=env)
+                subprocess.run([sys.executable, "-c", imports], check=True, env=env, cwd=root)
 
             runs: dict[str, Callable[[], None]] = {
                 "curl": curl,
