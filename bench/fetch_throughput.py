@@ -1,11 +1,17 @@
-"""Benchmark: `lab mirror fetch` of a large box from a local nginx, against the by-hand path, in one run.
+"""Benchmark: `lab mirror fetch` of a large box from nginx on 127.0.0.1, against its floor, in one run.
 
-The box (random bytes, default 512 MiB) is laid out like a Flatcar release (JSON, DIGESTS) under an nginx
-on 127.0.0.1. Compared, each the median of N runs:
-  curl             `curl -o box URL` — the raw transfer, no verification
-  curl+sha512sum   download, then `sha512sum` (what a careful user does by hand: a second pass)
-  lab mirror fetch download hashed on the fly (sha256 + sha512), checked against JSON and DIGESTS, committed
-Usage: python bench/fetch_throughput.py [--size-mib N] [--runs N]
+The box (random bytes, default 512 MiB) is laid out like a Flatcar release (version.txt, JSON with the sha256,
+DIGESTS with the sha512) under an nginx started here. A fetch has to transfer the box and hash it twice, and
+the two can overlap, so its floor is the slower of:
+  curl           `curl -o box URL`: the plain transfer, no verification
+  sha256+sha512  both digests of the box, each hashlib on its own thread reading the file (from the page cache)
+Compared with it:
+  lab            `lab mirror fetch` into an empty mirror: metadata, download hashed on the fly, both digests
+                 checked, fsync and commit; includes starting Python and importing its libraries
+Each round runs all three, alternating their order; printed are the medians, the ratio lab / floor (target
+≤ 1.2) and the load average, since other work on the machine slows every side. For information: curl then
+`sha512sum` (what a careful user does by hand: a second pass over the file), and lab's start alone.
+Usage: python bench/fetch_throughput.py [--size-mib 512] [--rounds 5] [--baseline CHECKOUT]
 """
 
 from __future__ import annotations
@@ -14,18 +20,27 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import shutil
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from harness.ports import free_port
+from harness.waiting import wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+VERSION = "9999.0.0"
+STEM = "flatcar_production_vagrant"
+READ = 4 << 20
 
 NGINX_CONF = """daemon off;
 worker_processes 1;
@@ -44,109 +59,173 @@ http {{
 """
 
 
-def publish(www: Path, size: int, base: str) -> str:
-    """A Flatcar-like release of a random box; returns the box URL path."""
-    version = "9999.0.0"
-    directory = www / "stable" / "amd64-usr" / version
+def publish(www: Path, size: int, base: str) -> Path:
+    """A Flatcar-like release of a random box under `www`; returns the box's file."""
+    directory = www / "stable" / "amd64-usr" / VERSION
     directory.mkdir(parents=True)
-    box = directory / "flatcar_production_vagrant.box"
+    box = directory / f"{STEM}.box"
     sha256, sha512 = hashlib.sha256(), hashlib.sha512()
     with box.open("wb") as handle:
-        for _ in range(size // (1 << 20)):
-            chunk = os.urandom(1 << 20)
+        for offset in range(0, size, READ):
+            chunk = os.urandom(min(READ, size - offset))
             sha256.update(chunk)
             sha512.update(chunk)
             handle.write(chunk)
-    url = f"{base}/stable/amd64-usr/{version}/{box.name}"
-    doc = {
-        "name": "flatcar-stable",
-        "versions": [
-            {
-                "version": version,
-                "providers": [
-                    {"name": "virtualbox", "url": url, "checksum_type": "sha256", "checksum": sha256.hexdigest()}
-                ],
-            }
-        ],
-    }
-    (directory / "flatcar_production_vagrant.json").write_text(json.dumps(doc))
+    url = f"{base}/stable/amd64-usr/{VERSION}/{box.name}"
+    provider = {"name": "virtualbox", "url": url, "checksum_type": "sha256", "checksum": sha256.hexdigest()}
+    doc = {"name": "flatcar-stable", "versions": [{"version": VERSION, "providers": [provider]}]}
+    (directory / f"{STEM}.json").write_text(json.dumps(doc))
     (directory / f"{box.name}.DIGESTS").write_text(f"# SHA512 HASH\n{sha512.hexdigest()}  {box.name}\n")
     current = www / "stable" / "amd64-usr" / "current"
     current.mkdir()
-    (current / "version.txt").write_text(f"FLATCAR_VERSION={version}\n")
-    return url
+    (current / "version.txt").write_text(f"FLATCAR_VERSION={VERSION}\n")
+    return box
 
 
-def median_seconds(run, runs: int) -> float:  # type: ignore[no-untyped-def]
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+def hash_in_two_threads(path: Path) -> None:
+    """sha256 and sha512 of the file, each on its own thread with its own reads, as a fetch could at best."""
+
+    def digest(name: str) -> None:
+        h = hashlib.new(name)
+        with path.open("rb") as handle:
+            while chunk := handle.read(READ):
+                h.update(chunk)
+
+    threads = [threading.Thread(target=digest, args=(name,)) for name in ("sha256", "sha512")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def timed(run: Callable[[], None]) -> tuple[float, float]:
+    """Wall seconds and CPU seconds (user + system, this process's threads and its children) of `run`."""
+
+    def cpu() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    start, start_cpu = time.perf_counter(), cpu()
+    run()
+    return time.perf_counter() - start, cpu() - start_cpu
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size-mib", type=int, default=512)
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout (e.g. `git archive main` unpacked): its lab in the same rounds"
+    )
     args = parser.parse_args()
     for tool in ("nginx", "curl", "sha512sum"):
         if shutil.which(tool) is None:
-            print(f"{tool} not found", file=sys.stderr)
+            print(f"{tool} not found (scripts/system-packages.sh lists it)", file=sys.stderr)
             return 4
-    lab = shutil.which("lab")
-    lab_argv = [lab] if lab else [sys.executable, "-m", "coreos_lab"]
+    # The checkout's lab, not an installed one; no proxy between lab and nginx.
+    env = dict(os.environ, PYTHONPATH=str(REPO), no_proxy="127.0.0.1", NO_PROXY="127.0.0.1")
+    load_before = load()
     with tempfile.TemporaryDirectory(prefix="lab-bench-") as tmp:
         root = Path(tmp)
         root.chmod(0o755)  # nginx workers may run as an unprivileged user
         (root / "tmp").mkdir()
         port = free_port()
         base = f"http://127.0.0.1:{port}"
-        box_url = publish(root / "www", args.size_mib << 20, base)
+        box = publish(root / "www", args.size_mib << 20, base)
+        box_url = f"{base}/{box.relative_to(root / 'www')}"
         (root / "nginx.conf").write_text(NGINX_CONF.format(root=root, port=port))
         nginx = subprocess.Popen(["nginx", "-p", str(root), "-c", str(root / "nginx.conf")])
         try:
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", port)) == 0:
-                        break
-                time.sleep(0.05)
-            out = root / "download.box"
-            mirror = root / "mirror"
+            wait_until(lambda: nginx.poll() is not None or listening(port), "nginx listening", timeout=30)
+            if nginx.poll() is not None:
+                print(f"nginx exited with {nginx.returncode}; see {root / 'error.log'}", file=sys.stderr)
+                return 1
+            out, mirror = root / "curl.box", root / "mirror"
 
+            # Each run's files are deleted afterwards, before the next run: their dirty pages are then
+            # dropped, not written back while the next one is measured.
             def curl() -> None:
                 subprocess.run(["curl", "-sSf", "-o", str(out), box_url], check=True)
 
-            def curl_and_sum() -> None:
+            def curl_then_sha512sum() -> None:
                 curl()
                 subprocess.run(["sha512sum", str(out)], check=True, stdout=subprocess.DEVNULL)
 
-            def fetch() -> None:
-                shutil.rmtree(mirror, ignore_errors=True)
+            def lab(checkout: Path = REPO) -> None:
+                argv = [sys.executable, "-m", "coreos_lab", "mirror", "fetch", "--root", str(mirror)]
+                run_env = dict(env, PYTHONPATH=str(checkout))
+                # cwd: `python -m` puts the working directory before PYTHONPATH; it must not pick the checkout.
                 subprocess.run(
-                    [*lab_argv, "mirror", "fetch", "--root", str(mirror), "--upstream", base],
-                    check=True,
-                    stderr=subprocess.DEVNULL,
-                    env=dict(os.environ, no_proxy="127.0.0.1", NO_PROXY="127.0.0.1"),
+                    [*argv, "--upstream", base], check=True, env=run_env, cwd=root, stderr=subprocess.DEVNULL
                 )
 
-            curl_s = median_seconds(curl, args.runs)
-            sum_s = median_seconds(curl_and_sum, args.runs)
-            lab_s = median_seconds(fetch, args.runs)
+            def lab_start() -> None:
+                imports = "import coreos_lab.cli, coreos_lab.mirror.fetch, requests, rich.console"
+                subprocess.run([sys.executable, "-c", imports], check=True, env=env, cwd=root)
+
+            runs: dict[str, Callable[[], None]] = {
+                "curl": curl,
+                "hash": lambda: hash_in_two_threads(box),
+                "lab": lab,
+                "curl+sha512sum": curl_then_sha512sum,
+                "lab start": lab_start,
+            }
+            if args.baseline:
+                runs["lab baseline"] = lambda: lab(args.baseline.resolve())
+            samples: dict[str, list[float]] = {name: [] for name in runs}
+            cpu: dict[str, list[float]] = {name: [] for name in runs}
+            for i in range(args.rounds):
+                for name in runs if i % 2 == 0 else reversed(runs):
+                    wall, used = timed(runs[name])
+                    samples[name].append(wall)
+                    cpu[name].append(used)
+                    out.unlink(missing_ok=True)
+                    shutil.rmtree(mirror, ignore_errors=True)
         finally:
             nginx.terminate()
             nginx.wait(timeout=10)
+    floors = [max(c, h) for c, h in zip(samples["curl"], samples["hash"], strict=True)]
+    ratios = [lab / floor for lab, floor in zip(samples["lab"], floors, strict=True)]
     mib = args.size_mib
-    print(f"box {mib} MiB from nginx on 127.0.0.1, median of {args.runs}")
-    print(f"curl               {curl_s:6.2f} s  {mib / curl_s:7.0f} MiB/s")
-    print(f"curl + sha512sum   {sum_s:6.2f} s  {mib / sum_s:7.0f} MiB/s")
+    median = {name: statistics.median(values) for name, values in samples.items()}
+    print(f"box {mib} MiB from nginx on 127.0.0.1, median of {args.rounds} alternated rounds")
+    print(f"load average (1, 5, 15 min) before {load_before}, after {load()}, on {os.cpu_count()} cores")
+
+    def line(name: str, seconds: float, values: list[float], what: str = "") -> None:
+        print(f"  {name:16s} {seconds:6.2f} s  {mib / seconds:6.0f} MiB/s  all: {_list(values)}{what}")
+
+    line("curl", median["curl"], samples["curl"])
+    line("sha256+sha512", median["hash"], samples["hash"], "  (two hashlib threads)")
+    line("floor", statistics.median(floors), floors, "  (per round: the slower of the two)")
+    line("lab mirror fetch", median["lab"], samples["lab"], "  (verified, fsynced, committed)")
+    print(f"lab / floor {statistics.median(ratios):.2f}x (target <= 1.2x)   per round: {_list(ratios)}")
+    # With the cores busy, overlap has no idle core to use: the ratio then tends to the ratio of CPU seconds.
+    cpu_s = {name: statistics.median(values) for name, values in cpu.items()}
     print(
-        f"lab mirror fetch   {lab_s:6.2f} s  {mib / lab_s:7.0f} MiB/s  (sha256+sha512 on the fly, verified, committed)"
+        f"CPU seconds (user + system, without nginx's and the kernel's writeback): curl {cpu_s['curl']:.2f}, "
+        f"hashes {cpu_s['hash']:.2f}, lab {cpu_s['lab']:.2f} (of which start {cpu_s['lab start']:.2f})"
     )
-    print(f"lab / curl {lab_s / curl_s:.2f}x   lab / (curl + sha512sum) {lab_s / sum_s:.2f}x")
+    print("for information:")
+    if args.baseline:
+        baseline = [lab / floor for lab, floor in zip(samples["lab baseline"], floors, strict=True)]
+        line("lab baseline", median["lab baseline"], samples["lab baseline"], f"  ({args.baseline})")
+        print(f"  baseline / floor {statistics.median(baseline):.2f}x   per round: {_list(baseline)}")
+    line("curl + sha512sum", median["curl+sha512sum"], samples["curl+sha512sum"])
+    print(f"  lab start        {median['lab start']:6.2f} s  (Python, click, requests, rich)")
     return 0
+
+
+def _list(samples: list[float]) -> str:
+    return " ".join(f"{s:.2f}" for s in samples)
 
 
 if __name__ == "__main__":

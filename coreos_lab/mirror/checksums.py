@@ -6,10 +6,10 @@ import hashlib
 import re
 import weakref
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from coreos_lab.errors import BadInput
+from coreos_lab.mirror.chunk_worker import ChunkWorker, FileRange
 
 # Vagrant's checksum types and the length of their hex digests.
 CHECKSUM_TYPES = {"md5": 32, "sha1": 40, "sha256": 64, "sha384": 96, "sha512": 128}
@@ -31,37 +31,45 @@ def check_checksum(checksum_type: object, checksum: object, where: str) -> tuple
 
 
 class Hashers:
-    """Several hashes fed from the same bytes.
+    """Several hashes fed from the same bytes, each on its own thread (`ChunkWorker`).
 
-    With more than one algorithm each runs on its own thread (hashlib releases the GIL on large buffers),
-    and `update` returns before they finish, so the next chunk is read or received while the last one is
-    hashed: a verified download costs about its slowest hash (sha512), not the sum of all and the I/O.
+    `update` returns as soon as the chunk is queued, so the next one is read or received while the last ones
+    are hashed, and each hash runs at its own pace: a verified download costs about its slowest hash (sha512),
+    not the sum of all of them and the I/O. `update_from_file` queues bytes already on disk (a part being
+    resumed), which the hashes read themselves while the rest arrives.
     """
 
     def __init__(self, algorithms: Iterable[str]):
         self._hashes = {name: hashlib.new(name) for name in dict.fromkeys(algorithms)}
-        self._pool = ThreadPoolExecutor(len(self._hashes), "hash") if len(self._hashes) > 1 else None
-        self._pending: list[Future[None]] = []
-        if self._pool is not None:
-            weakref.finalize(self, self._pool.shutdown, wait=False)
+        self._workers = [ChunkWorker(h.update, f"hash-{name}") for name, h in self._hashes.items()]
+        # Stops the threads of hashers dropped halfway (e.g. by an exception) without `close`.
+        self._finalizer = weakref.finalize(self, _abandon, self._workers)
 
     def update(self, chunk: bytes) -> None:
-        self._wait()
-        if self._pool is None:
-            for h in self._hashes.values():
-                h.update(chunk)
-        else:
-            pool = self._pool
-            self._pending = [pool.submit(h.update, chunk) for h in self._hashes.values()]
+        for worker in self._workers:
+            worker.put(chunk)
 
-    def _wait(self) -> None:
-        for future in self._pending:
-            future.result()
-        self._pending = []
+    def update_from_file(self, fd: int, size: int) -> None:
+        """Hash the first `size` bytes of the open file `fd` next; `fd` must stay open until `hexdigests`."""
+        for worker in self._workers:
+            worker.put(FileRange(fd, 0, size))
 
     def hexdigests(self) -> dict[str, str]:
-        self._wait()
+        for worker in self._workers:
+            worker.finish()
+        self._finalizer.detach()
         return {name: h.hexdigest() for name, h in self._hashes.items()}
+
+    def close(self) -> None:
+        """Stop hashing (the digests are not wanted)."""
+        self._finalizer()
+
+
+def _abandon(workers: list[ChunkWorker]) -> None:
+    for worker in workers:
+        worker.abandon(wait=False)
+    for worker in workers:
+        worker.abandon()
 
 
 def file_digests(
@@ -69,9 +77,12 @@ def file_digests(
 ) -> dict[str, str]:
     """Hex digests of a file for each algorithm, in one read."""
     hashers = Hashers(algorithms)
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            hashers.update(chunk)
-            if on_chunk is not None:
-                on_chunk(len(chunk))
-    return hashers.hexdigests()
+    try:
+        with path.open("rb") as handle:
+            while chunk := handle.read(CHUNK):
+                hashers.update(chunk)
+                if on_chunk is not None:
+                    on_chunk(len(chunk))
+        return hashers.hexdigests()
+    finally:
+        hashers.close()

@@ -1,6 +1,9 @@
 """Resumable download of one large file into an open `.part`, hashed while it arrives.
 
-Resume: the bytes already in the part are hashed first, then the rest is asked for with `Range: bytes=N-`.
+The socket is read on the calling thread; each hash and the writes to the part run on their own threads
+(`chunk_worker`), so a download costs about its slowest part, not their sum.
+
+Resume: the rest is asked for with `Range: bytes=N-` while the hashes read the N bytes already in the part.
 A 206 must carry a `Content-Range` starting at N; a 200 means the server ignored Range, so the part starts
 over from the same response; a 416 whose `Content-Range: bytes */SIZE` equals the part's size means the part
 was already complete. Anything else starts over once with a plain request. A response shorter than its
@@ -9,18 +12,28 @@ announced length is a truncated download: the part is kept for the next run to r
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
 from coreos_lab.errors import LabError
-from coreos_lab.mirror.checksums import CHUNK, Hashers
+from coreos_lab.mirror.checksums import Hashers
+from coreos_lab.mirror.chunk_worker import ChunkWorker
 from coreos_lab.mirror.upstream import CONNECT_TIMEOUT, READ_TIMEOUT, http_error, network_error
 from coreos_lab.progress import Reporter
 
 if TYPE_CHECKING:
     import requests
+
+# The most one read takes from the socket. Pieces of 1 MiB are reused from the heap; 4 MiB ones cost more in
+# page faults (fresh memory each time) than they save in calls.
+CHUNK = 1 << 20
+SYNC_EVERY = 64 << 20
+# Without a size from the caller, the largest file accepted: a release's JSON and DIGESTS give none, and a
+# server may send a body without Content-Length. CoreOS and Flatcar boxes and images are a few hundred MB.
+SIZE_CAP = 16 << 30
 
 
 @dataclass(frozen=True)
@@ -50,47 +63,52 @@ def download(
     limit: int | None = None,
 ) -> Downloaded:
     """`status_error` turns an unexpected HTTP status into the error to raise (a release server's by default).
-    `limit`: the size the file must have; the body is cut at one byte more (the caller refuses a larger size),
-    so a server that sends without end cannot fill the disk."""
+    `limit`: the size the file must have; the body is cut at one byte more (the caller refuses a larger size).
+    Without it, a file larger than `SIZE_CAP` is refused here and nothing of it is kept: either way, a server
+    that sends without end cannot fill the disk."""
     import requests
     import urllib3
 
     have = part.seek(0, 2)
     range_ignored = False
     for attempt in range(2):
-        hashers = Hashers(algorithms)
         if attempt == 1 or have == 0:
             have = 0
             part.seek(0)
             part.truncate()
         else:
             reporter.note(f"resuming {url} at byte {have}")
-            _hash_existing(part, hashers, have, reporter)
         headers = {"Range": f"bytes={have}-"} if have else {}
         receiving = False
         try:
             with http.get(url, headers=headers, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) as resp:
                 total = _continue_at(resp, have, url, status_error)
-                if total is None and resp.status_code == 416:
-                    # The part already holds the whole file.
-                    return Downloaded(have, hashers.hexdigests(), have, False)
                 if resp.status_code == 200 and have:
                     reporter.note(f"{url}: the server ignored Range; downloading from the start")
                     range_ignored = True
                     have = 0
-                    hashers = Hashers(algorithms)
                     part.seek(0)
                     part.truncate()
-                resumed_from = have
-                receiving = True
-                got = _receive(resp, part, hashers, have, total, url, reporter, limit)
+                if limit is None and total is not None and total > SIZE_CAP:
+                    raise _too_large(url, part, f"announces {total} bytes, over")
+                hashers = Hashers(algorithms)
+                try:
+                    if have:  # hashed by the hashes' threads while the rest arrives
+                        hashers.update_from_file(part.fileno(), have)
+                    if total is None and resp.status_code == 416:  # the part already holds the whole file
+                        return Downloaded(have, hashers.hexdigests(), have, False)
+                    resumed_from = have
+                    receiving = True
+                    got = _receive(resp, part, hashers, have, total, url, reporter, limit)
+                    digests = hashers.hexdigests()
+                finally:
+                    hashers.close()
         except _StartOver as exc:
             reporter.note(f"{url}: {exc}; downloading from the start")
             continue
         except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             if not receiving:
                 raise network_error(url, exc) from exc
-            part.flush()
             raise LabError(
                 f"download of {url} was cut after {part.tell()} bytes: {exc}",
                 hint="run the same command again to resume",
@@ -100,16 +118,18 @@ def download(
                 f"download of {url} was cut: got {got} of {total} bytes (truncated download)",
                 hint="run the same command again to resume",
             )
-        return Downloaded(got, hashers.hexdigests(), resumed_from, range_ignored)
+        return Downloaded(got, digests, resumed_from, range_ignored)
     raise LabError(f"{url}: the server cannot resume this download")  # unreachable: attempt 1 never resumes
 
 
-def _hash_existing(part: BinaryIO, hashers: Hashers, have: int, reporter: Reporter) -> None:
+def _too_large(url: str, part: BinaryIO, what: str) -> LabError:
     part.seek(0)
-    with reporter.transfer("checking the partial download", have) as advance:
-        while chunk := part.read(CHUNK):
-            hashers.update(chunk)
-            advance(len(chunk))
+    part.truncate()  # not a part worth resuming
+    return LabError(
+        f"{url}: the server {what} the cap of {SIZE_CAP} bytes for a file of no other known size; "
+        "refused, nothing kept",
+        hint="check --upstream: a release server's boxes and images are a few hundred MB",
+    )
 
 
 def _continue_at(
@@ -144,18 +164,71 @@ def _receive(
     reporter: Reporter,
     limit: int | None = None,
 ) -> int:
+    """Receive the body into the part from byte `have` on; the hashes and the writes run on their own threads."""
     got = have
+    cut_at = (SIZE_CAP if limit is None else limit) + 1
     part.seek(have)
-    with reporter.transfer(url.rsplit("/", 1)[-1], total, have) as advance:
-        # Raw bytes as stored: never let a Content-Encoding the server added anyway change what is hashed.
-        # read1 returns what has arrived (up to CHUNK), so the progress moves on slow links too.
-        while (want := CHUNK if limit is None else min(CHUNK, limit + 1 - got)) > 0:
-            chunk = resp.raw.read1(want, decode_content=False)
-            if not chunk:
-                break
-            hashers.update(chunk)
-            part.write(chunk)
-            got += len(chunk)
-            advance(len(chunk))
-    part.flush()
+    part_writer = _PartWriter(part)
+    writer = ChunkWorker(part_writer, "part-writer")
+    try:
+        with reporter.transfer(url.rsplit("/", 1)[-1], total, have) as advance:
+            # Raw bytes as stored: never let a Content-Encoding the server added anyway change what is hashed.
+            # read1 returns what has arrived (up to CHUNK), so the progress moves on slow links too.
+            while (want := min(CHUNK, cut_at - got)) > 0:
+                chunk = resp.raw.read1(want, decode_content=False)
+                if not chunk:
+                    break
+                hashers.update(chunk)
+                writer.put(chunk)
+                got += len(chunk)
+                advance(len(chunk))
+        writer.put(b"")  # the end: the rest is synced while the hashes catch up
+    finally:
+        try:
+            writer.finish()  # every byte received is in the part, for the next run to resume from
+        finally:
+            part_writer.close()
+        part.flush()
+    if limit is None and got > SIZE_CAP:
+        raise _too_large(url, part, "sent more than")
     return got
+
+
+class _PartWriter:
+    """Writes the chunks to the part. Every `SYNC_EVERY` bytes it has a thread of its own wait for them to reach
+    the disk (fdatasync) without waiting itself: the disk works while the network does, a slow disk does not
+    hold the download up, and the commit's fsync (`store.commit`) finds little left to write. An empty chunk is
+    the end: the writer then syncs the rest itself, while the hashes catch up."""
+
+    def __init__(self, part: BinaryIO):
+        self.part = part
+        self.unsynced = 0
+        self._syncer = ChunkWorker(self._sync, "part-sync", backlog=1)
+
+    def __call__(self, chunk: bytes) -> None:
+        try:
+            self.part.write(chunk)  # a chunk larger than the buffer goes straight to the file
+            self.unsynced += len(chunk)
+            if not chunk:
+                self.close()
+                self._sync(chunk)
+            elif self.unsynced >= SYNC_EVERY and self._syncer.offer(chunk):  # else: a sync is under way
+                self.unsynced = 0
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def close(self) -> None:
+        """Wait for the sync under way, if any."""
+        self._syncer.finish()
+
+    def _sync(self, _: bytes) -> None:
+        try:
+            self.part.flush()
+            os.fdatasync(self.part.fileno())
+        except OSError as exc:
+            raise self._error(exc) from exc
+
+    def _error(self, exc: OSError) -> LabError:
+        return LabError(
+            f"cannot write {self.part.name}: {exc.strerror or exc}", hint="run the same command again to resume"
+        )

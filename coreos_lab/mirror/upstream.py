@@ -124,6 +124,7 @@ def session() -> requests.Session:
 def get_small(http: requests.Session, url: str, *, optional: bool = False) -> bytes | None:
     """A small file's bytes. 404 is None when `optional`, else an error naming the URL."""
     import requests
+    import urllib3
 
     try:
         with http.get(url, stream=True, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT)) as resp:
@@ -132,7 +133,7 @@ def get_small(http: requests.Session, url: str, *, optional: bool = False) -> by
             if resp.status_code != 200:
                 raise http_error(url, resp.status_code, resp.reason)
             data = resp.raw.read(SMALL_FILE_LIMIT + 1, decode_content=False)
-    except requests.RequestException as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # raw reads raise urllib3's own
         raise network_error(url, exc) from exc
     if len(data) > SMALL_FILE_LIMIT:
         raise LabError(f"{url}: more than {SMALL_FILE_LIMIT} bytes; not a metadata file")
