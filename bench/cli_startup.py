@@ -13,6 +13,8 @@ import subprocess
 import sys
 import time
 
+from as_installed import as_installed
+
 
 def median_seconds(argv: list[str], runs: int) -> float:
     samples = []
@@ -27,6 +29,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
+    as_installed()
     lab = shutil.which("lab")
     lab_argv = [lab, "--help"] if lab else [sys.executable, "-m", "coreos_lab", "--help"]
     vagrant = shutil.which("vagrant")

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from as_installed import as_installed
 from harness.etcd import EtcdLauncher, free_port, wait_healthy
 from harness.server_process import ServerProcess
 
@@ -66,6 +67,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=9, help="runs per backend and size (median reported)")
     parser.add_argument("--sizes", default="3,5")
     args = parser.parse_args()
+    as_installed()
     sizes = [int(s) for s in args.sizes.split(",")]
 
     with tempfile.TemporaryDirectory(prefix="discovery-bench-") as tmp:

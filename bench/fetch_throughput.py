@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from as_installed import as_installed
 from harness.ports import free_port
 from harness.waiting import wait_until
 
@@ -127,6 +128,7 @@ def main() -> int:
         "--baseline", type=Path, help="another checkout (e.g. `git archive main` unpacked): its lab in the same rounds"
     )
     args = parser.parse_args()
+    as_installed(*([REPO, args.baseline] if args.baseline else [REPO]))
     for tool in ("nginx", "curl", "sha512sum"):
         if shutil.which(tool) is None:
             print(f"{tool} not found (scripts/system-packages.sh lists it)", file=sys.stderr)

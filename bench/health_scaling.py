@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from as_installed import as_installed
 from harness.netns import netns_cluster
 
 NODES = 9
@@ -71,6 +72,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=11)
     args = parser.parse_args()
+    as_installed()
     with tempfile.TemporaryDirectory(prefix="health-bench-") as tmp, netns_cluster(Path(tmp) / "nodes", NODES) as c:
         c.start_all_etcd()
         config = c.write_ssh_config(Path(tmp) / "ssh_config")

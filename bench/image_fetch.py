@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from as_installed import as_installed
 from harness.oci_images import build_random_image, seed, skopeo
 from harness.registry import registry
 
@@ -42,16 +43,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=None, help="lab's --jobs (default: lab's default)")
     args = parser.parse_args()
+    as_installed()
     for tool in ("docker-registry", "skopeo"):
         if shutil.which(tool) is None:
             print(f"{tool} not found (scripts/system-packages.sh lists it in TEST_PACKAGES)", file=sys.stderr)
             return 4
     sizes = [int(s) << 20 for s in args.layers_mib.split(",")]
-    # The checkout's lab, not an installed one; no proxy between the tools and the registry. Its bytecode is
-    # compiled first and kept, as `pip install` does: a lab that compiles its modules on every run is not one a user has.
+    # The checkout's lab, not an installed one; no proxy between the tools and the registry.
     env = dict(os.environ, PYTHONPATH=str(REPO), no_proxy="127.0.0.1", NO_PROXY="127.0.0.1")
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    subprocess.run([sys.executable, "-m", "compileall", "-q", str(REPO / "coreos_lab")], check=True, env=env)
     with tempfile.TemporaryDirectory(prefix="lab-bench-") as tmp:
         work = Path(tmp)
         started = time.perf_counter()

@@ -30,6 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
+from as_installed import as_installed
 from harness.s3 import S3Server, s3_server
 
 from coreos_lab.mirror.store import BoxKey, MirrorStore
@@ -152,6 +153,7 @@ def main() -> None:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
+    as_installed()
     size = args.size_mib * 1024 * 1024
     for tool in ("rsync",):
         if shutil.which(tool) is None:

@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from as_installed import as_installed  # noqa: E402
+
 # Run inside the namespace: one `lab up` in-process, timed, then `lab destroy`.
 CHILD = """
 import dataclasses, json, sys, time
@@ -53,6 +55,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1, help="runs per case (the median is reported)")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
+    as_installed()
 
     box = build_box()
     cases = [(1, "concurrent"), (3, "concurrent"), (3, "one-by-one")]
