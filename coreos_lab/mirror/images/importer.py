@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from coreos_lab.errors import BadInput
+from coreos_lab.json_input import parse_json
 from coreos_lab.mirror.checksums import CHUNK
 from coreos_lab.mirror.images.manifests import (
     OCI_MANIFEST,
@@ -276,10 +277,7 @@ class _ArchiveReader:
         return data
 
     def json(self, member: tarfile.TarInfo) -> Any:
-        try:
-            return json.loads(self.read_small(member))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadInput(f"{self.archive}: member {member.name} is not JSON: {exc}") from None
+        return parse_json(self.read_small(member), f"{self.archive}: member {member.name}")
 
 
 # -- OCI image layout -------------------------------------------------------------------------------------
@@ -400,7 +398,7 @@ def _docker_save_manifest(reader: _ArchiveReader, plan: _Plan, config_name: str,
     if DIGEST_RE.fullmatch(f"sha256:{named}") and f"sha256:{named}" != digest:
         raise BadInput(f"{reader.archive}: member {member.name}: sha256 is {digest}, but its name says sha256:{named}")
     try:
-        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+        diff_ids = parse_json(config, f"{reader.archive}: member {member.name}")["rootfs"]["diff_ids"]
         if not isinstance(diff_ids, list) or not all(isinstance(d, str) and DIGEST_RE.fullmatch(d) for d in diff_ids):
             raise TypeError
     except (ValueError, KeyError, TypeError):

@@ -30,6 +30,7 @@ from typing import Any, BinaryIO, Literal
 
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.fsutil import atomic_write_bytes, atomic_write_text, locked_part
+from coreos_lab.json_input import read_json_file
 from coreos_lab.mirror.images.manifests import (
     MANIFEST_MEDIA_TYPES,
     Descriptor,
@@ -248,10 +249,7 @@ class ImageStore:
         if not self.index_path.is_file():
             return []
         where = str(self.index_path)
-        try:
-            doc = json.loads(self.index_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"damaged image catalog {where}: {exc}") from None
+        doc = read_json_file(self.index_path, f"damaged image catalog {where}")
         if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
             raise BadInput(f"damaged image catalog {where}: expected an OCI index with a manifests list")
         found = []
