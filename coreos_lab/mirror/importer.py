@@ -22,10 +22,19 @@ from typing import Any, BinaryIO, cast
 import zstandard
 
 from coreos_lab.errors import BadInput
+from coreos_lab.fsutil import naming_io_errors
 from coreos_lab.json_input import parse_json
 from coreos_lab.mirror import box_metadata
 from coreos_lab.mirror.checksums import CHUNK, Hashers, file_digests
-from coreos_lab.mirror.store import DEFAULT_ARCH, BoxKey, CatalogEntry, MirrorStore
+from coreos_lab.mirror.store import (
+    DEFAULT_ARCH,
+    BoxKey,
+    CatalogEntry,
+    MirrorStore,
+    check_name,
+    check_provider,
+    check_version,
+)
 from coreos_lab.progress import Reporter, SilentReporter
 
 # Archive formats Vagrant unpacks, by their leading bytes.
@@ -85,6 +94,11 @@ def import_box(
             if not value:
                 raise BadInput(f"{option} is required when importing {box} without --metadata")
         assert name is not None and version is not None
+        check_name(name, "name (--name)")
+        check_version(version, "version (--version)")
+        for option, value in (("--provider", provider), ("--architecture", architecture)):
+            if value is not None:
+                check_provider(value, option.removeprefix("--") + f" ({option})")
         # No checksum to trust: the archive must at least be whole, and be a box for the provider it is filed under.
         box_prov, box_arch = box_provider(box, box_format)
         if provider is None:
@@ -104,7 +118,8 @@ def import_box(
         _check(expected, digests, box, metadata)
         return None if digests["sha256"] == stored.sha256 else f"and {box} differs (sha256 {digests['sha256']})"
 
-    with store.staging(key, on_wait=lambda: reporter.note(f"waiting for another lab process writing {key}")) as part:
+    on_wait = lambda: reporter.note(f"waiting for another lab process writing {key}")  # noqa: E731
+    with naming_io_errors(), store.staging(key, on_wait=on_wait) as part:
         admission = store.admit(key, force=force, differs=differs)
         if admission.unchanged is not None:
             return ImportResult(admission.unchanged, "unchanged")
@@ -236,13 +251,20 @@ def _copy_hashing(box: Path, part: BinaryIO, algorithms: list[str], reporter: Re
     hashers = Hashers(algorithms)
     part.seek(0)
     part.truncate()
+    staged = Path(part.name)
     try:
         with box.open("rb") as source, reporter.transfer(f"importing {box.name}", box.stat().st_size) as advance:
-            while chunk := source.read(CHUNK):
+            while True:
+                with naming_io_errors(box, "read"):
+                    chunk = source.read(CHUNK)
+                if not chunk:
+                    break
                 hashers.update(chunk)
-                part.write(chunk)
+                with naming_io_errors(staged):
+                    part.write(chunk)
                 advance(len(chunk))
-        part.flush()
+        with naming_io_errors(staged):
+            part.flush()
     except BaseException:
         _discard(part)  # an import is not resumable: leave no half copy behind
         raise

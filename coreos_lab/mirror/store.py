@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from coreos_lab.errors import BadInput, LabError
-from coreos_lab.fsutil import atomic_write_text, locked_part
+from coreos_lab.fsutil import locked_part, naming_io_errors, write_temp
 from coreos_lab.json_input import read_json_file
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -419,8 +419,7 @@ class MirrorStore:
         `staged` must be on the same filesystem (e.g. `part_path(key)`): the rename is atomic. The caller
         has already verified `sha256` and decided (`admit`) whether replacing a different artifact is allowed.
         """
-        final = self.artifact_path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final, record = self.artifact_path(key), self.record_path(key)
         size = staged.stat().st_size
         entry = CatalogEntry(
             key=key,
@@ -430,12 +429,25 @@ class MirrorStore:
             source=source,
             description=description,
         )
-        # Hide the old record first so a crash between the two steps never pairs a record with the wrong box.
-        self.record_path(key).unlink(missing_ok=True)
-        sync_file(staged)
-        os.replace(staged, final)
         doc = {"kind": key.kind.name} | asdict(key) | {k: v for k, v in asdict(entry).items() if k != "key"}
-        atomic_write_text(self.record_path(key), json.dumps(doc, indent=2) + "\n")
+        # The record is written beside its place first: a full disk or a read-only root fails here, with the
+        # store as it was. What follows are renames.
+        with naming_io_errors(record):
+            record_temp = write_temp(record, (json.dumps(doc, indent=2) + "\n").encode())
+        try:
+            with naming_io_errors(final):
+                # Hide the old record first so a crash between the renames never pairs a record with the wrong box.
+                record.unlink(missing_ok=True)
+                sync_file(staged)
+                os.replace(staged, final)
+            try:
+                with naming_io_errors(record):
+                    os.replace(record_temp, record)
+            except BaseException:
+                os.replace(final, staged)  # back to the caller, who discards it: no box without a record
+                raise
+        finally:
+            record_temp.unlink(missing_ok=True)
         return entry
 
     # -- Vagrant metadata ------------------------------------------------------------------------------
