@@ -15,13 +15,16 @@ import pytest
 import zstandard
 from harness.boxes import add_box, make_box
 from harness.cli import LabRun, lab
+from harness.upstream import ReleaseUpstream, keys, upstream
 from hypothesis import given
 from hypothesis import strategies as st
 
 from coreos_lab.errors import BadInput, ExitCode
 from coreos_lab.json_input import MAX_DEPTH, parse_json
+from coreos_lab.mirror.images.store import ImageStore
 from coreos_lab.mirror.store import BoxKey, MirrorStore, check_name, check_provider, check_version
 
+__all__ = ["keys", "upstream"]  # the fixtures, imported for this module's tests
 pytestmark = pytest.mark.integration
 
 DEEP = [b"[" * 20_000, b'{"a":' * 20_000, b"[" * (MAX_DEPTH + 1) + b"]" * (MAX_DEPTH + 1)]
@@ -120,6 +123,14 @@ def test_a_deeply_nested_image_catalog_is_reported_by_verify(mirror_root: Path) 
     assert_refused(run, ExitCode.ERROR)
     (finding,) = run.json()["findings"]
     assert finding["status"] == "damaged catalog" and str(index) in finding["detail"]
+
+
+def test_a_deeply_nested_upstream_json_is_refused_naming_its_url(mirror_root: Path, upstream: ReleaseUpstream) -> None:
+    release = upstream.publish("flatcar", "stable", "3815.2.0", json_override=DEEP[1])
+    run = lab("mirror", "fetch", "--root", mirror_root, "--upstream", upstream.url)
+    assert_refused(run, ExitCode.USAGE, f"{upstream.url}/stable/amd64-usr/3815.2.0/", "box metadata nests deeper")
+    assert release.stem in run.stderr
+    assert MirrorStore(mirror_root).entries() == []
 
 
 # -- names longer than a file name may be: exit 2 naming the value ----------------------------------------
@@ -262,6 +273,34 @@ def test_an_unreadable_version_directory_is_reported_by_list_and_verify(mirror_r
     assert findings[str(hidden)] == "unreadable directory"
     assert verified.json()["checked"] == 2 and verified.json()["failed"] == 1
     assert_refused(empty, ExitCode.ERROR, f"unreadable directory {hidden}: Permission denied")
+
+
+def test_an_unreadable_image_directory_is_reported_by_list_and_verify(mirror_root: Path) -> None:
+    images = ImageStore(mirror_root)
+    images.write_blob(b"{}")
+    images.dir.chmod(0)
+    try:
+        listed = lab("mirror", "list", "--root", mirror_root, "--json", prefix=NO_DAC)
+        verified = lab("mirror", "verify", "--root", mirror_root, "--json", prefix=NO_DAC)
+    finally:
+        images.dir.chmod(0o755)
+    assert_refused(listed, ExitCode.ERROR)
+    assert [p["path"] for p in listed.json()["left_out"]] == [str(images.index_path)]
+    assert "Permission denied" in listed.json()["left_out"][0]["reason"]
+    assert_refused(verified, ExitCode.ERROR)
+    statuses = {f["path"]: f["status"] for f in verified.json()["findings"]}
+    assert statuses == {str(images.index_path): "damaged catalog", str(images.blobs_dir): "unreadable directory"}
+
+
+def test_an_image_blob_leading_out_of_the_root_is_not_verified_ok(mirror_root: Path, tmp_path: Path) -> None:
+    images = ImageStore(mirror_root)
+    blob = images.blob_path(images.write_blob(b"{}"))
+    outside = tmp_path / "blob"
+    blob.rename(outside)
+    blob.symlink_to(outside)
+    run = lab("mirror", "verify", "--root", mirror_root, "--json")
+    assert_refused(run, ExitCode.ERROR)
+    assert [(f["path"], f["status"]) for f in run.json()["findings"]] == [(str(blob), "outside the root")]
 
 
 # -- leftovers: a failed write leaves nothing, and names the file -------------------------------------------

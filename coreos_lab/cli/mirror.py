@@ -131,13 +131,20 @@ def list_(root: Path | None, base_url: str | None, as_json: bool) -> ExitCode:
     Exit 1 when something in the root is left out of the catalog (an unreadable directory, a damaged record,
     a box missing or leading out of the root), each named."""
     from coreos_lab import console
+    from coreos_lab.errors import BadInput
     from coreos_lab.mirror.images.store import ImageStore
-    from coreos_lab.mirror.store import MirrorStore
+    from coreos_lab.mirror.store import LeftOut, MirrorStore
 
     store = MirrorStore(resolve_existing_root(root))
     entries, left_out = store.survey()
     rows = [e.as_dict(_base(base_url)) for e in entries]
-    images = [_image_row(ImageStore(store.root), image, _base(base_url)) for image in ImageStore(store.root).images()]
+    image_store = ImageStore(store.root)
+    try:
+        stored_images = image_store.load_index()
+    except BadInput as exc:
+        left_out.append(LeftOut(image_store.index_path, exc.message))
+        stored_images = []
+    images = [_image_row(image_store, image, _base(base_url)) for image in sorted(stored_images, key=lambda i: (i.repository, i.tag))]
     code = ExitCode.ERROR if left_out else ExitCode.OK
     if as_json:
         problems = [{"path": str(p.path), "reason": p.reason} for p in left_out]
@@ -212,7 +219,7 @@ def _image_row(store: ImageStore, image: StoredImage, base_url: str) -> dict[str
 
     try:
         present = {b.digest: b.size for b in store.required_blobs(image.descriptor) if store.has_blob(b.digest)}
-    except BadInput:  # a damaged manifest: `lab mirror verify` says which
+    except (BadInput, OSError):  # a damaged manifest or unreadable blob: `lab mirror verify` says which
         present = {}
     host = urlsplit(base_url).netloc or base_url
     return image.as_dict() | {"blob_bytes": sum(present.values()), "pull": f"{host}/{image.name}"}

@@ -39,6 +39,7 @@ VERSION_RE = re.compile(r"^[0-9]+(\.[0-9A-Za-z]+)*(-[0-9A-Za-z.]+)?$")
 PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 DEFAULT_ARCH = "amd64"
 RECORD_SUFFIX = ".record.json"
+IMAGES_DIR = "images"  # below the root, the image store's (mirror/images/store.py), never a box name
 RECORD_LIMIT = 1 << 16  # a record is a few hundred bytes
 
 
@@ -51,6 +52,8 @@ MAX_PART_LENGTH = 64  # provider, architecture
 def check_name(name: str, field: str = "name") -> str:
     if not NAME_RE.match(name or ""):
         raise BadInput(f"invalid box {field} {name!r}: use letters, digits, '.', '_' and '-' (e.g. flatcar-stable)")
+    if name == IMAGES_DIR:
+        raise BadInput(f"invalid box {field} {name!r}: the mirror keeps its container images there")
     return _check_length(name, f"box {field}", MAX_NAME_LENGTH)
 
 
@@ -321,7 +324,7 @@ class MirrorStore:
         if not self.root.is_dir():
             return scan
         if name is None:
-            name_dirs = [d for d in scan.listdir(self.root) if d.is_dir() and not d.name.startswith(".")]
+            name_dirs = [d for d in scan.listdir(self.root) if d.is_dir() and is_valid_name(d.name)]
         else:
             name_dirs = [self.root / name] if (self.root / name).is_dir() else []
         for name_dir in name_dirs:

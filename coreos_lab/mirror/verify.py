@@ -158,11 +158,19 @@ def verify_images(store: ImageStore, reporter: Reporter) -> list[Finding]:
         needs[image.name] = _needed(store, image, findings)
         for digest in needs[image.name]:
             users.setdefault(digest, []).append(image.name)
-    blobs = store.blob_paths()
+    try:
+        blobs = store.blob_paths()
+    except OSError as exc:
+        findings.append(Finding(store.blobs_dir, UNREADABLE_DIR, exc.strerror or str(exc)))
+        blobs = []
     damaged: set[str] = set()
     with reporter.transfer("verifying image blobs", sum(_size(b) for b in blobs)) as advance:
         for blob in blobs:
             digest = f"sha256:{blob.name}"
+            if not store.within_blobs(blob):
+                findings.append(Finding(blob, OUTSIDE, OUTSIDE_ROOT, image=_names(users.get(digest))))
+                damaged.add(digest)
+                continue
             try:
                 actual = "sha256:" + file_digests(blob, ["sha256"], advance)["sha256"]
             except OSError as exc:

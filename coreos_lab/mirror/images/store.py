@@ -40,15 +40,15 @@ from coreos_lab.mirror.images.manifests import (
     parse_manifest,
 )
 from coreos_lab.mirror.images.reference import DIGEST_RE, check_digest, check_repository, check_tag
-from coreos_lab.mirror.store import sync_file
+from coreos_lab.mirror.store import IMAGES_DIR, sync_file
 
-IMAGES_DIR = "images"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 REF_NAME = "org.opencontainers.image.ref.name"
 SOURCE = "org.coreos-lab.source"
 ADDED_AT = "org.coreos-lab.added-at"
 PLATFORMS = "org.coreos-lab.platforms"
 ALL_PLATFORMS = "all"
+SMALL_BLOB_LIMIT = 4 << 20  # the distribution spec's limit on a manifest registries must accept
 
 
 def sha256_digest(data: bytes) -> str:
@@ -116,14 +116,39 @@ class ImageStore:
     def read_blob(self, digest: str) -> bytes:
         return self.blob_path(digest).read_bytes()
 
+    def read_small_blob(self, digest: str) -> bytes:
+        """A blob that must be small (a manifest, an index): one of more than SMALL_BLOB_LIMIT bytes is refused
+        rather than read into memory."""
+        with self.blob_path(digest).open("rb") as handle:
+            data = handle.read(SMALL_BLOB_LIMIT + 1)
+        if len(data) > SMALL_BLOB_LIMIT:
+            raise BadInput(f"blob {digest} has more than {SMALL_BLOB_LIMIT} bytes: not a manifest or config")
+        return data
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.dir / "blobs" / "sha256"
+
     def blob_paths(self) -> list[Path]:
-        """Every committed blob file (for `verify`)."""
-        found = self.dir / "blobs" / "sha256"
-        return sorted(p for p in found.glob("*") if DIGEST_RE.fullmatch(f"sha256:{p.name}")) if found.is_dir() else []
+        """Every committed blob file (for `verify`); an OSError naming the directory when it cannot be listed."""
+        found = self.blobs_dir
+        if not found.is_dir():
+            return []
+        return sorted(p for p in found.iterdir() if DIGEST_RE.fullmatch(f"sha256:{p.name}"))
+
+    def within_blobs(self, path: Path) -> bool:
+        """Whether `path`, with every symlink resolved, lies in the blob directory: the registry serves
+        nothing else."""
+        try:
+            return path.resolve(strict=True).is_relative_to(self.blobs_dir.resolve())
+        except (OSError, RuntimeError):
+            return False
 
     def part_paths(self) -> list[Path]:
-        found = self.dir / "blobs" / "sha256"
-        return sorted(found.glob("*.part")) if found.is_dir() else []
+        try:
+            return sorted(self.blobs_dir.glob("*.part")) if self.blobs_dir.is_dir() else []
+        except OSError:  # an unreadable blob directory: `blob_paths` says so
+            return []
 
     def staging(self, digest: str, on_wait: Callable[[], None] | None = None) -> AbstractContextManager[BinaryIO]:
         """The blob's `.part`, open under an exclusive lock (see `fsutil.locked_part`): two fetches of a blob
@@ -173,7 +198,8 @@ class ImageStore:
 
     def manifest(self, descriptor: Descriptor) -> ImageManifest | ImageIndex:
         """The stored manifest or index a descriptor names."""
-        return parse_manifest(self.read_blob(descriptor.digest), descriptor.media_type, f"blob {descriptor.digest}")
+        data = self.read_small_blob(descriptor.digest)
+        return parse_manifest(data, descriptor.media_type, f"blob {descriptor.digest}")
 
     def required_blobs(self, descriptor: Descriptor) -> list[Descriptor]:
         """The blobs an image needs, the manifest itself first: for an index, the index and what its entries
@@ -246,9 +272,12 @@ class ImageStore:
 
     def load_index(self) -> list[StoredImage]:
         """The catalog; BadInput naming index.json and the entry when it is damaged (for `verify`)."""
-        if not self.index_path.is_file():
-            return []
         where = str(self.index_path)
+        try:
+            if not self.index_path.is_file():
+                return []
+        except OSError as exc:  # the images directory cannot be searched
+            raise BadInput(f"unreadable image catalog {where}: {exc.strerror}") from None
         doc = read_json_file(self.index_path, f"damaged image catalog {where}")
         if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
             raise BadInput(f"damaged image catalog {where}: expected an OCI index with a manifests list")
