@@ -15,6 +15,7 @@ import pytest
 import zstandard
 from harness.boxes import add_box, make_box
 from harness.cli import LabRun, lab
+from harness.oci_images import build_random_image, tar_directory
 from harness.upstream import ReleaseUpstream, keys, upstream
 from hypothesis import given
 from hypothesis import strategies as st
@@ -349,6 +350,20 @@ def test_a_full_disk_leaves_nothing_behind_and_names_the_file(
     version_dir = mirror_root / "flatcar-stable" / "1.0.0"
     assert_refused(run, ExitCode.ERROR, f"cannot write {version_dir}/", fails_at, "No space left on device")
     assert listing.read_text() == ""
+
+
+def test_a_full_disk_during_an_image_import_names_the_blob_and_leaves_no_part(
+    mirror_root: Path, tmp_path: Path
+) -> None:
+    build_random_image(tmp_path / "layout", "coreos/etcd:big", [96 << 10])  # more than the tmpfs holds
+    archive = tmp_path / "image.tar"
+    tar_directory(tmp_path / "layout", archive)
+    listing = tmp_path / "listing"
+    prefix = _on_small_tmpfs(mirror_root, listing, 64 << 10, 0)
+    run = lab("mirror", "image", "import", archive, "--root", mirror_root, prefix=prefix)
+    assert_refused(run, ExitCode.ERROR, f"cannot write {mirror_root}/images/blobs/sha256/", ".part: No space left")
+    left = listing.read_text().split()
+    assert not [p for p in left if p.endswith((".part", "index.json"))], left  # no half blob, nothing tagged
 
 
 def test_a_read_only_root_names_the_path(mirror_root: Path, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from coreos_lab.errors import BadInput
+from coreos_lab.fsutil import naming_io_errors
 from coreos_lab.json_input import parse_json
 from coreos_lab.mirror.checksums import CHUNK
 from coreos_lab.mirror.images.manifests import (
@@ -118,7 +119,7 @@ def import_archive(
 ) -> ImageImportResult:
     reporter = reporter or SilentReporter()
     override = _parse_name(name) if name is not None else None
-    with _open(archive) as tar:
+    with naming_io_errors(), _open(archive) as tar:
         reader = _ArchiveReader(archive, tar)
         plan = _plan_oci_layout(reader, override) if reader.has("index.json") else _plan_docker_save(reader, override)
         _admit(store, plan, force)
@@ -129,7 +130,8 @@ def import_archive(
                 _copy_blob(store, reader, blob, advance, reporter)
     new_documents = {d: data for d, data in plan.documents.items() if not store.has_blob(d)}
     for digest, data in new_documents.items():
-        store.write_blob(data, digest)
+        with naming_io_errors(store.blob_path(digest)):
+            store.write_blob(data, digest)
     everything = {d: b.descriptor.size for d, b in plan.blobs.items()} | {d: len(v) for d, v in plan.documents.items()}
     written = {b.descriptor.digest for b in todo} | set(new_documents)
     images = []
@@ -139,13 +141,14 @@ def import_archive(
             assert stored is not None
             images.append(ImportedImage(stored, "unchanged"))
             continue
-        image = store.tag_image(
-            planned.repository,
-            planned.tag,
-            planned.descriptor,
-            source=str(archive.resolve()),
-            platforms=planned.platforms,
-        )
+        with naming_io_errors():
+            image = store.tag_image(
+                planned.repository,
+                planned.tag,
+                planned.descriptor,
+                source=str(archive.resolve()),
+                platforms=planned.platforms,
+            )
         images.append(ImportedImage(image, planned.action))
     return ImageImportResult(
         archive,
@@ -491,12 +494,12 @@ def _copy_blob(store: ImageStore, reader: _ArchiveReader, blob: _Blob, advance: 
         part.truncate()
         hasher = hashlib.sha256()
         try:
-            with reader.stream(blob.member) as handle:
+            with reader.stream(blob.member) as handle, naming_io_errors(Path(part.name)):
                 while chunk := handle.read(CHUNK):
                     hasher.update(chunk)
                     part.write(chunk)
                     advance(len(chunk))
-            part.flush()
+                part.flush()
             actual = f"sha256:{hasher.hexdigest()}"
             if actual != digest:
                 expected = f"the config's rootfs.diff_ids says {blob.diff_id}" if blob.diff_id else f"expected {digest}"

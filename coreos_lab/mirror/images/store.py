@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from coreos_lab.errors import BadInput, LabError
-from coreos_lab.fsutil import atomic_write_bytes, atomic_write_text, locked_part
+from coreos_lab.fsutil import atomic_write_bytes, atomic_write_text, locked_part, naming_io_errors
 from coreos_lab.json_input import read_json_file
 from coreos_lab.mirror.images.manifests import (
     MANIFEST_MEDIA_TYPES,
@@ -324,7 +324,8 @@ class ImageStore:
         if not layout.is_file():
             atomic_write_text(layout, json.dumps(LAYOUT_VERSION) + "\n")
         index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}
-        atomic_write_text(self.index_path, json.dumps(index, indent=2) + "\n")
+        with naming_io_errors(self.index_path):
+            atomic_write_text(self.index_path, json.dumps(index, indent=2) + "\n")
 
     def _find_manifest(self, descriptor: Descriptor, digest: str) -> Descriptor | None:
         if not self.has_blob(descriptor.digest):
