@@ -160,6 +160,14 @@ def test_a_name_too_long_in_metadata_is_refused_naming_the_file(mirror_root: Pat
     assert_refused(import_box(mirror_root, box, "--metadata", meta), ExitCode.USAGE, str(meta), "(1000 characters)")
 
 
+def test_a_root_with_a_name_too_long_is_refused_naming_it(tmp_path: Path) -> None:
+    box = tmp_path / "x.box"
+    box.write_bytes(make_box("flatcar-stable", "1.0.0"))
+    root = tmp_path / ("r" * 300)
+    run = import_box(root, box, "--name", "flatcar-stable", "--version", "1.0.0")
+    assert_refused(run, ExitCode.USAGE, f"cannot write {root}", "File name too long")
+
+
 _NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,300}", fullmatch=True)
 _PROVIDER = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,300}", fullmatch=True)
 
