@@ -1,12 +1,14 @@
 """The two consoles: data on stdout, human messages on stderr.
 
-rich is imported lazily so `lab --help` stays fast. User- or tool-supplied text is always printed with
-markup off, so `[brackets]` in paths or stderr are never taken as markup.
+rich is imported lazily so `lab --help` stays fast, and messages to a stderr that is not a terminal (scripts, CI,
+pipes) are written without it: rich would add nothing there but ~40 ms of import. User- or tool-supplied text is
+always printed with markup and emoji codes off, so `[brackets]` or `:name:` in paths or stderr are never rewritten.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -19,36 +21,45 @@ if TYPE_CHECKING:
 def out() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, emoji=False)
 
 
 @cache
 def err() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, emoji=False)
 
 
 def stderr_is_terminal() -> bool:
     return sys.stderr.isatty()
 
 
+def _message(line: str, style: str | None = None) -> None:
+    """One line on stderr: styled by rich where colours show (a terminal, or FORCE_COLOR as rich reads it)."""
+    if stderr_is_terminal() or os.environ.get("FORCE_COLOR"):
+        err().print(line, style=style, markup=False)
+    else:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
 def info(message: str) -> None:
-    err().print(message, markup=False)
+    _message(message)
 
 
 def success(message: str) -> None:
-    err().print(message, style="green", markup=False)
+    _message(message, "green")
 
 
 def warn(message: str) -> None:
-    err().print(f"warning: {message}", style="yellow", markup=False)
+    _message(f"warning: {message}", "yellow")
 
 
 def error(message: str, hint: str | None = None) -> None:
-    err().print(f"error: {message}", style="bold red", markup=False)
+    _message(f"error: {message}", "bold red")
     if hint:
-        err().print(f"hint: {hint}", style="cyan", markup=False)
+        _message(f"hint: {hint}", "cyan")
 
 
 _json_printed = False

@@ -13,13 +13,19 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from coreos_lab.discovery.store import TOKEN_RE
 from coreos_lab.errors import LabError, Timeout
 from coreos_lab.paths import DEFAULT_HOST, DEFAULT_PORT, discovery_dir
 
 if TYPE_CHECKING:
     from aiohttp import web
+
+# What a request in flight gets to finish once the server is told to stop; then its connection is cut. aiohttp's
+# own default (60 s to finish, 60 s more once cancelled) let one client that stopped reading hold a stop for 2 min
+# (docs/field-notes.md §8).
+SHUTDOWN_GRACE = 2.0
 
 
 def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool = False) -> web.Application:
@@ -36,12 +42,25 @@ def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool
 
     app = web.Application()
     # Discovery and the registry first: their routes match only `/new`, 32-hex tokens and `/v2`, `/v2/…`; the
-    # box mirror takes every other path (a box named `v2` would be hidden: the distros' are <distro>-<channel>).
+    # box mirror takes every other path (a box so named would be hidden: `name_taken`).
     discovery_api.setup(app, discovery_dir(mirror_root), base_url=base_url)
     tracker = mirror_http.transfer_tracker(app, live_view=live_view)
     registry_http.setup(app, mirror_root, tracker=tracker)
     mirror_http.setup(app, mirror_root, base_url=base_url, tracker=tracker)
     return app
+
+
+def name_taken(name: str) -> str | None:
+    """Why no box called `name` can be served, or None: a route `build_app` adds before the mirror's takes its
+    metadata URL (discovery's `/new` and `/<token>`, the registry's `/v2`). Importing such a name should be refused.
+    """
+    if name == "new":
+        return "/new is the discovery API"
+    if name == "v2":
+        return "/v2 is the image registry"
+    if TOKEN_RE.match(name):
+        return "32 lowercase hex characters are a discovery token URL"
+    return None
 
 
 def serve_forever(
@@ -73,7 +92,9 @@ async def _serve(
 
     from aiohttp import web
 
+    from coreos_lab import console
     from coreos_lab.access_log import AccessLog
+    from coreos_lab.discovery.api import DISCOVERY_OFF_KEY
 
     # Signal handlers first: a stop request that arrives while starting up must not be lost.
     stop = asyncio.Event()
@@ -82,7 +103,11 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     app = build_app(mirror_root, base_url=base_url, live_view=live_view)
     runner = web.AppRunner(
-        app, handle_signals=False, access_log_class=AccessLog, access_log=logging.getLogger(__name__)
+        app,
+        handle_signals=False,
+        access_log_class=AccessLog,
+        access_log=logging.getLogger(__name__),
+        shutdown_timeout=SHUTDOWN_GRACE,
     )
     await runner.setup()
     try:
@@ -96,9 +121,31 @@ async def _serve(
         if on_ready is not None:
             bound_port = runner.addresses[0][1]
             on_ready(f"http://{f'[{host}]' if ':' in host else host}:{bound_port}")
+        if DISCOVERY_OFF_KEY in app:
+            console.warn(app[DISCOVERY_OFF_KEY])
         await stop.wait()
+        stop.clear()  # a second SIGINT/SIGTERM cuts the requests in flight at once
     finally:
-        await runner.cleanup()
+        await stop_runner(runner, cut_now=stop)
+
+
+async def stop_runner(runner: web.AppRunner, *, cut_now: asyncio.Event | None = None) -> None:
+    """Stop listening and end every connection. Long polls are answered at once; file transfers in flight get
+    `SHUTDOWN_GRACE` seconds (or until `cut_now` is set) and are then cut; any other request is cancelled by
+    aiohttp after its `shutdown_timeout` (the same grace)."""
+    from coreos_lab.mirror.http import cut_transfers
+
+    app = runner.app
+    cleanup = asyncio.ensure_future(runner.cleanup())
+    waits: set[asyncio.Future[Any]] = {cleanup}
+    if cut_now is not None:
+        waits.add(asyncio.ensure_future(cut_now.wait()))
+    await asyncio.wait(waits, timeout=SHUTDOWN_GRACE, return_when=asyncio.FIRST_COMPLETED)
+    for pending in waits - {cleanup}:
+        pending.cancel()
+    if not cleanup.done():
+        cut_transfers(app)
+    await cleanup
 
 
 _LINUX_IP_FREEBIND = 15  # <linux/in.h>; the socket module names it only from Python 3.12
@@ -180,7 +227,7 @@ class EmbeddedServer:
             from aiohttp import web
 
             app = build_app(self.mirror_root, base_url=self.base_url)
-            runner = web.AppRunner(app, access_log=None)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_GRACE)
             loop.run_until_complete(runner.setup())
             site = web.TCPSite(runner, self.host, self.port)
             loop.run_until_complete(site.start())
@@ -196,10 +243,15 @@ class EmbeddedServer:
             return
         self._ready.set()
         loop.run_forever()
-        loop.run_until_complete(runner.cleanup())
+        loop.run_until_complete(stop_runner(runner))
         loop.close()
 
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
+        """Stop serving: file transfers still running after the shutdown grace are cut."""
         if self._loop is not None and self._thread is not None and self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=30)

@@ -17,6 +17,7 @@ def stderr(monkeypatch: pytest.MonkeyPatch) -> tuple[io.StringIO, Console]:
     buffer = io.StringIO()
     fake = Console(file=buffer, force_terminal=True, width=100, color_system=None)
     monkeypatch.setattr(console, "err", lambda: fake)
+    monkeypatch.setattr(console, "stderr_is_terminal", lambda: True)  # as the fake says: messages go through it
     return buffer, fake
 
 

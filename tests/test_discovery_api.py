@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 from harness.waiting import wait_until
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from coreos_lab.discovery.api import DISCOVERY_KEY, DiscoveryService
+from coreos_lab.discovery.api import DISCOVERY_KEY, READ_THREADS, DiscoveryService
 from coreos_lab.discovery.store import TOKEN_RE
 from coreos_lab.server import EmbeddedServer
 
@@ -55,7 +57,7 @@ def test_new_answers_a_token_url_as_plain_text(server: EmbeddedServer) -> None:
     assert size["node"]["key"] == f"/{token}/_config/size"
 
 
-@pytest.mark.parametrize("size", ["0", "100", "-1", "three", "", "3.5"])
+@pytest.mark.parametrize("size", ["0", "100", "-1", "three", "", "3.5", "\u00b2", "\u0663", "+3", " 3", "9" * 30])
 def test_new_rejects_bad_sizes_with_a_reason(server: EmbeddedServer, size: str) -> None:
     response = requests.get(f"{server.url}/new", params={"size": size}, timeout=5)
     assert response.status_code == 400
@@ -90,6 +92,43 @@ def test_register_then_duplicate_is_412_with_105(server: EmbeddedServer) -> None
     listing = requests.get(token_url, timeout=5).json()["node"]
     assert listing["dir"] is True
     assert [n["value"] for n in listing["nodes"]] == ["m1=http://127.0.0.1:2380"]  # `_config` is never listed
+
+
+def test_head_new_answers_like_get_but_creates_no_token(server: EmbeddedServer) -> None:
+    store = server.app[DISCOVERY_KEY].store
+    head = requests.head(f"{server.url}/new", params={"size": 3}, timeout=5)
+    assert head.status_code == 200 and head.headers["Content-Type"].startswith("text/plain")
+    assert store.tokens() == [] and index_of(head) == 0
+    assert requests.head(f"{server.url}/new", params={"size": 0}, timeout=5).status_code == 400
+    assert requests.post(f"{server.url}/new", timeout=5).status_code == 405
+    assert store.tokens() == []
+
+
+@pytest.mark.parametrize("wait_index", [str(2**63), "9" * 40, "\u0663", "\u00b2", "-1", "1.0", ""])
+def test_a_wait_index_that_is_no_index_is_400(server: EmbeddedServer, wait_index: str) -> None:
+    token_url = new_token(server)
+    response = requests.get(token_url, params={"wait": "true", "waitIndex": wait_index}, timeout=5)
+    assert response.status_code == 400 and response.json()["errorCode"] == 209, response.text
+    assert "waitIndex" in response.json()["cause"]
+
+
+def is_decimal(text: str, low: int, high: int) -> bool:
+    return text.isascii() and text.isdecimal() and low <= int(text) <= high
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(number=st.one_of(st.text(max_size=25), st.integers(min_value=-5, max_value=2**64).map(str)))
+def test_query_numbers_are_ascii_decimals_in_range_and_never_a_5xx(server: EmbeddedServer, number: str) -> None:
+    """Whatever the text, `/new?size=` and `waitIndex=` are taken only as an ASCII decimal in range (400
+    otherwise), and never end in a server error."""
+    new = requests.head(f"{server.url}/new", params={"size": number}, timeout=5)
+    assert new.status_code == (200 if is_decimal(number, 1, 99) else 400)
+    store = server.app[DISCOVERY_KEY].store
+    token_url = f"{server.url}/{store.tokens()[0].token}" if store.tokens() else new_token(server, 1)
+    # Recursive: an index up to the token's creation is answered from history; a later one waits WAIT_TIMEOUT.
+    params = {"wait": "true", "recursive": "true", "waitIndex": number}
+    watch = requests.get(token_url, params=params, timeout=30)
+    assert watch.status_code == (200 if is_decimal(number, 0, 2**63 - 1) else 400), watch.text
 
 
 def test_unknown_token_is_404_with_100(server: EmbeddedServer) -> None:
@@ -201,7 +240,9 @@ def test_many_waiters_cost_no_threads_and_all_wake_on_one_write(
         threads_before = threading.active_count()
         token_url = requests.get(f"{srv.url}/new", timeout=5).text
         during, keys = asyncio.run(scenario(service, token_url))
-    assert during <= threads_before + 2  # the test's own loop may add a resolver thread; not one per waiter
+    # The store's fixed threads (readers and the writer), and the test's own loop may add a resolver thread; not
+    # one per waiter.
+    assert during <= threads_before + READ_THREADS + 1 + 2
     assert len(keys) == waiters and set(keys) == {f"/{token_url.rsplit('/', 1)[1]}/ccc"}
     assert service.pending_watches == 0
 
@@ -256,9 +297,13 @@ def test_tokens_older_than_the_max_age_are_collected(mirror_root: Path, monkeypa
         assert requests.get(f"{srv.url}/{young}", timeout=5).status_code == 200
 
 
-def test_bad_environment_settings_name_the_variable(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("variable", ["LAB_DISCOVERY_WAIT_TIMEOUT", "LAB_DISCOVERY_TOKEN_MAX_AGE"])
+@pytest.mark.parametrize("value", ["soon", "nan", "inf", "-inf", "-1", "0", "1e3", "\u0663", "1e400", "10000000000"])
+def test_bad_environment_settings_name_the_variable(
+    mirror_root: Path, monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
     from coreos_lab.errors import BadInput
 
-    monkeypatch.setenv("LAB_DISCOVERY_WAIT_TIMEOUT", "soon")
-    with pytest.raises(BadInput, match="LAB_DISCOVERY_WAIT_TIMEOUT='soon'"), EmbeddedServer(mirror_root, port=0):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(BadInput, match=f"{variable}={value!r}"), EmbeddedServer(mirror_root, port=0):
         pass

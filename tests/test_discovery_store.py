@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
 
-from coreos_lab.discovery.store import TOKEN_RE, DiscoveryStore, EtcdError, watch_matches
+from coreos_lab.discovery.store import TOKEN_RE, DiscoveryStore, EtcdError, StateUnavailable, watch_matches
 from coreos_lab.errors import BadInput
 
 
@@ -127,6 +129,44 @@ def test_unwritable_state_dir_is_bad_input(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(BadInput, match=str(blocker)):
         DiscoveryStore(blocker / ".discovery")
+
+
+def test_a_write_lock_held_elsewhere_is_a_busy_error_naming_the_database_and_reads_go_on(tmp_path: Path) -> None:
+    store = DiscoveryStore(tmp_path / "d", busy_timeout=0.2)
+    token = store.create_token(3).token
+    other = sqlite3.connect(store.path, isolation_level=None)  # another connection, as another process has
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StateUnavailable, match=f"{store.path} is locked") as raised:
+            store.create_token(3)
+        assert raised.value.busy
+        assert store.token(token) is not None  # WAL: readers never wait for the writer
+        other.execute("ROLLBACK")
+        assert store.create_token(3).created_index == store.current_index()  # nothing left half-done
+    finally:
+        other.close()
+        store.close()
+
+
+def test_each_thread_has_its_own_connection(store: DiscoveryStore) -> None:
+    token = store.create_token(3).token
+    errors: list[BaseException] = []
+
+    def register(member: str) -> None:
+        try:
+            for i in range(20):
+                store.put(token, f"{member}{i}", "x")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=register, args=(f"m{n}-",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    indexes = [m.created_index for m in store.members(token)]
+    assert len(indexes) == 80 and len(set(indexes)) == 80  # every write got an index of its own
 
 
 def test_watch_matching() -> None:

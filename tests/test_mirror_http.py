@@ -9,15 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from harness.boxes import add_box
 from harness.http_client import Client
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from coreos_lab.mirror.store import MirrorStore
 from coreos_lab.server import EmbeddedServer
@@ -169,6 +173,67 @@ def test_multiple_ranges_answer_the_whole_box(client: Client, store: MirrorStore
     assert status == 200 and body == box_bytes(store)
 
 
+@pytest.mark.parametrize("value", ["bytes=-0", "bytes=-000", "BYTES = -0"])
+def test_a_suffix_of_zero_bytes_is_416(client: Client, store: MirrorStore, value: str) -> None:
+    size = len(box_bytes(store))
+    status, headers, body = client.request("GET", BOX, {"Range": value})
+    assert (status, headers["Content-Range"], body) == (416, f"bytes */{size}", b"")
+
+
+@pytest.mark.parametrize("value", ["items=0-1", "garbage", "=0-1", "pages=-5"])
+def test_an_unknown_range_unit_is_ignored(client: Client, store: MirrorStore, value: str) -> None:
+    """RFC 9110 §14.2: a range unit the server does not support is ignored, not refused."""
+    status, headers, body = client.request("GET", BOX, {"Range": value})
+    assert (status, body) == (200, box_bytes(store)) and "Content-Range" not in headers
+
+
+# What HTTP allows in a header value (RFC 9110 §5.5: visible ASCII, space, tab and obs-text); aiohttp's parser
+# refuses the rest with a 400 before the mirror sees it.
+FIELD_VALUE_CHARS = "".join(map(chr, [0x09, *range(0x20, 0x7F), *range(0x80, 0x100)]))
+CONTENT_RANGE_RE = re.compile(r"bytes ([0-9]+)-([0-9]+)/([0-9]+)")
+RANGE_LIKE = st.from_regex(
+    r"(bytes|Bytes|items|)[ ]?=?[ ]?[0-9]{0,7}[ ]?-?[ ]?-?[0-9]{0,7}(,[0-9]{0,6}-[0-9]{0,6})?", fullmatch=True
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.one_of(RANGE_LIKE, st.text(FIELD_VALUE_CHARS, max_size=40)))
+def test_any_range_header_gets_the_whole_box_a_part_of_it_or_416(
+    client: Client, store: MirrorStore, value: str
+) -> None:
+    data = box_bytes(store)
+    status, headers, body = client.request("GET", BOX, {"Range": value})
+    assert status in (200, 206, 416), (value, status)
+    if status == 200:
+        assert body == data and "Content-Range" not in headers
+    elif status == 206:
+        found = CONTENT_RANGE_RE.fullmatch(headers["Content-Range"])
+        assert found is not None, headers["Content-Range"]
+        first, last, total = map(int, found.groups())
+        assert 0 <= first <= last < total == len(data)
+        assert body == data[first : last + 1] and int(headers["Content-Length"]) == len(body)
+    else:
+        assert headers["Content-Range"] == f"bytes */{len(data)}" and body == b""
+    if value.partition("=")[0].strip().lower() != "bytes":
+        assert status == 200, value
+    single = re.fullmatch(r"bytes=([0-9]*)-([0-9]*)", value, re.IGNORECASE)
+    if single and any(single.groups()):
+        assert (status, body) == expected_single_range(*single.groups(), data), value
+
+
+def expected_single_range(first: str, last: str, data: bytes) -> tuple[int, bytes]:
+    """RFC 9110 §14.1.2 for one well-formed byte range, with the mirror's choice of 200 (not 416) for an open
+    range from the end (what `curl --continue-at -` sends)."""
+    size = len(data)
+    if not first:  # a suffix
+        return (416, b"") if int(last) == 0 else (206, data[-int(last) :])
+    if last and int(last) < int(first):
+        return 416, b""
+    if int(first) >= size:
+        return (416, b"") if last else (200, data)
+    return 206, data[int(first) : int(last) + 1 if last else size]
+
+
 def test_fifty_concurrent_downloads_are_identical(client: Client, store: MirrorStore) -> None:
     expected = hashlib.sha256(box_bytes(store)).hexdigest()
 
@@ -188,6 +253,36 @@ def test_unknown_paths_are_404_with_a_short_text_body(client: Client) -> None:
         status, headers, body = client.request("GET", path)
         assert status == 404, path
         assert headers["Content-Type"].startswith("text/plain") and 0 < len(body) < 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/" + "a" * 256,
+        "/" + "a" * 300 + ".json",
+        "/" + "a" * 300 + "/1.0.0/virtualbox-amd64.box",
+        "/coreos-stable/1.0.0/" + "b" * 400,
+        "/" + "%C3%A9" * 128,
+    ],
+)
+def test_a_name_longer_than_any_file_name_is_404(client: Client, path: str) -> None:
+    status, _, body = client.request("GET", path)
+    assert status == 404 and 0 < len(body) < 200
+
+
+SEGMENT = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=300),
+    st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,299}", fullmatch=True),  # the shape of a box name or version
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(segments=st.lists(SEGMENT, min_size=1, max_size=5))
+@example(segments=["a" * 256]).via("a name longer than any file name")
+def test_any_path_is_answered_without_a_server_error(client: Client, segments: list[str]) -> None:
+    path = "/" + "/".join(quote(segment, safe="") for segment in segments)
+    status, _, _ = client.request("GET", path)
+    assert status < 500, path
 
 
 def test_parts_records_and_dot_dirs_are_never_served(client: Client, store: MirrorStore) -> None:

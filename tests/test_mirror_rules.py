@@ -8,9 +8,16 @@ import pytest
 from harness.boxes import add_box
 
 from coreos_lab.errors import BadInput
-from coreos_lab.mirror.http import check_base_url, check_root, effective_headers, if_range_matches
+from coreos_lab.mirror.http import (
+    check_base_url,
+    check_root,
+    describe,
+    effective_headers,
+    if_range_matches,
+)
 from coreos_lab.mirror.layout import render_index
 from coreos_lab.mirror.store import MirrorStore
+from coreos_lab.server import name_taken
 
 
 def test_effective_headers_decisions() -> None:
@@ -56,3 +63,16 @@ def test_missing_root_is_bad_input(tmp_path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(BadInput, match="is not a directory"):
         check_root(tmp_path / "file")
+
+
+def test_names_other_routes_take_are_not_announced_but_said_to_be_unservable(mirror_root) -> None:
+    store = MirrorStore(mirror_root)
+    token_like = "0123456789abcdef" * 2
+    for name in ("coreos-stable", "new", "v2", token_like):
+        add_box(store, name, "1.0.0")
+    announced = describe(mirror_root, "http://127.0.0.1:8080", None)
+    assert "vagrant box add http://127.0.0.1:8080/coreos-stable" in announced
+    for name in ("new", "v2", token_like):
+        assert f"/{name}\n" not in announced + "\n" and f"not served: box {name!r}" in announced
+    assert name_taken("coreos-stable") is None and name_taken("New") is None
+    assert name_taken(token_like.upper()) is None  # the token route takes lowercase hex only

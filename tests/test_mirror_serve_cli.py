@@ -162,3 +162,10 @@ def test_no_live_draws_nothing_on_a_terminal(mirror_root: Path, args: tuple[str,
     assert returncode == 0
     assert (b"\x1b[?25l" in screen) is drawn, screen.decode(errors="replace")
     assert f'"GET {BOX} HTTP/1.1" 200'.encode() in screen and screen.rstrip().endswith(b"stopped")
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-5", "soon"])
+def test_a_wait_timeout_that_is_no_number_of_seconds_is_a_usage_error(mirror_root: Path, value: str) -> None:
+    run = lab("mirror", "serve", "--root", mirror_root, "--port", "0", env={"LAB_DISCOVERY_WAIT_TIMEOUT": value})
+    assert run.returncode == ExitCode.USAGE
+    assert f"LAB_DISCOVERY_WAIT_TIMEOUT={value!r}" in run.stderr and "unexpected" not in run.stderr

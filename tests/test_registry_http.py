@@ -9,11 +9,14 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import ClassVar
+from urllib.parse import quote, urlencode
 
 import pytest
 from harness.boxes import add_box
 from harness.http_client import Client
 from harness.served_images import Built, add_image, add_index
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from coreos_lab.mirror import http as mirror_http
 from coreos_lab.mirror.images.manifests import DOCKER_MANIFEST, MANIFEST_MEDIA_TYPES, OCI_INDEX, OCI_MANIFEST
@@ -251,3 +254,27 @@ def test_an_oci_index_by_tag_for_an_oci_client(client: Client, store: ImageStore
     arm64 = built.manifests["linux/arm64/v8"].digest
     status, _, body = client.request("GET", f"/v2/coreos/etcd/manifests/{arm64}", ACCEPT)
     assert (status, errors(body)) == (404, ["MANIFEST_UNKNOWN"])
+
+
+REGISTRY_SEGMENT = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=300),
+    st.sampled_from(["coreos", "etcd", "manifests", "blobs", "tags", "list", "_catalog", "v3.5.16", "sha256:"]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    segments=st.lists(REGISTRY_SEGMENT, min_size=0, max_size=5),
+    n=st.one_of(st.none(), st.text(max_size=25), st.integers(-5, 2**70).map(str)),
+    last=st.one_of(st.none(), st.text(max_size=300)),
+)
+def test_any_registry_request_gets_an_answer_never_a_server_error(
+    client: Client, segments: list[str], n: str | None, last: str | None
+) -> None:
+    """Whatever the path and the paging parameters, the answer is a 2xx or the registry's JSON error."""
+    query = urlencode({k: v for k, v in (("n", n), ("last", last)) if v is not None})
+    path = "/v2/" + "/".join(quote(segment, safe="") for segment in segments) + (f"?{query}" if query else "")
+    status, _, body = client.request("GET", path)
+    assert status < 500, path
+    if status >= 400:
+        assert errors(body), path

@@ -9,6 +9,7 @@ used as a discovery backend. With no server running it reads and writes the on-d
 from __future__ import annotations
 
 import posixpath
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,12 @@ def new_token(server_url: str, size: int = 3, timeout: float = DEFAULT_TIMEOUT) 
     """A fresh token URL from the server's `/new?size=N` (discovery.etcd.io's API)."""
     check_size(size)
     url = f"{server_url.rstrip('/')}/new?size={size}"
+    deadline = time.monotonic() + timeout
     response = _get(url, timeout)
+    # A busy server (its database locked by another process) says when to come back: within the timeout, do.
+    while (pause := _retry_after(response)) is not None and time.monotonic() + pause < deadline:
+        time.sleep(pause)
+        response = _get(url, timeout)
     text = response.text.strip()
     if response.status_code != 200:
         raise LabError(f"discovery service at {url} answered {response.status_code}: {text[:200]}")
@@ -162,6 +168,12 @@ def new_token(server_url: str, size: int = 3, timeout: float = DEFAULT_TIMEOUT) 
             f"discovery service at {url} answered something that is not a token URL: {text[:200]!r}"
         ) from exc
     return text
+
+
+def _retry_after(response: Any) -> float | None:
+    """The seconds a 503's `Retry-After` asks for (the delay form, up to a minute), else None."""
+    value = response.headers.get("Retry-After", "") if response.status_code == 503 else ""
+    return float(value) if value.isascii() and value.isdecimal() and int(value) <= 60 else None
 
 
 def _keys_json(url: str, response: Any) -> dict[str, Any]:

@@ -9,18 +9,22 @@ file. Key names are relative to the token: `_config/size` or a member id.
 
 from __future__ import annotations
 
+import errno
+import functools
+import math
 import os
 import re
 import secrets
 import sqlite3
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from coreos_lab.errors import BadInput
+from coreos_lab.errors import BadInput, LabError
 
 TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
 # Member keys are what etcd registers: its member id in hex. Allow a little more, never a path.
@@ -30,6 +34,8 @@ DEFAULT_MAX_AGE_SECONDS = 30 * 24 * 3600
 CONFIG_DIR = "_config"
 SIZE_KEY = "_config/size"
 DB_NAME = "discovery.sqlite3"
+# How long a write waits for another process's lock on the database before it gives up (sqlite's busy timeout).
+DEFAULT_BUSY_TIMEOUT = 10.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -44,6 +50,39 @@ CREATE TABLE IF NOT EXISTS events (
 CREATE INDEX IF NOT EXISTS events_by_token ON events (token, idx);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('index', 0);
 """
+
+
+class StateReadOnly(BadInput):
+    """The discovery state cannot be created or written here (a read-only or foreign mirror root)."""
+
+
+class StateUnavailable(LabError):
+    """The discovery database failed a call; `busy` when another process held its lock past the busy timeout,
+    which passes: try again."""
+
+    def __init__(self, message: str, *, busy: bool):
+        super().__init__(message, hint="try again in a moment" if busy else None)
+        self.busy = busy
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _guarded(method: Callable[Concatenate[DiscoveryStore, P], R]) -> Callable[Concatenate[DiscoveryStore, P], R]:
+    """sqlite's errors as `StateUnavailable`, naming the database (a locked one says so)."""
+
+    @functools.wraps(method)
+    def call(self: DiscoveryStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as exc:
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary result code
+            busy = code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+            what = "is locked by another process" if busy else f"failed: {exc}"
+            raise StateUnavailable(f"the discovery state at {self.path} {what}", busy=busy) from exc
+
+    return call
 
 
 def check_size(size: int, field: str = "size") -> int:
@@ -159,44 +198,92 @@ class DiscoveryStore:
     so the global index stays strictly increasing even with a CLI process writing beside the server.
     """
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, *, busy_timeout: float = DEFAULT_BUSY_TIMEOUT):
         self.state_dir = Path(state_dir)
         self.path = self.state_dir / DB_NAME
+        self.busy_timeout = busy_timeout
+        # One connection per thread: the server calls the store from a few threads at once (a sqlite connection
+        # must not be used by two at a time); sqlite serialises the writes of all of them and of other processes.
+        self._local = threading.local()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
-            # The server runs on its own thread in some commands; every call is serialised by the caller.
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10)
-            # WAL + synchronous=NORMAL: a commit is atomic and survives a crash or restart of the server, and
-            # no fsync stalls the event loop on each registration (only a power cut can lose the last writes,
-            # and a lab then needs a new token anyway).
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(_SCHEMA)
+            for path in (self.state_dir, self.path):
+                if path.exists() and not os.access(path, os.W_OK):  # sqlite would open it, and fail each write
+                    code = errno.EROFS if _read_only_mount(path) else errno.EACCES
+                    raise OSError(code, os.strerror(code))
+            db = self._db
+            if db.execute("SELECT 1 FROM sqlite_master WHERE name = 'meta'").fetchone() is None:
+                # WAL: readers never wait for a writer, and a commit is atomic and survives a crash or restart of
+                # the server (persistent: set once, in the file).
+                db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
-            raise BadInput(f"cannot open the discovery state at {self.path}: {exc}") from exc
+            if self._read_only(exc):
+                raise StateReadOnly(f"cannot write the discovery state at {self.path}: {_reason(exc)}") from exc
+            raise BadInput(f"cannot open the discovery state at {self.path}: {_reason(exc)}") from exc
+
+    def _read_only(self, exc: BaseException) -> bool:
+        if isinstance(exc, OSError):
+            return exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM)
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        return code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_PERM) or not all(
+            os.access(p, os.W_OK) for p in (self.state_dir, self.path) if p.exists()
+        )
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+            try:
+                # With WAL, NORMAL still commits atomically and durably across a crash of the server; no fsync
+                # per registration (only a power cut can lose the last writes, and a lab then needs a new token).
+                db.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error:
+                db.close()
+                raise
+            self._local.db = db
+            with self._connections_lock:
+                self._connections.append(db)
+        return db
 
     def close(self) -> None:
-        self._db.close()
+        """Close every thread's connection (call it once no thread uses the store any more)."""
+        with self._connections_lock:
+            for db in self._connections:
+                db.close()
+            self._connections.clear()
+        self._local = threading.local()
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
+            yield db
+            db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def _next_index(self, db: sqlite3.Connection) -> int:
         db.execute("UPDATE meta SET value = value + 1 WHERE name = 'index'")
-        return self.current_index()
+        return self._index_in(db)
 
+    @_guarded
     def current_index(self) -> int:
-        return int(self._db.execute("SELECT value FROM meta WHERE name = 'index'").fetchone()[0])
+        return self._index_in(self._db)
+
+    def _index_in(self, db: sqlite3.Connection) -> int:
+        return int(db.execute("SELECT value FROM meta WHERE name = 'index'").fetchone()[0])
 
     # tokens
 
+    @_guarded
     def create_token(self, size: int = DEFAULT_SIZE, *, now: float | None = None) -> DiscoveryToken:
         """A fresh token whose `_config/size` is `size` (one write: the token directory appears with it)."""
         check_size(size)
@@ -211,13 +298,16 @@ class DiscoveryStore:
             )
         return DiscoveryToken(token, size, created_at, index)
 
+    @_guarded
     def token(self, token: str) -> DiscoveryToken | None:
         row = self._db.execute("SELECT * FROM tokens WHERE token = ?", (token,)).fetchone()
         return DiscoveryToken(*row) if row else None
 
+    @_guarded
     def tokens(self) -> list[DiscoveryToken]:
         return [DiscoveryToken(*row) for row in self._db.execute("SELECT * FROM tokens ORDER BY created_index")]
 
+    @_guarded
     def collect(self, max_age_seconds: float, *, now: float | None = None) -> int:
         """Delete tokens created more than `max_age_seconds` ago, with their keys and history."""
         cutoff = (time.time() if now is None else now) - max_age_seconds
@@ -235,6 +325,7 @@ class DiscoveryStore:
             raise key_not_found(key)
         return found
 
+    @_guarded
     def members(self, token: str) -> list[KeyNode]:
         """The member nodes registered so far, in registration order (never `_config`)."""
         rows = self._db.execute(
@@ -243,6 +334,7 @@ class DiscoveryStore:
         )
         return [KeyNode(f"/{token}/{name}", value, c, m) for name, value, c, m in rows]
 
+    @_guarded
     def get(self, token: str, name: str) -> KeyNode:
         """The node at `/<token>/<name>` (`name` "" is the token's directory), or `EtcdError` 100."""
         key = f"/{token}/{name}" if name else f"/{token}"
@@ -262,6 +354,7 @@ class DiscoveryStore:
             raise key_not_found(key)
         return KeyNode(key, *row)
 
+    @_guarded
     def put(self, token: str, name: str, value: str, *, prev_exist: bool | None = None) -> Event:
         """Write a member key. `prev_exist=False` is etcd's create (412/105 if it exists), `True` an update
         (404/100 if it does not), `None` a plain set."""
@@ -292,6 +385,7 @@ class DiscoveryStore:
             )
         return Event(index, action, KeyNode(key, value, created, index), prev)
 
+    @_guarded
     def first_event_since(self, token: str, name: str, *, recursive: bool, since: int) -> Event | None:
         """The first write at index ≥ `since` that a watch on `name` sees: the waitIndex replay."""
         rows = self._db.execute(
@@ -307,15 +401,24 @@ class DiscoveryStore:
         return None
 
 
-def env_seconds(name: str, default: float) -> float:
-    """A positive number of seconds from environment variable `name`, else `default`."""
+SECONDS_RE = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)", re.ASCII)
+
+
+def env_seconds(name: str, default: float, maximum: float) -> float:
+    """A number of seconds in (0, `maximum`] from environment variable `name` (plain ASCII decimal: no nan, inf,
+    exponent or other scripts' digits, which `float` would take), else `default`."""
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1
-    if value <= 0:
-        raise BadInput(f"invalid {name}={raw!r}: a positive number of seconds")
+    value = float(raw) if SECONDS_RE.fullmatch(raw.strip()) else math.nan
+    if not 0 < value <= maximum:  # false for nan
+        raise BadInput(f"invalid {name}={raw!r}: a positive number of seconds, at most {maximum:g}")
     return value
+
+
+def _read_only_mount(path: Path) -> bool:
+    return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+
+
+def _reason(exc: BaseException) -> str:
+    return exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc)

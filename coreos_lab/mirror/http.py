@@ -9,6 +9,7 @@ one mirror answers as 127.0.0.1:8080 on the host and under any other name elsewh
 from __future__ import annotations
 
 import asyncio
+import errno
 import math
 import os
 import re
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import BinaryIO
-from urllib.parse import urlsplit
+from urllib.parse import unquote_to_bytes, urlsplit
 
 from aiohttp import ETag, web
 from multidict import CIMultiDict
@@ -25,6 +26,7 @@ from coreos_lab.errors import BadInput
 from coreos_lab.mirror.images.store import ImageStore
 from coreos_lab.mirror.layout import (
     NO_SUCH_PATH,
+    Answer,
     Forbidden,
     Metadata,
     MirrorLayout,
@@ -36,6 +38,7 @@ from coreos_lab.mirror.layout import (
 )
 from coreos_lab.mirror.store import BOX, MirrorStore
 from coreos_lab.mirror.transfers import TransferTracker
+from coreos_lab.server import name_taken
 from coreos_lab.urls import is_http_url
 
 # sendfile in pieces so the live view and the access log see progress; large enough to cost nothing.
@@ -43,7 +46,17 @@ SENDFILE_CHUNK = 16 * 1024 * 1024
 # A Host header is only trusted as a base URL when it looks like one (it ends up in JSON and HTML).
 HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 OPEN_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*([0-9]+)\s*-\s*$")
+# `bytes=-0`: a suffix of no bytes, which no representation satisfies (RFC 9110 §14.1.3; aiohttp reads it as
+# the whole file, docs/field-notes.md §8).
+EMPTY_SUFFIX_RE = re.compile(r"\s*bytes\s*=\s*-\s*0+\s*", re.ASCII | re.IGNORECASE)
+# No file name on Linux is longer (NAME_MAX): a longer path segment names nothing the mirror holds.
+NAME_MAX_BYTES = 255
+# What the file system answers for a path that names nothing here, and for one it may not read.
+_NOT_THERE = (errno.ENOENT, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP)
+_NOT_READABLE = (errno.EACCES, errno.EPERM)
 ANSWERED_METHODS = ("GET", "HEAD")
+# The tasks sending a file body right now, so a server that stops can cut them (`cut_transfers`).
+IN_FLIGHT = web.AppKey("file bodies being sent", set["asyncio.Task[object]"])
 
 
 def transfer_tracker(app: web.Application, *, live_view: bool = False) -> TransferTracker:
@@ -58,13 +71,20 @@ def transfer_tracker(app: web.Application, *, live_view: bool = False) -> Transf
 
     app.on_startup.append(start_view)
     app.on_cleanup.append(stop_view)
+    app[IN_FLIGHT] = set()
     return tracker
+
+
+def cut_transfers(app: web.Application) -> None:
+    """End every file body being sent now: its connection is aborted (what the client has not read is dropped)."""
+    for task in list(app.get(IN_FLIGHT, ())):
+        task.cancel()
 
 
 def setup(app: web.Application, mirror_root: Path, *, base_url: str | None, tracker: TransferTracker) -> None:
     """Add the mirror's route to `app`: every path not taken by a route added before it."""
     handlers = MirrorHandlers(MirrorLayout(MirrorStore(mirror_root)), base_url=base_url, tracker=tracker)
-    app.router.add_route("*", "/{path:.*}", handlers.handle)
+    app.router.add_route("*", r"/{path:[\s\S]*}", handlers.handle)  # also a decoded newline
 
 
 def check_root(root: Path) -> Path:
@@ -89,7 +109,8 @@ def check_base_url(base_url: str) -> str:
 
 def describe(root: Path, listen_url: str, base_url: str | None) -> str:
     """What the server announces once it listens: where, what, and how to use it."""
-    names = MirrorStore(root).names(BOX)
+    all_names = MirrorStore(root).names(BOX)
+    names = [name for name in all_names if name_taken(name) is None]
     base = base_url or listen_url
     where = f"serving {root} on {listen_url}" + (f" (metadata URLs under {base_url})" if base_url else "")
     images = ImageStore(root).images()
@@ -98,6 +119,11 @@ def describe(root: Path, listen_url: str, base_url: str | None) -> str:
     lines = [f"{where}: {counts}; Ctrl-C stops"]
     lines += [f"  vagrant box add {base}/{name}" for name in names]
     lines += [f"  docker pull {urlsplit(base).netloc}/{image.name}" for image in images]
+    lines += [
+        f"  not served: box {name!r} ({name_taken(name)}); import it again under another name"
+        for name in all_names
+        if name not in names
+    ]
     return "\n".join(lines)
 
 
@@ -122,7 +148,11 @@ class MirrorHandlers:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Every request that reaches the mirror: GET and HEAD are answered, other methods refused."""
-        answer = self.layout.resolve(request.rel_url.raw_path, self.base_for(request))
+        path = request.rel_url.raw_path
+        if any(len(unquote_to_bytes(segment)) > NAME_MAX_BYTES for segment in path.split("/")):
+            answer: Answer = NO_SUCH_PATH
+        else:
+            answer = await self.resolve(path, self.base_for(request))
         if request.method not in ANSWERED_METHODS:
             if answer == NO_SUCH_PATH:
                 raise web.HTTPNotFound()
@@ -143,6 +173,17 @@ class MirrorHandlers:
                 raise web.HTTPNotFound(text=text)
             case Forbidden(text):
                 raise web.HTTPForbidden(text=text)
+
+    async def resolve(self, path: str, base: str) -> Answer:
+        """The layout's answer, found off the event loop (it lists directories and reads records)."""
+        try:
+            return await asyncio.to_thread(self.layout.resolve, path, base)
+        except OSError as exc:
+            if exc.errno in _NOT_THERE:
+                return NO_SUCH_PATH
+            if exc.errno in _NOT_READABLE:
+                return Forbidden(f"{path}: not readable by the server\n")
+            raise
 
     async def send_file(self, request: web.Request, stored: StoredFile) -> web.StreamResponse:
         try:
@@ -204,6 +245,12 @@ def effective_headers(headers: Mapping[str, str], *, size: int, etag: str, mtime
     if_range = headers.get("If-Range")
     if range_value is None:
         return None
+    if range_value.partition("=")[0].strip().lower() != "bytes":
+        # RFC 9110 §14.2: a range unit the server does not know is ignored; the answer is the whole file.
+        view = CIMultiDict(headers)
+        view.popall("Range", None)
+        view.popall("If-Range", None)
+        return view
     stale = if_range is not None and not if_range_matches(if_range, etag=etag, mtime=mtime)
     keep = not stale and "," not in range_value and not starts_at_or_after_end(range_value, size)
     if keep and if_range is None:
@@ -223,10 +270,13 @@ def starts_at_or_after_end(range_value: str, size: int) -> bool:
 
 def byte_range(requested: slice, size: int) -> tuple[int, int] | None:
     """(offset, count) of the one range aiohttp parsed from Range (`request.http_range`) in a file of `size`
-    bytes, None without a Range; ValueError when the range cannot be satisfied (as FileResponse does)."""
+    bytes, None without a Range; ValueError when the range cannot be satisfied (as FileResponse does; also any
+    range of an empty file, RFC 9110 §14.1.3)."""
     start, end = requested.start, requested.stop
     if start is None:
         return None
+    if size == 0:
+        raise ValueError("the file is empty")
     if start < 0 and end is None:  # bytes=-N: the last N bytes
         start = max(size + start, 0)
         return start, size - start
@@ -286,6 +336,8 @@ class BoxFileResponse(web.StreamResponse):
         headers = effective_headers(request.headers, size=size, etag=etag, mtime=mtime)
         view = request.clone(headers=headers) if headers is not None else request
         try:
+            if EMPTY_SUFFIX_RE.fullmatch(view.headers.get("Range", "")):
+                raise ValueError("a suffix of zero bytes")  # aiohttp reads `-0` as `0-`: the whole file
             chosen = byte_range(view.http_range, size)
         except ValueError:
             self.headers["Content-Range"] = f"bytes */{size}"
@@ -310,6 +362,10 @@ class BoxFileResponse(web.StreamResponse):
             raise ConnectionResetError("Connection lost")
         loop = asyncio.get_running_loop()
         transfer = self._tracker.begin(request.remote or "-", self._label, count)
+        in_flight = request.app.get(IN_FLIGHT, set())
+        task = asyncio.current_task()
+        if task is not None:
+            in_flight.add(task)
         try:
             end = offset + count
             while offset < end:
@@ -318,5 +374,11 @@ class BoxFileResponse(web.StreamResponse):
                 offset += piece
                 self.bytes_sent += piece
                 transfer.advance(piece)
+        except asyncio.CancelledError:
+            # Cut (the server stops): a client that stopped reading must not hold the connection open with the
+            # unsent rest of a header block or a piece in the buffer, as a close (which flushes first) would.
+            transport.abort()
+            raise
         finally:
+            in_flight.discard(task)
             transfer.finish()

@@ -32,7 +32,7 @@ def setup(app: web.Application, mirror_root: Path, *, tracker: TransferTracker) 
     """Add the registry's routes to `app`: `/v2` and everything below it (before the mirror's catch-all)."""
     handlers = RegistryHandlers(Registry(ImageStore(mirror_root)), tracker=tracker)
     app.router.add_route("*", "/v2", handlers.handle)
-    app.router.add_route("*", "/v2/{tail:.*}", handlers.handle)
+    app.router.add_route("*", r"/v2/{tail:[\s\S]*}", handlers.handle)  # also a decoded newline
 
 
 class RegistryHandlers:
