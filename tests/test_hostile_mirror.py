@@ -168,6 +168,15 @@ def test_a_root_with_a_name_too_long_is_refused_naming_it(tmp_path: Path) -> Non
     assert_refused(run, ExitCode.USAGE, f"cannot write {root}", "File name too long")
 
 
+@pytest.mark.parametrize("name", ["new", "v2", "0123456789abcdef0123456789abcdef", "images"])
+def test_names_the_server_cannot_serve_are_refused(mirror_root: Path, tmp_path: Path, name: str) -> None:
+    box = tmp_path / "x.box"
+    box.write_bytes(make_box(name, "1.0.0"))
+    run = import_box(mirror_root, box, "--name", name, "--version", "1.0.0")
+    assert_refused(run, ExitCode.USAGE, repr(name))
+    assert list(mirror_root.iterdir()) == []
+
+
 _NAME = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,300}", fullmatch=True)
 _PROVIDER = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,300}", fullmatch=True)
 

@@ -36,6 +36,7 @@ from coreos_lab.mirror.store import (
     check_version,
 )
 from coreos_lab.progress import Reporter, SilentReporter
+from coreos_lab.server import name_taken
 
 # Archive formats Vagrant unpacks, by their leading bytes.
 _MAGIC = {
@@ -109,6 +110,8 @@ def import_box(
             raise BadInput(f"{box}: metadata.json says provider {box_prov!r}, not {provider!r} (--provider)")
         key = BoxKey(name, version, provider, architecture or box_arch or DEFAULT_ARCH)
 
+    if (taken := name_taken(key.name)) is not None:
+        raise BadInput(f"box name {key.name!r} cannot be served: {taken}", hint="import it under another --name")
     algorithms = ["sha256"] + ([expected[0]] if expected else [])
 
     def differs(stored: CatalogEntry) -> str | None:
