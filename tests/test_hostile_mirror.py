@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 
 from coreos_lab.errors import BadInput, ExitCode
 from coreos_lab.json_input import MAX_DEPTH, parse_json
-from coreos_lab.mirror.images.store import ImageStore
+from coreos_lab.mirror.images.manifests import OCI_INDEX, OCI_MANIFEST
+from coreos_lab.mirror.images.store import REF_NAME, ImageStore
 from coreos_lab.mirror.store import BoxKey, MirrorStore, check_name, check_provider, check_version
 
 __all__ = ["keys", "upstream"]  # the fixtures, imported for this module's tests
@@ -132,6 +133,24 @@ def test_a_deeply_nested_upstream_json_is_refused_naming_its_url(mirror_root: Pa
     assert_refused(run, ExitCode.USAGE, f"{upstream.url}/stable/amd64-usr/3815.2.0/", "box metadata nests deeper")
     assert release.stem in run.stderr
     assert MirrorStore(mirror_root).entries() == []
+
+
+def test_indexes_nested_without_end_are_a_damaged_manifest(mirror_root: Path) -> None:
+    """1100 indexes, each naming the next: refused at a fixed depth, not by running out of stack."""
+    images = ImageStore(mirror_root)
+    inner = {"mediaType": OCI_MANIFEST, "digest": images.write_blob(b"{}"), "size": 2}
+    for _ in range(1100):
+        data = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [inner]}).encode()
+        inner = {"mediaType": OCI_INDEX, "digest": images.write_blob(data), "size": len(data)}
+    catalog = {"schemaVersion": 2, "manifests": [inner | {"annotations": {REF_NAME: "coreos/etcd:deep"}}]}
+    images.index_path.write_text(json.dumps(catalog))
+    run = lab("mirror", "verify", "--root", mirror_root, "--json")
+    assert_refused(run, ExitCode.ERROR)
+    (damaged,) = [f for f in run.json()["findings"] if f["status"] == "damaged manifest"]
+    assert damaged["image"] == "coreos/etcd:deep" and "nest more than" in damaged["detail"]
+    listed = lab("mirror", "list", "--root", mirror_root, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [i["tag"] for i in listed.json()["images"]] == ["deep"]
 
 
 # -- names longer than a file name may be: exit 2 naming the value ----------------------------------------

@@ -48,6 +48,7 @@ SOURCE = "org.coreos-lab.source"
 ADDED_AT = "org.coreos-lab.added-at"
 PLATFORMS = "org.coreos-lab.platforms"
 ALL_PLATFORMS = "all"
+MAX_INDEX_NESTING = 8  # an index of indexes is allowed (OCI); real images nest one or two deep
 SMALL_BLOB_LIMIT = 4 << 20  # the distribution spec's limit on a manifest registries must accept
 
 
@@ -201,7 +202,7 @@ class ImageStore:
         data = self.read_small_blob(descriptor.digest)
         return parse_manifest(data, descriptor.media_type, f"blob {descriptor.digest}")
 
-    def required_blobs(self, descriptor: Descriptor) -> list[Descriptor]:
+    def required_blobs(self, descriptor: Descriptor, nesting: int = 0) -> list[Descriptor]:
         """The blobs an image needs, the manifest itself first: for an index, the index and what its entries
         that are present need (a one-platform fetch leaves the others out on purpose)."""
         needed = [descriptor]
@@ -210,9 +211,11 @@ class ImageStore:
         parsed = self.manifest(descriptor)
         if isinstance(parsed, ImageManifest):
             return needed + list(parsed.blobs)
+        if nesting >= MAX_INDEX_NESTING:
+            raise BadInput(f"blob {descriptor.digest}: indexes nest more than {MAX_INDEX_NESTING} levels deep")
         for entry in parsed.manifests:
             if self.has_blob(entry.digest):
-                needed += self.required_blobs(entry)
+                needed += self.required_blobs(entry, nesting + 1)
         return needed
 
     def admit(
@@ -327,15 +330,15 @@ class ImageStore:
         with naming_io_errors(self.index_path):
             atomic_write_text(self.index_path, json.dumps(index, indent=2) + "\n")
 
-    def _find_manifest(self, descriptor: Descriptor, digest: str) -> Descriptor | None:
+    def _find_manifest(self, descriptor: Descriptor, digest: str, nesting: int = 0) -> Descriptor | None:
         if not self.has_blob(descriptor.digest):
             return None
         if descriptor.digest == digest:
             return descriptor
         parsed = self.manifest(descriptor)
-        if isinstance(parsed, ImageIndex):
+        if isinstance(parsed, ImageIndex) and nesting < MAX_INDEX_NESTING:
             for entry in parsed.manifests:
-                found = self._find_manifest(entry, digest)
+                found = self._find_manifest(entry, digest, nesting + 1)
                 if found is not None:
                     return found
         return None
