@@ -13,7 +13,7 @@ import gzip
 import lzma
 import tarfile
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ import zstandard
 
 from coreos_lab.errors import BadInput
 from coreos_lab.fsutil import naming_io_errors
-from coreos_lab.json_input import parse_json
+from coreos_lab.json_input import MAX_BYTES, parse_json
 from coreos_lab.mirror import box_metadata
 from coreos_lab.mirror.checksums import CHUNK, Hashers, file_digests
 from coreos_lab.mirror.store import (
@@ -139,8 +139,10 @@ def import_box(
 
 
 def _read_metadata(path: Path) -> bytes:
+    """Of a file named as metadata, no more than a JSON document may be (then `parse_json` refuses it)."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as handle:
+            return handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise BadInput(f"cannot read box metadata {path}: {exc.strerror}") from exc
 
@@ -180,7 +182,7 @@ def box_provider(box: Path, box_format: str) -> tuple[str | None, str | None]:
         else:
             with box.open("rb") as handle, _decompressed(handle, box_format) as stream:
                 with tarfile.open(fileobj=stream, mode="r|") as archive:
-                    for member in archive:
+                    for member in _each_member(archive):
                         if member.isfile() and member.name.lstrip("./") == "metadata.json":
                             extracted = archive.extractfile(member)
                             raw = extracted.read(METADATA_LIMIT + 1) if extracted else None
@@ -200,6 +202,14 @@ def box_provider(box: Path, box_format: str) -> tuple[str | None, str | None]:
         raise BadInput(f"{source} has no valid field provider: {raw[:80]!r}")
     arch = doc.get("architecture")
     return provider, arch if isinstance(arch, str) and arch else None
+
+
+def _each_member(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members of a streamed tar, each forgotten after its turn: `tarfile` keeps a list of every member it
+    has seen, and a megabyte of compressed empty members is hundreds of thousands of them."""
+    while (member := archive.next()) is not None:
+        archive.members.clear()  # type: ignore[attr-defined]  # public, but not in typeshed
+        yield member
 
 
 def _decompressed(handle: BinaryIO, box_format: str) -> AbstractContextManager[BinaryIO]:

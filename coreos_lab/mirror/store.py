@@ -50,7 +50,7 @@ MAX_PART_LENGTH = 64  # provider, architecture
 
 
 def check_name(name: str, field: str = "name") -> str:
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):  # fullmatch: `$` alone would let a trailing newline through
         raise BadInput(f"invalid box {field} {name!r}: use letters, digits, '.', '_' and '-' (e.g. flatcar-stable)")
     if name == IMAGES_DIR:
         raise BadInput(f"invalid box {field} {name!r}: the mirror keeps its container images there")
@@ -58,13 +58,13 @@ def check_name(name: str, field: str = "name") -> str:
 
 
 def check_version(version: str, field: str = "version") -> str:
-    if not VERSION_RE.match(version or ""):
+    if not VERSION_RE.fullmatch(version or ""):
         raise BadInput(f"invalid box {field} {version!r}: Vagrant needs a RubyGems version such as 3815.2.0")
     return _check_length(version, f"box {field}", MAX_NAME_LENGTH)
 
 
 def check_provider(provider: str, field: str = "provider") -> str:
-    if not PROVIDER_RE.match(provider or ""):
+    if not PROVIDER_RE.fullmatch(provider or ""):
         raise BadInput(f"invalid {field} {provider!r}: e.g. virtualbox, libvirt")
     return _check_length(provider, field, MAX_PART_LENGTH)
 

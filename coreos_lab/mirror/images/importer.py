@@ -189,6 +189,8 @@ def _open(archive: Path) -> Iterator[tarfile.TarFile]:
         yield tar
 
 
+# An image archive holds a few files per blob; a tar of a million empty members would be held in memory whole.
+MAX_MEMBERS = 100_000
 _READ_ERRORS = (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, KeyError)
 
 
@@ -214,8 +216,13 @@ class _ArchiveReader:
     def __init__(self, archive: Path, tar: tarfile.TarFile):
         self.archive = archive
         self.tar = tar
+        members: list[tarfile.TarInfo] = []
         try:
-            members = tar.getmembers()  # reads every header: a truncated or damaged tar fails here
+            # Every header is read: a truncated or damaged tar fails here.
+            while (found := tar.next()) is not None:
+                if len(members) == MAX_MEMBERS:
+                    raise BadInput(f"{archive}: more than {MAX_MEMBERS} members: not an image archive")
+                members.append(found)
         except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
             raise BadInput(f"{archive}: damaged or truncated archive: {exc}") from None
         self.members = {posixpath.normpath(m.name).lstrip("/"): m for m in members}
