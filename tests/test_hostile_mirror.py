@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from coreos_lab.errors import BadInput, ExitCode
 from coreos_lab.json_input import MAX_DEPTH, parse_json
+from coreos_lab.mirror.images.importer import MAX_MEMBERS
 from coreos_lab.mirror.images.manifests import OCI_INDEX, OCI_MANIFEST
 from coreos_lab.mirror.images.store import REF_NAME, ImageStore
 from coreos_lab.mirror.importer import box_provider
@@ -259,6 +260,18 @@ def test_a_box_of_many_empty_members_is_read_within_bounded_memory(tmp_path: Pat
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20, peak
+
+
+def test_an_image_archive_of_too_many_members_is_refused(mirror_root: Path, tmp_path: Path) -> None:
+    archive = tmp_path / "many.tar.gz"
+    with tarfile.open(archive, mode="w:gz", compresslevel=1, format=tarfile.USTAR_FORMAT) as tar:
+        empty = _info("d/0", 0)
+        for i in range(MAX_MEMBERS + 1):
+            empty.name = f"d/{i}"
+            tar.addfile(empty)
+    run = lab("mirror", "image", "import", archive, "--root", mirror_root)
+    assert_refused(run, ExitCode.USAGE, f"{archive}: more than {MAX_MEMBERS} members")
+    assert list(mirror_root.iterdir()) == []
 
 
 def _info(name: str, size: int) -> tarfile.TarInfo:
