@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,3 +104,70 @@ def _same_file(path: Path, fd: int) -> bool:
         return os.stat(path).st_ino == os.fstat(fd).st_ino
     except FileNotFoundError:
         return False
+
+
+class LockHeld(Exception):
+    """`held_lock` gave up waiting: `holder` (e.g. "pid 1234 (lab up mylab)") still holds it."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is held by {holder}")
+        self.path = path
+        self.holder = holder
+
+
+@contextmanager
+def held_lock(path: Path, *, wait: float, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on `path`, an existing file or directory, while the block runs.
+
+    A second process waits up to `wait` seconds (`on_wait(holder)` called once, as it starts waiting), then
+    `LockHeld` naming the holder. The lock is flock(2)'s: nothing is written (a refused command leaves no trace),
+    and the kernel drops it when its holder ends in any way, so a crashed process never leaves a stale lock.
+    Where the filesystem cannot lock (NFS emulates flock with byte-range locks, which a read-only descriptor
+    cannot take) the block runs unlocked, as it did before there was a lock.
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is None:
+                    deadline = time.monotonic() + wait
+                    if on_wait is not None:
+                        on_wait(lock_holder(path))
+                if time.monotonic() >= deadline:
+                    raise LockHeld(path, lock_holder(path)) from None
+                time.sleep(0.05)  # flock has no timeout of its own; polling costs nothing noticeable here
+            except OSError as exc:
+                if exc.errno not in (errno.EBADF, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL):
+                    raise
+                break  # this filesystem cannot lock
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def lock_holder(path: Path) -> str:
+    """Who holds a flock on `path`, as "pid N (command line)", from Linux's /proc/locks; best effort."""
+    try:
+        inode = os.stat(path).st_ino
+        with open("/proc/locks", encoding="ascii", errors="replace") as table:
+            # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; waiters' lines have "->" after the number.
+            pids = [
+                fields[4]
+                for fields in map(str.split, table)
+                if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(f":{inode}")
+            ]
+        if not pids:
+            return "another process"
+        with open(f"/proc/{pids[0]}/cmdline", "rb") as cmdline:
+            argv = [a.decode(errors="replace") for a in cmdline.read().split(b"\0") if a]
+    except OSError:
+        return "another process"
+    for i, arg in enumerate(argv):  # `python …/bin/lab up DIR` or `python -m coreos_lab up DIR`: say `lab up DIR`
+        if Path(arg).name == "lab" or arg == "coreos_lab":
+            argv = ["lab", *argv[i + 1 :]]
+            break
+    return f"pid {pids[0]} ({' '.join(argv)[:200]})"

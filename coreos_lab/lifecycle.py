@@ -34,6 +34,7 @@ from coreos_lab.doctor import (
 )
 from coreos_lab.errors import BadInput, ExitCode, LabError, Timeout, ToolMissing
 from coreos_lab.fsutil import atomic_write_text
+from coreos_lab.lab.lock import locked_lab
 from coreos_lab.lab.plan import LabPlan
 from coreos_lab.prerequisites import DoctorContext, DoctorFinding
 from coreos_lab.vagrant.adapter import MachineStatus, Vagrant
@@ -193,63 +194,64 @@ def up(
     """Bring the lab up; with `wait`, until the health `checks` pass (default: all of the distro's).
     `ready`: the caller has just run `preflight` itself (smoke reports it as a stage of its own); `server`: the
     caller serves the mirror (`serving_mirror`) for longer than `up` runs."""
-    started_at = time.monotonic()
-    deadline = started_at + timeout
-    if ready is None:
-        for node in plan.nodes:
-            on_event(node, "waiting", "preflight")
-        ready = preflight(plan)
-    serving: contextlib.AbstractContextManager[str] = (
-        contextlib.nullcontext(server) if server is not None else serving_mirror(plan, ready)
-    )
-    with serving as served:
-        rendered = render(plan, ready.libvirt_driver)
-        vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
-        # Two independent Vagrant start-ups (each ~1.5 s of Ruby): run them side by side.
-        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="vagrant-query") as pool:
-            has_box = pool.submit(vagrant.has_box, plan.box_name, plan.box_version, plan.provider)
-            before = {s.name: s for s in vagrant.status()}
-            box_added = has_box.result()
-        todo = [n for n in plan.nodes if not (n in before and before[n].running)]
-        for node in plan.nodes:
-            if node not in todo:
-                on_event(node, "running", "already running")
-        targets = None  # the machines' SSH targets, when fetched early
-        if todo:
-            if not box_added:
-                for node in todo:
-                    on_event(node, "box", f"adding {plan.box_name} {plan.box_version or ''}".strip())
-                vagrant.box_add(
-                    plan.metadata_url,
-                    version=plan.box_version,
-                    provider=plan.provider,
-                    on_progress=_progress(on_event, todo, "box"),
-                )
-            # From here on machines exist: the token belongs to this cluster and is never reused.
-            mark_created(plan)
-            _own_management_network(plan)
-            with _TargetsOnceBooted(plan, todo, on_event, enabled=wait) as early:
-                _up_machines(plan, todo, deadline=deadline, on_event=early.on_event)
-                targets = early.targets()
-        health = None
-        if wait:
-            left = max(deadline - time.monotonic(), 1.0)
-            health = wait_healthy(plan, checks=checks, timeout=left, on_event=on_event, targets=targets)
-    # `vagrant up` succeeded for every machine it started, so each is running now: no second `vagrant status`.
-    after = [
-        replace(status, state="running", description="running") if status.name in todo else status
-        for status in before.values()
-    ]
-    return UpResult(
-        lab_dir=plan.lab_dir,
-        server=served,
-        started=todo,
-        already_running=[n for n in plan.nodes if n not in todo],
-        nodes=after,
-        render=rendered,
-        health=health,
-        seconds=time.monotonic() - started_at,
-    )
+    with locked_lab(plan.lab_dir, "lab up"):
+        started_at = time.monotonic()
+        deadline = started_at + timeout
+        if ready is None:
+            for node in plan.nodes:
+                on_event(node, "waiting", "preflight")
+            ready = preflight(plan)
+        serving: contextlib.AbstractContextManager[str] = (
+            contextlib.nullcontext(server) if server is not None else serving_mirror(plan, ready)
+        )
+        with serving as served:
+            rendered = render(plan, ready.libvirt_driver)
+            vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
+            # Two independent Vagrant start-ups (each ~1.5 s of Ruby): run them side by side.
+            with ThreadPoolExecutor(max_workers=2, thread_name_prefix="vagrant-query") as pool:
+                has_box = pool.submit(vagrant.has_box, plan.box_name, plan.box_version, plan.provider)
+                before = {s.name: s for s in vagrant.status()}
+                box_added = has_box.result()
+            todo = [n for n in plan.nodes if not (n in before and before[n].running)]
+            for node in plan.nodes:
+                if node not in todo:
+                    on_event(node, "running", "already running")
+            targets = None  # the machines' SSH targets, when fetched early
+            if todo:
+                if not box_added:
+                    for node in todo:
+                        on_event(node, "box", f"adding {plan.box_name} {plan.box_version or ''}".strip())
+                    vagrant.box_add(
+                        plan.metadata_url,
+                        version=plan.box_version,
+                        provider=plan.provider,
+                        on_progress=_progress(on_event, todo, "box"),
+                    )
+                # From here on machines exist: the token belongs to this cluster and is never reused.
+                mark_created(plan)
+                _own_management_network(plan)
+                with _TargetsOnceBooted(plan, todo, on_event, enabled=wait) as early:
+                    _up_machines(plan, todo, deadline=deadline, on_event=early.on_event)
+                    targets = early.targets()
+            health = None
+            if wait:
+                left = max(deadline - time.monotonic(), 1.0)
+                health = wait_healthy(plan, checks=checks, timeout=left, on_event=on_event, targets=targets)
+        # `vagrant up` succeeded for every machine it started, so each is running now: no second `vagrant status`.
+        after = [
+            replace(status, state="running", description="running") if status.name in todo else status
+            for status in before.values()
+        ]
+        return UpResult(
+            lab_dir=plan.lab_dir,
+            server=served,
+            started=todo,
+            already_running=[n for n in plan.nodes if n not in todo],
+            nodes=after,
+            render=rendered,
+            health=health,
+            seconds=time.monotonic() - started_at,
+        )
 
 
 def _up_machines(plan: LabPlan, names: Sequence[str], *, deadline: float, on_event: NodeEvent) -> None:
@@ -464,12 +466,13 @@ def check_nodes(plan: LabPlan, names: Sequence[str]) -> list[str]:
 
 
 def halt(plan: LabPlan, names: Sequence[str] = (), *, on_event: NodeEvent = _ignore) -> LabStatus:
-    check_nodes(plan, names)
-    targets = list(names) or list(plan.nodes)
-    if any(created_on_disk(plan, n) for n in targets):
-        vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
-        vagrant.halt(list(names), on_progress=_progress(on_event, targets, "halting"))
-    return status(plan)
+    with locked_lab(plan.lab_dir, "lab halt"):
+        check_nodes(plan, names)
+        targets = list(names) or list(plan.nodes)
+        if any(created_on_disk(plan, n) for n in targets):
+            vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
+            vagrant.halt(list(names), on_progress=_progress(on_event, targets, "halting"))
+        return status(plan)
 
 
 @dataclass
@@ -491,19 +494,20 @@ def destroy(plan: LabPlan, *, on_event: NodeEvent = _ignore) -> DestroyResult:
     """
     from coreos_lab.lab.state import LabState
 
-    state = LabState.load(plan.lab_dir)
-    retired = state.token is not None
-    if retired:
-        state.retire_token()
-        state.save()
-    created = [n for n in plan.nodes if created_on_disk(plan, n)]
-    if created:
-        vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
-        vagrant.destroy(on_progress=_progress(on_event, created, "destroying"))
-    _release_management_network(plan)
-    state = LabState.load(plan.lab_dir)
-    state.mark_destroyed()
-    return DestroyResult(plan.lab_dir, created, retired)
+    with locked_lab(plan.lab_dir, "lab destroy"):
+        state = LabState.load(plan.lab_dir)
+        retired = state.token is not None
+        if retired:
+            state.retire_token()
+            state.save()
+        created = [n for n in plan.nodes if created_on_disk(plan, n)]
+        if created:
+            vagrant = Vagrant(plan.lab_dir, provider=plan.provider, log_dir=plan.log_dir)
+            vagrant.destroy(on_progress=_progress(on_event, created, "destroying"))
+        _release_management_network(plan)
+        state = LabState.load(plan.lab_dir)
+        state.mark_destroyed()
+        return DestroyResult(plan.lab_dir, created, retired)
 
 
 def _management_network_record(plan: LabPlan) -> Path:

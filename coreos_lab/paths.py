@@ -23,6 +23,19 @@ def vagrantfile_template() -> Path:
     return _PACKAGE_DIR.parent / "Vagrantfile.j2"
 
 
+def expand_user(path: str) -> Path | None:
+    """`path` with a leading `~` or `~user` expanded; None when that names no user with a home directory."""
+    try:
+        return Path(path).expanduser()
+    except RuntimeError:  # pathlib's "Could not determine home directory."
+        return None
+
+
+def unknown_home(path: str) -> str:
+    """Why `path` cannot be expanded (`expand_user` gave None), for an error naming it."""
+    return f"{path!r}: {path.split('/', 1)[0]} names no user with a home directory"
+
+
 def data_home() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "coreos-lab"
@@ -38,7 +51,12 @@ def default_mirror_root() -> Path:
     project, or a user's lab folder), else the per-user data directory."""
     env = os.environ.get("LAB_MIRROR_ROOT")
     if env:
-        return Path(env).expanduser()
+        expanded = expand_user(env)
+        if expanded is None:
+            from coreos_lab.errors import BadInput
+
+            raise BadInput(f"environment LAB_MIRROR_ROOT: {unknown_home(env)}")
+        return expanded
     local = Path.cwd() / "boxes"
     if local.is_dir():
         return local

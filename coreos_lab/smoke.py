@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from coreos_lab.distros import DISTROS
 from coreos_lab.errors import ExitCode, LabError, StageFailed
 from coreos_lab.junit import TestCase, write_junit
+from coreos_lab.lab.lock import locked_lab
 from coreos_lab.proc import sigterm_as_interrupt
 
 if TYPE_CHECKING:
@@ -220,7 +221,9 @@ def smoke_lab(
         throwaway=lab_dir is None,
         keep_on_failure=keep_on_failure,
     )
-    return _finish(run.rec, junit, run.stages, run.teardown)
+    where.mkdir(parents=True, exist_ok=True)  # init would make it; the lock needs it first
+    with locked_lab(where, "lab smoke"):  # from init to teardown: no other writer in between
+        return _finish(run.rec, junit, run.stages, run.teardown)
 
 
 @dataclass

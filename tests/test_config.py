@@ -6,14 +6,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from coreos_lab.distros import DISTROS
 from coreos_lab.errors import BadInput, ExitCode
 from coreos_lab.lab.config import load_config
 from coreos_lab.lab.labfile import init_lab
-from coreos_lab.lab.settings import SETTINGS
+from coreos_lab.lab.render import render_files
+from coreos_lab.lab.settings import SETTINGS, SETTINGS_BY_PATH, STRUCTURED
+from coreos_lab.lab.tokens import Discovery
 
 
 @pytest.fixture
@@ -170,6 +175,8 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], dict[str, str], str]] = [
     ("no nodes", {"nodes": 0}, {}, "lab.yaml: nodes: 0 is out of range; allowed: 1 to 99"),
     ("too many nodes", {"nodes": 100}, {}, "lab.yaml: nodes: 100 is out of range; allowed: 1 to 99"),
     ("nodes from env", {}, {"LAB_NODES": "many"}, "environment LAB_NODES: 'many' is not an integer"),
+    ("nodes in other digits", {}, {"LAB_NODES": "٣"}, "environment LAB_NODES: '٣' is not an integer"),
+    ("memory with underscores", {}, {"LAB_MEMORY": "1_024"}, "environment LAB_MEMORY: '1_024' is not an integer"),
     ("nodes not a number", {"nodes": "three"}, {}, "lab.yaml: nodes: 'three' is not an integer"),
     ("nodes a boolean", {"nodes": True}, {}, "lab.yaml: nodes: True is not an integer"),
     ("unknown key", {"num_instances": 3}, {}, "lab.yaml: num_instances: unknown key; allowed:"),
@@ -510,3 +517,187 @@ def test_an_even_etcd_member_count_is_warned_about(tmp_path: Path, mirror: Path,
     odd = lab("render", lab_dir, "--discovery-mode", "static", "--etcd-members", "3", env={"HOME": str(tmp_path)})
     assert odd.returncode == 0, odd.stderr
     assert "etcd.members" not in odd.stderr
+
+
+# -- hostile lab.yaml: whatever the values, exit 2 naming the field, never "unexpected" ---------------------------
+
+# Every key lab.yaml knows at any level, so that generated documents reach the deep checks.
+_KEYS = sorted(
+    {part for path in [*SETTINGS_BY_PATH, *STRUCTURED] for part in path.split(".")}
+    | {"ip", "metadata", "guest", "host", "node", "protocol", "name", "command", "enable", "content", "drop_ins"}
+    | {"core-01", "core-02", "role"}
+)
+_TEXTS = (
+    *("core-01", "tcp", "a.service", "a.conf", "start", "~nosuchuser/x", "172.17.8.150", "1068.8.0", "flatcar"),
+    *("http://127.0.0.1:99999", "http://[::1", "http://h:8080/p", "172.17.8.0/24", "virtualbox", "local"),
+)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except TypeError:
+        return False
+    return True
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(_TEXTS),
+    st.binary(max_size=4),  # !!binary
+    st.dates(),  # a YAML timestamp
+    st.sets(st.text(max_size=3), max_size=3),  # !!set
+)
+_YAMLISH = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(st.one_of(st.sampled_from(_KEYS), _SCALARS.filter(_hashable)), inner, max_size=4)
+    ),
+    max_leaves=24,
+)
+
+
+# A lab.yaml with every structure in it; the property replaces parts of it, at any depth, by anything.
+_FULL: dict[str, Any] = {
+    "version": "1068.8.0",
+    "nodes": 3,
+    "name_prefix": "core",
+    "subnet": "172.17.8.0/24",
+    "memory": 1024,
+    "gui": False,
+    "etcd": {"members": 1},
+    "discovery": {"mode": "local", "url": "https://discovery.etcd.io"},
+    "mirror": {"url": "http://127.0.0.1:8080", "guest_host": "10.0.2.2"},
+    "virtualbox": {"cpu_execution_cap": 100},
+    "fleet": {"metadata": {"region": "lab"}},
+    "machines": {"core-02": {"ip": "172.17.8.150", "metadata": {"disk": "ssd"}}},
+    "forwarded_ports": [{"guest": 80, "host": 8080, "protocol": "tcp", "node": "core-01"}],
+    "shared_folders": [{"host": ".", "guest": "/home/core/share"}],
+    "units": [
+        {
+            "name": "a.service",
+            "command": "start",
+            "enable": True,
+            "content": "[Service]\nExecStart=/bin/true\n",
+            "drop_ins": [{"name": "a.conf", "content": "[Service]\n"}],
+            "machines": ["core-01"],
+        }
+    ],
+}
+
+
+def _paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix] if prefix else []
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else []
+    for key, inner in items:
+        found += _paths(inner, (*prefix, key))
+    return found
+
+
+_PATHS = _paths(_FULL)
+
+
+def _replaced(doc: Any, path: tuple[Any, ...], value: Any) -> Any:
+    """`doc` with the value at `path` replaced (where the path still leads somewhere after earlier changes)."""
+    if not path:
+        return value
+    if isinstance(doc, dict) and _hashable(path[0]):
+        return {**doc, path[0]: _replaced(doc.get(path[0]), path[1:], value)}
+    if isinstance(doc, list) and isinstance(path[0], int) and path[0] < len(doc):
+        return [_replaced(v, path[1:], value) if i == path[0] else v for i, v in enumerate(doc)]
+    return doc
+
+
+@st.composite
+def _hostile_docs(draw: st.DrawFn) -> dict[str, Any]:
+    doc: Any = _FULL
+    for path, value in draw(st.lists(st.tuples(st.sampled_from(_PATHS), _YAMLISH), min_size=1, max_size=3)):
+        doc = _replaced(doc, path, value)
+    extra = draw(st.dictionaries(st.sampled_from(_KEYS), _YAMLISH, max_size=2))  # and keys in odd places
+    return {**doc, **extra}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=_hostile_docs())
+def test_any_yamlish_document_is_a_config_or_bad_input(tmp_path: Path, mirror: Path, doc: dict[str, Any]) -> None:
+    """Documents as a YAML loader can make them (mappings, lists, every scalar type, sets, dates, bytes) at every
+    key lab.yaml knows, written as YAML and read back as `lab` reads it: either a configuration that renders, or
+    `BadInput` (exit 2) naming lab.yaml; never another exception."""
+    doc = {"version": "1068.8.0", **doc}
+    if isinstance(doc.get("mirror", {}), dict):
+        doc["mirror"] = {"root": str(mirror), **doc.get("mirror", {})}
+    (tmp_path / "lab.yaml").write_text(yaml.safe_dump(doc, allow_unicode=True))
+    try:
+        config = load_config(tmp_path, environ={}, check_mirror=True)
+    except BadInput as exc:
+        assert exc.exit_code == ExitCode.USAGE and "lab.yaml" in exc.message
+        return
+    render_files(config, Discovery("static", None, "core-01=http://172.17.8.101:2380"), "kvm")
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:99999", "http://127.0.0.1:0", "http://[::1", "http://h:abc", "http://h:８０", "ftp://h"]
+)
+def test_a_bad_mirror_url_is_refused_by_init_and_config(tmp_path: Path, mirror: Path, url: str) -> None:
+    """Refused where it is given, not by the render or doctor that would use it later."""
+    init = lab("init", tmp_path / "new", "--root", mirror, "--mirror-url", url)
+    assert init.returncode == ExitCode.USAGE, init.stderr
+    assert f"mirror.url (from flag --mirror-url): {url!r} " in init.stderr
+    assert not (tmp_path / "new").exists()
+    in_file = lab("config", write_lab(tmp_path / "file", mirror, mirror={"url": url}))
+    assert in_file.returncode == ExitCode.USAGE and f"lab.yaml: mirror.url: {url!r} " in in_file.stderr
+    in_env = lab("config", write_lab(tmp_path / "env", mirror), env={"LAB_MIRROR_URL": url})
+    assert in_env.returncode == ExitCode.USAGE
+    assert f"mirror.url (from env LAB_MIRROR_URL): {url!r} " in in_env.stderr
+
+
+NO_SUCH_HOME = "~no-such-user-of-coreos-lab"
+
+
+def test_a_home_of_no_user_is_named(tmp_path: Path, mirror: Path) -> None:
+    root = f"{NO_SUCH_HOME}/boxes"
+    why = f"{root!r}: {NO_SUCH_HOME} names no user with a home directory"
+    in_file = lab("config", write_lab(tmp_path / "file", mirror, mirror={"root": root}))
+    assert in_file.returncode == ExitCode.USAGE and f"lab.yaml: mirror.root: {why}" in in_file.stderr
+    flag = lab("config", write_lab(tmp_path / "flag", mirror), "--root", root)
+    assert flag.returncode == ExitCode.USAGE and f"mirror.root (from flag --root): {why}" in flag.stderr
+    folder = write_lab(tmp_path / "folder", mirror, shared_folders=[{"host": root, "guest": "/x"}])
+    shared = lab("config", folder)
+    assert shared.returncode == ExitCode.USAGE and f"lab.yaml: shared_folders[0].host: {why}" in shared.stderr
+    env = lab("mirror", "list", env={"LAB_MIRROR_ROOT": root})
+    assert env.returncode == ExitCode.USAGE and f"environment LAB_MIRROR_ROOT: {why}" in env.stderr
+
+
+@pytest.mark.parametrize("flag, value", [("--nodes", "٣"), ("--memory", "1_024"), ("--etcd-members", "²")])
+def test_a_flag_takes_digits_0_to_9_only(tmp_path: Path, mirror: Path, flag: str, value: str) -> None:
+    """int() reads "٣" as 3 and "1_024" as 1024; as a setting they are typos, refused like any non-number."""
+    run = lab("config", write_lab(tmp_path / "lab", mirror), flag, value)
+    assert run.returncode == ExitCode.USAGE
+    assert f"Invalid value for '{flag}': {value!r} is not an integer in digits 0-9" in run.stderr
+
+
+def test_the_yaml_bounds_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    from coreos_lab.lab import bounded_yaml
+
+    assert bounded_yaml.load("[" * 32 + "]" * 32) is not None
+    with pytest.raises(bounded_yaml.TooLarge, match="nested more than 32 levels deep"):
+        bounded_yaml.load("[" * 33 + "]" * 33)
+    # Depth through an alias counts where it is used: the mapping, 28 lists and the 3 levels of [[1]] fit, 29 do not.
+    assert bounded_yaml.load("a: &a [[1]]\nb: " + "[" * 28 + "*a" + "]" * 28)
+    with pytest.raises(bounded_yaml.TooLarge, match=r"nested more than 32 levels deep \(through alias \*a\)"):
+        bounded_yaml.load("a: &a [[1]]\nb: " + "[" * 29 + "*a" + "]" * 29)
+    assert len(bounded_yaml.load("[" + "0, " * 99_999 + "]")) == 99_999  # the list and its items: 100 000 values
+    with pytest.raises(bounded_yaml.TooLarge, match="more than 100000 values"):
+        bounded_yaml.load("[" + "0, " * 100_000 + "]")
+    # An alias counts as all it names: the mapping, three keys, the list of two and two aliases of it = 13.
+    text = "x: &x [1, 2]\ny: *x\nz: *x\n"
+    monkeypatch.setattr(bounded_yaml, "MAX_VALUES", 13)
+    assert bounded_yaml.load(text) == {"x": [1, 2], "y": [1, 2], "z": [1, 2]}
+    monkeypatch.setattr(bounded_yaml, "MAX_VALUES", 12)
+    with pytest.raises(bounded_yaml.TooLarge, match=r"more than 12 values once alias \*x is expanded"):
+        bounded_yaml.load(text)

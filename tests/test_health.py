@@ -365,3 +365,22 @@ def test_wait_backs_off_and_returns_the_first_healthy_round(monkeypatch: pytest.
     sessions = rounds.kwargs[0]["sessions"]
     assert [s.target for s in sessions] == TARGETS
     assert all(kw["sessions"] is sessions for kw in rounds.kwargs)  # the same connections, round after round
+
+
+def test_ssh_leaves_invoke_unloaded_until_a_config_runs_match_exec(tmp_path: Path) -> None:
+    """paramiko's config module imports invoke only to run `Match exec` lines, at half of paramiko's import time:
+    `lab health` loads it only for a config that has one, and such a config still works."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from coreos_lab.cluster.ssh import parse_ssh_config; print('invoke' in sys.modules);"
+        "(t,) = parse_ssh_config(sys.argv[1]); print(t.user, 'invoke' in sys.modules)"
+    )
+    plain = subprocess.run([sys.executable, "-c", probe, "Host a\n  User core\n"], capture_output=True, text=True)
+    assert plain.stdout.split() == ["False", "core", "False"], plain.stderr
+    marker = tmp_path / "matched"
+    config = f'Match exec "touch {marker}"\n  User matched\nHost a\n  HostName 127.0.0.1\n'
+    matched = subprocess.run([sys.executable, "-c", probe, config], capture_output=True, text=True)
+    assert matched.stdout.split() == ["False", "matched", "True"], matched.stderr
+    assert marker.exists()  # the exec line did run

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.integration
 RECORDINGS = Path(__file__).parent / "fixtures" / "etcd-3.4"
 
 # Logs each call, then answers it with the recording of the command for the cluster state of the call: line N
-# of `etcd-states` for the Nth call, the last line ever after. A command without a recording for that state is
-# refused on stderr (exit 1), never made up.
+# of `etcd-states` for the Nth call, the last line ever after; as recorded on this node (`node`), if it was,
+# else on core-01. A command without a recording for that state is refused on stderr (exit 1), never made up.
 REPLAY_ETCDCTL = """#!/bin/sh
 here=$(dirname "$0")
 printf 'ETCDCTL_API=%s %s\\n' "$ETCDCTL_API" "$*" >>"$here/etcdctl.calls"
@@ -40,11 +40,14 @@ case "$ETCDCTL_API $*" in
     "2 cluster-health") command=v2.cluster-health ;;
     "2 member list") command=v2.member-list ;;
     "3 "*" endpoint health --cluster -w json") command=v3.endpoint-health-cluster-json ;;
+    "3 "*" endpoint health -w json") command=v3.endpoint-health-json ;;
     "3 "*" endpoint status -w json") command=v3.endpoint-status-json ;;
     "3 "*" member list -w json") command=v3.member-list-json ;;
     *) command=unknown ;;
 esac
 recording="RECORDINGS/$state.$command"
+node=$(cat "$here/node")  # a question each member answers for itself was recorded on every node
+[ -f "RECORDINGS/$state.$node.$command.rc" ] && recording="RECORDINGS/$state.$node.$command"
 if [ ! -f "$recording.rc" ]; then
     echo "etcdctl stand-in: no recording of 'etcdctl $*' (ETCDCTL_API=$ETCDCTL_API) for a $state cluster" >&2
     exit 1
@@ -55,6 +58,12 @@ exit "$(cat "$recording.rc")"
 """.replace("RECORDINGS", str(RECORDINGS))
 
 ETCD_CHECKS = ("--check", "etcd", "--check", "members")
+
+
+def install_replay(name: str, node: LoopbackNode) -> None:
+    node.install_tool("etcdctl", REPLAY_ETCDCTL)
+    (node.bin / "node").write_text(name)
+    answer(node, "healthy")
 
 
 def answer(node: LoopbackNode, *states: str) -> None:
@@ -75,9 +84,8 @@ def logins(node: LoopbackNode) -> int:
 def nodes(tmp_path: Path) -> Iterator[LoopbackNodes]:
     """Three nodes whose etcd answers healthy until a test says otherwise."""
     with loopback_nodes(tmp_path / "nodes", 3) as made:
-        for node in made.nodes.values():
-            node.install_tool("etcdctl", REPLAY_ETCDCTL)
-            answer(node, "healthy")
+        for name, node in made.nodes.items():
+            install_replay(name, node)
         yield made
 
 
@@ -172,9 +180,8 @@ def test_named_proxy_is_asked_in_v2_only(tmp_path: Path, home: Path) -> None:
     """Flatcar: the members answer the v3 API; a host named with --proxy runs etcd as a v2 proxy and is asked in
     v2 at once (a v3 probe would wait out its dial timeout), and the expected member count leaves it out."""
     with loopback_nodes(tmp_path / "nodes", 4) as nodes:
-        for node in nodes.nodes.values():
-            node.install_tool("etcdctl", REPLAY_ETCDCTL)
-            answer(node, "healthy")  # a v2 proxy forwards v2 requests: the members' answers
+        for name, node in nodes.nodes.items():
+            install_replay(name, node)  # a v2 proxy forwards v2 requests: the members' answers
         run = health(nodes, tmp_path, home, "--distro", "flatcar", *ETCD_CHECKS, "--proxy", "core-04", "--json")
         assert run.returncode == ExitCode.OK, run.stderr
         report = run.json()
@@ -186,11 +193,11 @@ def test_named_proxy_is_asked_in_v2_only(tmp_path: Path, home: Path) -> None:
         member = report["nodes"]["core-01"]["checks"]
         assert member["etcd"] == {"status": "pass", "detail": "3 of 3 members healthy"}
         assert member["members"]["detail"] == "3 members (core-01, core-02, core-03), leader core-01"
-        asked = calls(nodes.nodes["core-01"])
-        assert [call.split()[-3:] for call in asked] == [
-            ["status", "-w", "json"],
-            ["--cluster", "-w", "json"],
-            ["list", "-w", "json"],
+        asked = calls(nodes.nodes["core-01"])  # each member answers for itself (no --cluster), its questions at once
+        assert sorted(call.split()[-4:] for call in asked) == [
+            ["endpoint", "health", "-w", "json"],
+            ["endpoint", "status", "-w", "json"],
+            ["member", "list", "-w", "json"],
         ]
         assert all(call.startswith("ETCDCTL_API=3 ") for call in asked)
 
@@ -260,3 +267,33 @@ def test_smoke_whose_round_trip_never_answers_exits_5(nodes: LoopbackNodes, tmp_
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None and suite.get("failures") == "1"
     assert hung.exists()  # the write was sent, and was what timed out
+
+
+def test_several_commands_in_one_exec_keep_their_own_outputs(nodes: LoopbackNodes, tmp_path: Path) -> None:
+    """`SSHSession.run_each`: one exec, and each command's stdout, stderr and exit code as if run alone, whatever
+    they print (no trailing newline, lines that look like markers), one after the other or all at once."""
+    from coreos_lab.cluster.ssh import SSHSession, parse_ssh_config
+
+    (target,) = parse_ssh_config(nodes.write_ssh_config(tmp_path / "ssh_config", ["core-01"]).read_text())
+    order = tmp_path / "order"
+    commands = [
+        (["sh", "-c", f"printf 'no newline'; echo first >>{order}"], None),
+        (["sh", "-c", f'echo "$GREETING"; echo oops >&2; echo; echo second >>{order}; exit 3'], {"GREETING": "a b\n0"}),
+        (["sh", "-c", "printf '\\n1 0\\n'; printf '\\n\\n' >&2"], None),
+    ]
+    expected = [(0, "no newline", ""), (3, "a b\n0\n\n", "oops\n"), (0, "\n1 0\n", "\n\n")]
+    with SSHSession(target) as session:
+        before = logins(nodes.nodes["core-01"])
+        results = session.run_each(commands)
+        assert [(r.returncode, r.stdout, r.stderr) for r in results] == expected
+        assert [r.argv for r in results] == [argv for argv, _ in commands]
+        assert order.read_text() == "first\nsecond\n"
+        # At once: the first waits until the second has run, which only works if they run side by side.
+        order.unlink()
+        waits = f"while [ ! -s {order} ]; do sleep 0.05; done; printf 'no newline'"
+        where = (["sh", "-c", "readlink /proc/$$/fd/1"], None)  # the file its output goes to
+        at_once = session.run_each([(["sh", "-c", waits], None), *commands[1:], where], at_once=True)
+        assert [(r.returncode, r.stdout, r.stderr) for r in at_once[:3]] == expected
+        assert logins(nodes.nodes["core-01"]) == before  # the same connection throughout
+    output_file = Path(at_once[3].stdout.strip())
+    assert output_file.name == "3.out" and not output_file.parent.exists()  # the outputs' directory is removed

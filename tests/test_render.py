@@ -17,6 +17,8 @@ import yaml
 from harness.cli import lab
 from harness.labs import mirror_with_boxes, write_lab
 from harness.user_data import etcd_environment, etcd_environments
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from coreos_lab.errors import BadInput, ExitCode, LabError
 from coreos_lab.lab.config import load_config
@@ -407,3 +409,81 @@ def test_public_mode_with_the_service_unreachable_writes_nothing(tmp_path: Path,
     assert f"{url}/new?size=3 is unreachable" in caught.value.message
     assert caught.value.hint is not None and "discovery.url in lab.yaml" in caught.value.hint
     assert sorted(p.name for p in lab_dir.iterdir()) == ["lab.yaml"]
+
+
+@pytest.mark.parametrize("template", ["user-data-coreos.yaml.j2", "Vagrantfile.j2"])
+def test_a_failed_template_render_mints_no_token(tmp_path: Path, mirror: Path, template: str) -> None:
+    """A broken template is found by a trial render before the token is minted: the discovery store gains no
+    token, the lab no state; once the template is fixed, the render mints one."""
+    from coreos_lab.discovery.store import DiscoveryStore
+
+    lab_dir = write_lab(tmp_path / "lab", mirror)
+    (lab_dir / "templates").mkdir()
+    (lab_dir / "templates" / template).write_text("{{ discovery.url }} {{ no_such_thing }}\n")
+    run = lab("render", lab_dir)
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert f"{template}:1: template error: 'no_such_thing' is undefined" in run.stderr
+    assert not discovery_dir(mirror).exists() and not (lab_dir / ".lab").exists()
+    (lab_dir / "templates" / template).unlink()
+    assert render(lab_dir).token == "new"
+    store = DiscoveryStore(discovery_dir(mirror))
+    try:
+        assert [t.token for t in store.tokens()] == [LabState.load(lab_dir).token.token]  # type: ignore[union-attr]
+    finally:
+        store.close()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+_STATE_KEYS = ("created_at", "token", "used_tokens", "cluster_created_at", "destroyed_at", "rendered", "pending")
+_TOKEN = {"token": "t", "url": "u", "guest_url": "g", "size": 3, "mode": "local", "server": "s", "created_at": "c"}
+
+
+@st.composite
+def _damaged_states(draw: st.DrawFn) -> dict[str, Any]:
+    doc: dict[str, Any] = {"format": 1, "created_at": "2020-01-01T00:00:00Z", "token": dict(_TOKEN)}
+    doc.update(draw(st.dictionaries(st.sampled_from(_STATE_KEYS), _JSON, max_size=3)))
+    if isinstance(doc.get("token"), dict):
+        doc["token"].update(draw(st.dictionaries(st.sampled_from(sorted(_TOKEN)), _JSON, max_size=2)))
+    return doc
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(state=_damaged_states())
+def test_a_damaged_state_file_is_named_never_a_crash(tmp_path: Path, mirror: Path, state: dict[str, Any]) -> None:
+    """`.lab/state.json` with any JSON in its fields (edited, or from an older version): render works or refuses
+    with exit 2 naming the file."""
+    lab_dir = write_lab(tmp_path / "lab", mirror, nodes=1)
+    (lab_dir / ".lab").mkdir(exist_ok=True)
+    (lab_dir / ".lab" / "state.json").write_text(json.dumps(state))
+    for name in ("Vagrantfile", "config.rb", "user-data/core-01.yaml"):
+        (lab_dir / name).unlink(missing_ok=True)
+    try:
+        render(lab_dir)
+    except BadInput as exc:
+        assert exc.exit_code == ExitCode.USAGE
+        assert "state.json: damaged lab state" in exc.message or "the cluster exists" in exc.message
+
+
+def test_a_deeply_nested_state_file_is_named(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror)
+    (lab_dir / ".lab").mkdir()
+    (lab_dir / ".lab" / "state.json").write_text('{"created_at": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    run = lab("render", lab_dir)
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert f"{lab_dir / '.lab' / 'state.json'}: damaged lab state (RecursionError" in run.stderr
+
+
+def test_an_edited_state_file_cannot_make_render_delete_other_files(tmp_path: Path, mirror: Path) -> None:
+    lab_dir = write_lab(tmp_path / "lab", mirror, nodes=1)
+    render(lab_dir)
+    victim = tmp_path / "victim.yaml"
+    victim.write_text("mine\n")
+    state = json.loads((lab_dir / ".lab" / "state.json").read_text())
+    state["rendered"]["user-data/../../victim.yaml"] = "0" * 64
+    (lab_dir / ".lab" / "state.json").write_text(json.dumps(state))
+    assert render(lab_dir).removed == []
+    assert victim.read_text() == "mine\n"

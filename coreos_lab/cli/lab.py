@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,11 +12,29 @@ import click
 from coreos_lab.cli.options import json_option
 from coreos_lab.distros import DISTRO_NAMES
 
+
+class _AsciiDigits(click.ParamType):
+    """An integer in ASCII digits: click's int() would also take "٣" and "1_000", which no user means."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
+            self.fail(f"{value!r} is not an integer in digits 0-9", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+class AsciiInt(_AsciiDigits, click.types.IntParamType):
+    pass
+
+
+class AsciiIntRange(_AsciiDigits, click.IntRange):
+    pass
+
+
 # The settings every one of these commands takes as flags (precedence: … ← environment ← flags). Names and
 # help come from the settings table in coreos_lab.lab.settings; listed here so `--help` needs no import of it.
 _FLAGS: list[tuple[str, str, Any, str]] = [
     # (setting path, flag, click type, help)
-    ("nodes", "--nodes", click.IntRange(1, 99), "Number of machines."),
+    ("nodes", "--nodes", AsciiIntRange(1, 99), "Number of machines."),
     ("distro", "--distro", click.Choice(DISTRO_NAMES), "Distribution."),
     ("channel", "--channel", str, "Release channel (alpha, beta, stable; lts for flatcar)."),
     ("version", "--version", str, "Box version; the mirror must have it (init: default the newest it has)."),
@@ -23,9 +42,9 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("libvirt.driver", "--libvirt-driver", click.Choice(["auto", "kvm", "qemu"]), "libvirt domain type."),
     ("name_prefix", "--name-prefix", str, "Machine names are <prefix>-01, <prefix>-02, …"),
     ("subnet", "--subnet", str, "Private network, e.g. 172.17.8.0/24; node i gets host address 100+i."),
-    ("memory", "--memory", int, "MiB of memory per machine."),
-    ("cpus", "--cpus", int, "Virtual CPUs per machine."),
-    ("etcd.members", "--etcd-members", int, "How many machines are etcd members (the rest run proxies)."),
+    ("memory", "--memory", AsciiInt(), "MiB of memory per machine."),
+    ("cpus", "--cpus", AsciiInt(), "Virtual CPUs per machine."),
+    ("etcd.members", "--etcd-members", AsciiInt(), "How many machines are etcd members (the rest run proxies)."),
     ("etcd.image", "--etcd-image", str, "Container image etcd runs from (Flatcar; default: the distro's)."),
     ("etcd.image_source", "--etcd-image-source", click.Choice(["mirror", "upstream"]), "Where guests pull it."),
     ("discovery.mode", "--discovery-mode", click.Choice(["local", "public", "static"]), "etcd bootstrap."),

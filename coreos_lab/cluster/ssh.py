@@ -11,16 +11,41 @@ from __future__ import annotations
 import logging
 import os
 import re
+import secrets
 import shlex
 import socket
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import paramiko
-
 from coreos_lab.errors import BadInput, ExitCode, LabError
 from coreos_lab.proc import CommandResult
+
+
+def _import_paramiko_without_invoke() -> None:
+    """paramiko's config module imports invoke (about half of paramiko's import time) only to run `Match exec`
+    lines (paramiko/config.py keeps the ImportError and raises it for such a line). `vagrant ssh-config` writes
+    none: keep invoke out, and load it only for a config that has one (`_allow_match_exec`)."""
+    if "invoke" in sys.modules:  # loaded already: nothing to save
+        return
+    sys.modules["invoke"] = None  # type: ignore[assignment]  # "import invoke" now raises ImportError
+    try:
+        import paramiko  # noqa: F401
+    finally:
+        del sys.modules["invoke"]
+
+
+_import_paramiko_without_invoke()
+import paramiko  # noqa: E402  # already imported, without invoke
+
+
+def _allow_match_exec() -> None:
+    """Give paramiko's config module the invoke it runs `Match exec` lines with."""
+    import invoke
+
+    paramiko.config.invoke = invoke  # type: ignore[attr-defined]
+
 
 # paramiko logs transport errors (e.g. a banner timeout) from its own thread; without a handler Python would
 # print them raw on stderr next to our report. They reach the root handler with --debug.
@@ -30,6 +55,7 @@ DEFAULT_CONNECT_TIMEOUT = 10.0
 DEFAULT_COMMAND_TIMEOUT = 30.0
 
 _HOST_LINE = re.compile(r"^\s*Host\s+(.+?)\s*$", re.IGNORECASE)
+_MATCH_EXEC = re.compile(r"^\s*Match\s.*\bexec\b", re.IGNORECASE | re.MULTILINE)
 
 
 class SSHError(LabError):
@@ -66,6 +92,8 @@ def _truthy(value: str | None) -> bool:
 
 def parse_ssh_config(text: str, *, source: str = "ssh-config") -> list[SSHTarget]:
     """The concrete hosts of an OpenSSH config, in file order (patterns like `*` only supply defaults)."""
+    if _MATCH_EXEC.search(text):
+        _allow_match_exec()
     try:
         config = paramiko.SSHConfig.from_text(text)
     except Exception as exc:  # paramiko raises several types for malformed lines
@@ -149,6 +177,38 @@ def shell_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> 
     return shlex.join(words)
 
 
+Command = tuple[Sequence[str], Mapping[str, str] | None]  # argv and its environment (None: the login's)
+
+
+def _each_script(commands: Sequence[Command], token: str, at_once: bool) -> str:
+    """A shell script that runs `commands` and follows each one's output with a marker line, on stdout with its
+    exit code: the outputs can then be told apart whatever they contain (the token is fresh). `at_once`: all
+    started together, each into its own files of a temporary directory, printed in order once all have ended."""
+    mark = f"printf '\\n{token} %d\\n' \"$rc\"; printf '\\n{token}\\n' >&2"
+    if not at_once:
+        return "\n".join(f"{shell_command(argv, env)} </dev/null; rc=$?\n{mark}" for argv, env in commands)
+    lines = ["d=$(mktemp -d) || exit 1", "trap 'rm -rf \"$d\"' EXIT"]
+    for i, (argv, env) in enumerate(commands):
+        lines.append(
+            f'{{ {shell_command(argv, env)} </dev/null >"$d/{i}.out" 2>"$d/{i}.err"; echo $? >"$d/{i}.rc"; }} &'
+        )
+    lines.append("wait")
+    for i in range(len(commands)):
+        lines.append(f'cat "$d/{i}.out"; cat "$d/{i}.err" >&2; rc=$(cat "$d/{i}.rc"); {mark}')
+    return "\n".join(lines)
+
+
+def _split_each(commands: Sequence[Command], token: str, result: CommandResult) -> list[CommandResult]:
+    """Each command's result out of `_each_script`'s output; the commands that did not run have none."""
+    outs = re.split(rf"\n{token} (\d+)\n", result.stdout)  # out, rc, out, rc, …, what came after the last
+    errs = result.stderr.split(f"\n{token}\n")
+    done = (len(outs) - 1) // 2
+    return [
+        CommandResult(list(commands[i][0]), int(outs[2 * i + 1]), outs[2 * i], errs[i] if i < len(errs) else "")
+        for i in range(done)
+    ]
+
+
 class SSHSession:
     """One connection to one node; commands run on it with a timeout, reconnecting once if it dropped."""
 
@@ -204,13 +264,25 @@ class SSHSession:
         timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> CommandResult:
         """Run `argv` on the node; a non-zero exit is a result, not an error. Reconnects once."""
-        command = shell_command(argv, env)
+        return self._run(shell_command(argv, env), list(argv), timeout)
+
+    def run_each(
+        self, commands: Sequence[Command], *, timeout: float = DEFAULT_COMMAND_TIMEOUT, at_once: bool = False
+    ) -> list[CommandResult]:
+        """Run several commands in ONE exec (one round trip, not one per command), one after the other or, with
+        `at_once`, all at the same time; each result with its own exit code, stdout and stderr, in the order
+        given. `timeout` bounds them all."""
+        script = _each_script(commands, token := secrets.token_hex(8), at_once)
+        result = self._run(script, [commands[0][0][0], "…"], timeout)
+        return _split_each(commands, token, result)
+
+    def _run(self, command: str, argv: list[str], timeout: float) -> CommandResult:
         for attempt in (1, 2):
             if not self._alive():
                 self.close()
                 self.connect()
             try:
-                return self._exec(command, list(argv), timeout)
+                return self._exec(command, argv, timeout)
             except (paramiko.SSHException, EOFError, ConnectionError) as exc:
                 if attempt == 2:
                     raise SSHError(f"{self.target.name}: running {argv[0]} failed: {_describe(exc)}") from exc

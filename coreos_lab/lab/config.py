@@ -20,15 +20,19 @@ def read_lab_yaml(lab_dir: Path) -> dict[str, Any] | None:
     """lab.yaml as a mapping; None when the lab directory has none."""
     import yaml
 
+    from coreos_lab.lab import bounded_yaml
+
     path = lab_dir / CONFIG_FILE
     if not path.is_file():
         return None
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        with path.open("rb") as handle:
+            data = handle.read(bounded_yaml.MAX_BYTES + 1)  # never more than the bound into memory
+        doc = bounded_yaml.load(data)
+    except bounded_yaml.TooLarge as exc:
+        raise BadInput(f"{path}: refused{_where(exc)}: {exc.problem}", hint="a lab.yaml needs far less") from exc
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise BadInput(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from exc
+        raise BadInput(f"{path}: not valid YAML{_where(exc)}: {getattr(exc, 'problem', exc)}") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise BadInput(f"{path}: cannot read: {exc}") from exc
     if doc is None:
@@ -36,6 +40,11 @@ def read_lab_yaml(lab_dir: Path) -> dict[str, Any] | None:
     if not isinstance(doc, dict):
         raise BadInput(f"{path}: expected a mapping of settings at the top level, found {type(doc).__name__}")
     return doc
+
+
+def _where(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    return f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
 
 
 def load_config(
@@ -73,7 +82,7 @@ def build_config(
 
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
-    before_types = len(problems.items)
+    before_types = problems.count
     for setting in SETTINGS:
         value, source = setting.default, "default"
         if setting.path in file_values:
@@ -88,7 +97,7 @@ def build_config(
     for path in STRUCTURED:
         if path in file_values:
             sources[path] = CONFIG_FILE
-    if len(problems.items) > before_types:
+    if problems.count > before_types:
         problems.raise_if_any()  # wrong types make the checks below meaningless
 
     def where(path: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from coreos_lab.distros import DISTRO_NAMES, DISTROS
+from coreos_lab.paths import expand_user
 from coreos_lab.vagrant.libvirt import DRIVERS as LIBVIRT_DRIVERS
 from coreos_lab.vagrant.libvirt import MANAGEMENT_NETWORK
 from coreos_lab.vagrant.providers import DEFAULT_PROVIDER, PROVIDER_NAMES, PROVIDERS
@@ -162,11 +163,13 @@ def fill_dependent_defaults(lab_dir: Path, values: dict[str, Any], sources: dict
         from coreos_lab.paths import default_mirror_root
 
         values["mirror.root"] = str(default_mirror_root())
+    elif (root := expand_user(str(values["mirror.root"]))) is None:
+        pass  # `~nosuchuser/…`: reported by validation
     elif sources["mirror.root"] == CONFIG_FILE:
         # A relative root in lab.yaml is relative to the lab, not to wherever `lab` runs.
-        values["mirror.root"] = str((lab_dir / Path(values["mirror.root"]).expanduser()).resolve())
+        values["mirror.root"] = str((lab_dir / root).resolve())
     else:
-        values["mirror.root"] = str(Path(values["mirror.root"]).expanduser().resolve())
+        values["mirror.root"] = str(root.resolve())
     values["mirror.url"] = str(values["mirror.url"]).rstrip("/")
     values["subnet"] = str(parse_subnet(str(values["subnet"])) or values["subnet"])
 

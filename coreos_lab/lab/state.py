@@ -69,28 +69,29 @@ class LabState:
 
     @classmethod
     def load(cls, lab_dir: Path) -> LabState:
-        """The lab's state; a fresh (unsaved) one when there is none yet."""
+        """The lab's state; a fresh (unsaved) one when there is none yet. A damaged file (not JSON, fields of the
+        wrong type: it may have been edited) is `BadInput` naming it, never a crash later."""
         path = cls.path_for(lab_dir)
         if not path.is_file():
             return cls(Path(lab_dir))
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
-            token = doc.get("token")
+            token = _typed(doc, "token", dict | None)
             return cls(
                 lab_dir=Path(lab_dir),
-                created_at=str(doc["created_at"]),
-                token=LabToken(**token) if token else None,
-                used_tokens=list(doc.get("used_tokens", [])),
-                cluster_created_at=doc.get("cluster_created_at"),
-                destroyed_at=doc.get("destroyed_at"),
-                rendered=dict(doc.get("rendered", {})),
-                pending=dict(doc.get("pending", {})),
-                rendered_at=doc.get("rendered_at"),
-                nodes=list(doc.get("nodes", [])),
+                created_at=_typed(doc, "created_at", str),
+                token=_token(token) if token else None,
+                used_tokens=_strings(_typed(doc, "used_tokens", list, []), "used_tokens"),
+                cluster_created_at=_typed(doc, "cluster_created_at", str | None),
+                destroyed_at=_typed(doc, "destroyed_at", str | None),
+                rendered=_hashes(_typed(doc, "rendered", dict, {}), "rendered"),
+                pending=_hashes(_typed(doc, "pending", dict, {}), "pending"),
+                rendered_at=_typed(doc, "rendered_at", str | None),
+                nodes=_typed(doc, "nodes", list, []),
             )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
             raise BadInput(
-                f"{path}: damaged lab state ({exc})",
+                f"{path}: damaged lab state ({type(exc).__name__}: {exc})",
                 hint="restore it from a backup; deleting it forgets the cluster's discovery token",
             ) from exc
 
@@ -136,3 +137,39 @@ class LabState:
     # -- rendering --------------------------------------------------------------------------------------
     def known_hashes(self, relpath: str) -> set[str]:
         return {h for h in (self.rendered.get(relpath), self.pending.get(relpath)) if h}
+
+
+_MISSING = object()
+
+
+def _typed(doc: Any, key: str, kind: Any, default: Any = _MISSING) -> Any:
+    """`doc[key]` if it is of `kind` (`default` when absent and one is given); else TypeError naming the field."""
+    if not isinstance(doc, dict):
+        raise TypeError(f"expected a JSON object, found {type(doc).__name__}")
+    if key not in doc and default is not _MISSING:
+        return default
+    value = doc[key]
+    if not isinstance(value, kind):
+        raise TypeError(f"{key} is {type(value).__name__}")
+    return value
+
+
+def _strings(values: list[Any], key: str) -> list[str]:
+    if not all(isinstance(v, str) for v in values):
+        raise TypeError(f"{key} holds something other than strings")
+    return values
+
+
+def _hashes(values: dict[str, Any], key: str) -> dict[str, str]:
+    if not all(isinstance(v, str) for v in values.values()):
+        raise TypeError(f"{key} holds something other than sha256 strings")
+    return values
+
+
+def _token(fields: dict[str, Any]) -> LabToken:
+    token = LabToken(**fields)
+    if not all(isinstance(getattr(token, f), str) for f in ("token", "url", "guest_url", "mode", "server")) or (
+        not isinstance(token.size, int) or isinstance(token.size, bool)
+    ):
+        raise TypeError(f"token has a field of the wrong type: {fields}")
+    return token

@@ -7,6 +7,7 @@ local`) or by a public service's `/new` (`public`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,10 +29,17 @@ class Discovery:
         return {"mode": self.mode, "url": self.url, "initial_cluster": self.initial_cluster}
 
 
-def discovery_for(config: LabConfig, state: LabState) -> tuple[Discovery, str]:
+PROVISIONAL_TOKEN = "0" * 32  # stands in for a token not minted yet, in a trial render
+
+
+def discovery_for(
+    config: LabConfig, state: LabState, before_minting: Callable[[Discovery], object] | None = None
+) -> tuple[Discovery, str]:
     """The discovery settings to render and what happened to the token: kept | new | none.
 
-    Raises `BadInput` when lab.yaml asks for a different token than the existing cluster's.
+    Raises `BadInput` when lab.yaml asks for a different token than the existing cluster's. A new token is minted
+    only after `before_minting` passed with a provisional one: a render that fails (a broken template) must not
+    have spent a token first, which a public service would keep and the lab's state would orphan.
     """
     members = [n for n in config.nodes if n.etcd_member]
     initial = ",".join(f"{n.name}={n.peer_url}" for n in members)
@@ -59,6 +67,8 @@ def discovery_for(config: LabConfig, state: LabState) -> tuple[Discovery, str]:
     state.retire_token()  # its cluster never existed, but etcd may have registered with it: never reuse
     if mode == "static":
         return Discovery(mode, None, initial), "none"
+    if before_minting is not None:
+        before_minting(Discovery(mode, f"{guest_base}/{PROVISIONAL_TOKEN}", initial))
     token = mint_token(config, len(members), server)
     state.set_token(token)
     return Discovery(mode, token.guest_url, initial), "new"

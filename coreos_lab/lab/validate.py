@@ -10,6 +10,7 @@ import ipaddress
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +29,7 @@ from coreos_lab.lab.settings import (
     Setting,
     parse_subnet,
 )
+from coreos_lab.paths import expand_user, unknown_home
 from coreos_lab.urls import is_http_url
 from coreos_lab.vagrant.providers import PROVIDERS
 
@@ -41,19 +43,30 @@ _UNIT_NAME_RE = re.compile(r"^[A-Za-z0-9:_.@-]+$")
 
 
 class Problems:
-    """Collects validation problems; raised together so the user fixes them in one go."""
+    """Collects validation problems; raised together so the user fixes them in one go.
+
+    Only the first `SHOWN` are spelled out (a message may be a callable, made only then): a file of 30 000 unknown
+    keys gets a readable error at once, not 30 000 lines and a did-you-mean for each.
+    """
+
+    SHOWN = 50
 
     def __init__(self, origin: str):
         self.origin = origin
+        self.count = 0
         self.items: list[str] = []
 
-    def add(self, where: str, message: str) -> None:
-        self.items.append(f"{where}: {message}")
+    def add(self, where: str, message: str | Callable[[], str]) -> None:
+        self.count += 1
+        if len(self.items) < self.SHOWN:
+            self.items.append(f"{where}: {message if isinstance(message, str) else message()}")
 
     def raise_if_any(self) -> None:
-        if self.items:
+        if self.count:
             lines = "\n".join(f"  {item}" for item in self.items)
-            count = f"{len(self.items)} problems" if len(self.items) > 1 else "1 problem"
+            if self.count > len(self.items):
+                lines += f"\n  … and {self.count - len(self.items)} more"
+            count = f"{self.count} problems" if self.count > 1 else "1 problem"
             hint = f"fix {self.origin} (or the environment variable / flag named) and try again"
             raise BadInput(f"invalid configuration ({count}):\n{lines}", hint=hint)
 
@@ -72,15 +85,16 @@ def flatten(doc: Mapping[str, Any], problems: Problems) -> dict[str, Any]:
                 if path in SETTINGS_BY_PATH or path in STRUCTURED:
                     flat[path] = subvalue
                 else:
-                    allowed = sorted(
-                        p.split(".", 1)[1] for p in [*SETTINGS_BY_PATH, *STRUCTURED] if p.startswith(key + ".")
-                    )
-                    problems.add(f"{CONFIG_FILE}: {path}", _unknown(str(sub), allowed))
+                    problems.add(f"{CONFIG_FILE}: {path}", partial(_unknown, str(sub), _section_keys(key)))
         elif key in SETTINGS_BY_PATH or key in STRUCTURED:
             flat[key] = value
         else:
-            problems.add(f"{CONFIG_FILE}: {key}", _unknown(key, TOP_LEVEL))
+            problems.add(f"{CONFIG_FILE}: {key}", partial(_unknown, key, TOP_LEVEL))
     return flat
+
+
+def _section_keys(section: str) -> list[str]:
+    return sorted(p.split(".", 1)[1] for p in [*SETTINGS_BY_PATH, *STRUCTURED] if p.startswith(section + "."))
 
 
 def _unknown(key: str, allowed: list[str]) -> str:
@@ -129,11 +143,11 @@ def parse_env(setting: Setting, raw: str, where: str, problems: Problems) -> Any
         problems.add(where, f"{raw!r} is not a boolean (true/false, yes/no, 1/0)")
         return None
     if setting.kind is int:
-        try:
-            return int(text)
-        except ValueError:
+        # ASCII digits only: int() would also take "٣" and "1_000", which nobody means as a setting.
+        if not re.fullmatch(r"[+-]?[0-9]+", text):
             problems.add(where, f"{raw!r} is not an integer")
             return None
+        return int(text)
     return text
 
 
@@ -173,6 +187,11 @@ def check_scalars(
     for path in ("mirror.url", "discovery.url"):
         if not is_http_url(str(values[path]), base=True):
             problems.add(where(path), f"{values[path]!r} is not an http(s) base URL such as http://127.0.0.1:8080")
+        elif urlsplit(str(values[path])).port == 0:  # a server cannot be reached at port 0
+            problems.add(where(path), f"{values[path]!r} names port 0; use the port the server listens at")
+    root = values["mirror.root"]
+    if root is not None and expand_user(str(root)) is None:
+        problems.add(where("mirror.root"), unknown_home(str(root)))
     _check_etcd_image(values, where, problems)
     guest = values["mirror.guest_host"]
     if guest is not None and not re.match(r"^[A-Za-z0-9.-]+$|^\[[0-9A-Fa-f:]+\]$", str(guest)):
@@ -214,6 +233,8 @@ def _check_etcd_image(values: dict[str, Any], where: Callable[[str], str], probl
             parse_reference(str(image))
         except BadInput as exc:
             problems.add(where("etcd.image"), f"{exc.message} (e.g. {distro.etcd_image})")
+    if not is_http_url(str(values["mirror.url"]), base=True):
+        return  # reported as such
     mirror_path = urlsplit(str(values["mirror.url"])).path.strip("/")
     if distro.etcd_image is not None and values["etcd.image_source"] == "mirror" and mirror_path:
         problems.add(
@@ -258,8 +279,8 @@ def build_nodes(
         if not isinstance(settings, dict):
             problems.add(key, f"expected a mapping with ip and/or metadata, found {_show(settings)}")
             settings = {}
-        for unknown in sorted(set(settings) - {"ip", "metadata"}):
-            problems.add(f"{key}.{unknown}", _unknown(str(unknown), ["ip", "metadata"]))
+        for unknown in sorted(set(settings) - {"ip", "metadata"}, key=str):
+            problems.add(f"{key}.{unknown}", partial(_unknown, str(unknown), ["ip", "metadata"]))
         if "ip" in settings:
             try:
                 ip = ipaddress.IPv4Address(str(settings["ip"]))
@@ -341,7 +362,7 @@ def check_fleet_metadata(values: dict[str, Any], file_values: dict[str, Any], pr
 
 def _check_keys(item: dict[str, Any], allowed: tuple[str, ...], where: str, problems: Problems) -> None:
     for key in sorted(set(item) - set(allowed), key=str):
-        problems.add(f"{where}.{key}", _unknown(str(key), list(allowed)))
+        problems.add(f"{where}.{key}", partial(_unknown, str(key), list(allowed)))
 
 
 def _port(value: Any, where: str, problems: Problems) -> int:
@@ -370,8 +391,9 @@ def build_ports(raw: Any, nodes: tuple[Machine, ...], problems: Problems) -> tup
         if protocol not in ("tcp", "udp"):
             problems.add(f"{where}.protocol", f"{protocol!r} is not allowed; choose tcp or udp")
         node = item.get("node")
-        if node is not None and node not in names:
-            problems.add(f"{where}.node", f"{node!r} is not a machine of this lab ({', '.join(sorted(names))})")
+        if node is not None and (not isinstance(node, str) or node not in names):
+            problems.add(f"{where}.node", f"{_show(node)} is not a machine of this lab ({', '.join(sorted(names))})")
+            node = None
         port = ForwardedPort(
             _port(item["guest"], f"{where}.guest", problems),
             _port(item["host"], f"{where}.host", problems),
@@ -408,8 +430,10 @@ def build_folders(raw: Any, lab_dir: Path, problems: Problems) -> tuple[SharedFo
             problems.add(where, f"expected {{host: PATH, guest: /ABSOLUTE/PATH}}, found {_show(item)}")
             continue
         _check_keys(item, ("host", "guest"), where, problems)
-        host = Path(item["host"]).expanduser()
-        if not (lab_dir / host).is_dir():
+        host = expand_user(item["host"])
+        if host is None:
+            problems.add(f"{where}.host", unknown_home(item["host"]))
+        elif not (lab_dir / host).is_dir():
             problems.add(
                 f"{where}.host", f"{item['host']!r} is not a directory (relative paths are relative to the lab)"
             )
@@ -453,7 +477,13 @@ def build_units(raw: Any, nodes: tuple[Machine, ...], problems: Problems) -> tup
         if enable is not None and not isinstance(enable, bool):
             problems.add(f"{where}.enable", f"{_show(enable)} is not true or false")
         drop_ins: list[DropIn] = []
-        for j, drop in enumerate(item.get("drop_ins") or []):
+        drops = item.get("drop_ins") or []
+        if not isinstance(drops, list):
+            problems.add(
+                f"{where}.drop_ins", f"expected a list of {{name: NAME.conf, content: TEXT}}, found {_show(drops)}"
+            )
+            drops = []
+        for j, drop in enumerate(drops):
             dwhere = f"{where}.drop_ins[{j}]"
             if not isinstance(drop, dict) or not str(drop.get("name", "")).endswith(".conf") or "content" not in drop:
                 problems.add(dwhere, "expected {name: NAME.conf, content: TEXT}")

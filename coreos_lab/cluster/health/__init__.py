@@ -1,4 +1,4 @@
-"""Cluster health over SSH: every node checked concurrently, one report.
+"""Cluster health over SSH: every node asked concurrently, judged together, one report.
 
 Public API (for `lab health`, `lab up` and smoke tests):
 - `check_cluster(targets, distro, checks, expected_members) -> HealthReport`
@@ -16,9 +16,23 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Protocol
 
-from coreos_lab.cluster.health.checks import CHECK_NAMES, CHECKS, CheckContext
+from coreos_lab.cluster.health import view
+from coreos_lab.cluster.health.checks import (
+    CHECK_NAMES,
+    CHECKS,
+    ETCD_CHECKS,
+    CheckContext,
+    EtcdAnswer,
+    ask_endpoints_health,
+    ask_etcd,
+    etcd_not_running,
+    judge_etcd,
+    judge_members,
+)
+from coreos_lab.cluster.health.parsers import ClusterHealth
 from coreos_lab.cluster.health.report import CheckResult, EtcdCluster, HealthReport, NodeReport, Status
 from coreos_lab.cluster.health.targets import MachineDown
 from coreos_lab.cluster.ssh import (
@@ -45,7 +59,6 @@ __all__ = [
     "NodeReport",
     "Status",
     "check_cluster",
-    "check_node",
     "select_checks",
     "wait_healthy",
 ]
@@ -101,40 +114,84 @@ def select_checks(distro: str, requested: Iterable[str] = ()) -> tuple[str, ...]
     return tuple(c for c in CHECK_NAMES if not wanted or c in wanted)
 
 
-def check_node(
-    target: SSHTarget,
-    checks: Sequence[str],
-    ctx: CheckContext,
-    *,
-    connect_timeout: float,
-    session: SSHSession | None = None,
-) -> NodeReport:
-    """Run `checks` on one node over one SSH connection: `session` (left open for the caller's next round), else
-    a connection of its own. A lost node fails its checks; it never raises."""
-    results: list[CheckResult] = []
-    ctx = ctx.for_node(target.name)
-    own_session = session is None
-    if session is None:
-        session = SSHSession(target, connect_timeout=connect_timeout)
-    else:
-        session.connect_timeout = connect_timeout
+@dataclass
+class NodeRound:
+    """One node's part of a round: the checks it answered alone, and its etcd's answer, judged once every node
+    has answered (`judge_node`)."""
+
+    target: SSHTarget
+    ctx: CheckContext
+    results: dict[str, CheckResult] = field(default_factory=dict)
+    answer: EtcdAnswer | None = None
+
+
+def _steps(checks: Sequence[str]) -> list[tuple[str, ...]]:
+    """The checks in their order, the etcd ones as one step: one exec answers them both."""
+    steps: list[tuple[str, ...]] = []
+    for name in checks:
+        if name not in ETCD_CHECKS:
+            steps.append((name,))
+        elif not any(step[0] in ETCD_CHECKS for step in steps):
+            steps.append(tuple(c for c in checks if c in ETCD_CHECKS))
+    return steps
+
+
+def ask_node(target: SSHTarget, checks: Sequence[str], ctx: CheckContext, session: SSHSession) -> NodeRound:
+    """Run `checks` on one node over its connection (left open for the probe and the caller's next round; a
+    broken one is closed, to be made anew). A lost node fails its checks; it never raises."""
+    node = NodeRound(target, ctx.for_node(target.name))
     broken: str | None = None
-    try:
-        for name in checks:
-            if broken is not None:
-                results.append(CheckResult(name, Status.FAIL, broken))
-                continue
-            try:
-                results.append(CHECKS[name](session, ctx))
-            except CommandTimeout as exc:  # this check failed; the connection may serve the next one
-                results.append(CheckResult(name, Status.FAIL, exc.message))
-            except SSHError as exc:  # the node is gone: the remaining checks fail without trying
-                broken = exc.message
-                results.append(CheckResult(name, Status.FAIL, broken))
-    finally:
-        if own_session or broken is not None:
-            session.close()  # a broken connection is made anew by the next round
-    return NodeReport(target.name, target.address, tuple(results), etcd_cluster=ctx.node.etcd_cluster)
+    for step in _steps(checks):
+        if broken is not None:
+            node.results.update((c, CheckResult(c, Status.FAIL, broken)) for c in step)
+            continue
+        try:
+            if step[0] not in ETCD_CHECKS:
+                node.results[step[0]] = CHECKS[step[0]](session, node.ctx)
+            elif node.ctx.node.etcd_unit_down:
+                node.results.update((c, etcd_not_running(c, node.ctx)) for c in step)
+            else:
+                node.answer = ask_etcd(session, node.ctx, step)
+        except CommandTimeout as exc:  # this step failed; the connection may serve the next one
+            node.results.update((c, CheckResult(c, Status.FAIL, exc.message)) for c in step)
+        except SSHError as exc:  # the node is gone: the remaining checks fail without trying
+            broken = exc.message
+            node.results.update((c, CheckResult(c, Status.FAIL, broken)) for c in step)
+    if broken is not None:
+        session.close()
+    return node
+
+
+def judge_node(node: NodeRound, checks: Sequence[str], cluster: ClusterHealth | None) -> NodeReport:
+    """The node's report, its etcd checks judged from its answer (and, for a v3 member, the members' combined)."""
+    results = []
+    verdict: EtcdCluster | None = None
+    for name in checks:
+        result = node.results.get(name)
+        if result is None and node.answer is not None:
+            if name == "etcd":
+                result, verdict = judge_etcd(node.answer, cluster)
+            else:
+                result = judge_members(node.answer, node.ctx)
+        assert result is not None
+        results.append(result)
+    if "etcd" in checks and node.ctx.node.etcd_unit_down:
+        verdict = EtcdCluster.UNAVAILABLE  # nothing serves here; other nodes may know better
+    target = node.target
+    return NodeReport(target.name, target.address, tuple(results), etcd_cluster=verdict)
+
+
+def combine(nodes: Sequence[NodeRound], sessions: Sequence[SSHSession], ctx: CheckContext) -> ClusterHealth | None:
+    """The cluster's health from what the v3 members said of themselves, the silent ones asked from one node
+    (`view.py`); None when no node answered as a v3 member."""
+    answers = [n.answer for n in nodes]
+    gathered = view.gather(answers)
+    if gathered is None:
+        return None
+    probed = None
+    if gathered.unanswered and (asker := view.prober(answers)) is not None:
+        probed = ask_endpoints_health(sessions[asker], gathered.unanswered, ctx)
+    return view.cluster_health(gathered, probed)
 
 
 def machine_down(machine: MachineDown, checks: Sequence[str]) -> NodeReport:
@@ -156,10 +213,11 @@ def check_cluster(
     sessions: Sequence[SSHSession] | None = None,
     down: Sequence[MachineDown] = (),
 ) -> HealthReport:
-    """Check every node concurrently (one thread per node: paramiko blocks). `expected_members` defaults to
-    the number of nodes; `on_node` is called from worker threads as each node's report is ready.
-    `etcd_nodes` names the etcd members when the configuration tells them (the other nodes are proxies);
-    None: not known, Flatcar nodes are probed. `sessions`: one connection per target, in order, to reuse.
+    """Ask every node concurrently (one thread per node: paramiko blocks), then judge each one's etcd checks on
+    what all of them answered. `expected_members` defaults to the number of nodes; `on_node` is called with
+    each node's report, in order, once they are judged. `etcd_nodes` names the etcd members when the
+    configuration tells them (the other nodes are proxies); None: not known, Flatcar nodes are probed.
+    `sessions`: one connection per target, in order, to reuse (else the round's own, closed at its end).
     `down`: machines that are not running, reported after the others as failing nodes."""
     if not targets and not down:
         raise BadInput("no nodes to check")
@@ -171,17 +229,25 @@ def check_cluster(
     proxies = frozenset(t.name for t in targets if etcd_nodes is not None and t.name not in etcd_nodes)
     ctx = CheckContext(distro, expected, node_count, command_timeout, proxies)
     started = time.monotonic()
-
-    def one(target: SSHTarget, session: SSHSession | None) -> NodeReport:
-        report = check_node(target, selected, ctx, connect_timeout=connect_timeout, session=session)
+    own_sessions = sessions is None
+    sessions = [SSHSession(t) for t in targets] if sessions is None else sessions
+    for session in sessions:
+        session.connect_timeout = connect_timeout
+    try:
+        with ThreadPoolExecutor(max_workers=max(len(targets), 1), thread_name_prefix="health") as pool:
+            asked = list(pool.map(lambda t, s: ask_node(t, selected, ctx, s), targets, sessions))
+        cluster = combine(asked, sessions, ctx)
+    finally:
+        if own_sessions:
+            for session in sessions:
+                session.close()
+    nodes = []
+    for node in asked:
+        nodes.append(report := judge_node(node, selected, cluster))
         if on_node is not None:
             on_node(report)
-        return report
-
-    with ThreadPoolExecutor(max_workers=max(len(targets), 1), thread_name_prefix="health") as pool:
-        nodes = tuple(pool.map(one, targets, sessions if sessions is not None else [None] * len(targets)))
-    nodes += tuple(machine_down(m, selected) for m in down)
-    return HealthReport(distro, expected, selected, nodes, time.monotonic() - started)
+    nodes += [machine_down(m, selected) for m in down]
+    return HealthReport(distro, expected, selected, tuple(nodes), time.monotonic() - started)
 
 
 def wait_healthy(
