@@ -6,6 +6,8 @@ line on stderr (plus an optional hint) and its exit code. Nothing here prints or
 
 from __future__ import annotations
 
+import errno
+import os
 from enum import IntEnum
 
 
@@ -66,3 +68,14 @@ class CommandFailed(LabError):
         self.argv = argv
         self.returncode = returncode
         self.stderr = stderr
+
+
+def io_error(exc: OSError, path: str | os.PathLike[str] | None, doing: str = "write") -> LabError:
+    """An OSError (a full disk, a read-only filesystem, a name too long, …) as an error naming the file it
+    concerns: the exception's own file when it has one, else `path`."""
+    kind = BadInput if exc.errno == errno.ENAMETOOLONG else LabError  # a name too long is the value's fault
+    target = exc.filename if exc.filename is not None else path
+    where = (
+        "" if target is None else f" {os.fsdecode(target) if isinstance(target, str | bytes | os.PathLike) else target}"
+    )
+    return kind(f"cannot {doing}{where}: {exc.strerror or exc}")

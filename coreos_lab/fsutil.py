@@ -12,8 +12,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from coreos_lab.errors import io_error
+
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
+    tmp = write_temp(path, data, mode=mode)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_temp(path: Path, data: bytes, *, mode: int = 0o644) -> Path:
+    """`data` in a new hidden file beside `path`, on disk and with `mode`, for the caller to rename into place
+    (`os.replace`): a full disk shows here, before anything at `path` changed. Nothing is left on failure."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -22,10 +35,22 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
+
+
+@contextmanager
+def naming_io_errors(path: Path | None = None, doing: str = "write") -> Iterator[None]:
+    """Turns an OSError into a `LabError` naming its file (the error's own, else `path`); one that names no
+    file and is given none passes unchanged."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and path is None:
+            raise
+        raise io_error(exc, path, doing) from exc
 
 
 def atomic_write_text(path: Path, text: str, *, mode: int = 0o644) -> None:

@@ -127,20 +127,42 @@ def fetch(
 @root_option
 @base_url_option
 @json_option
-def list_(root: Path | None, base_url: str | None, as_json: bool) -> None:
-    """One row per stored box, with the URLs `lab mirror serve` answers on; then one per container image."""
+def list_(root: Path | None, base_url: str | None, as_json: bool) -> ExitCode:
+    """One row per stored box, with the URLs `lab mirror serve` answers on; then one per container image.
+    Exit 1 when something in the root is left out of the catalog (an unreadable directory, a damaged record,
+    a box missing or leading out of the root), each named."""
     from coreos_lab import console
+    from coreos_lab.errors import BadInput
     from coreos_lab.mirror.images.store import ImageStore
-    from coreos_lab.mirror.store import MirrorStore
+    from coreos_lab.mirror.store import LeftOut, MirrorStore
 
     store = MirrorStore(resolve_existing_root(root))
-    rows = [e.as_dict(_base(base_url)) for e in store.entries()]
-    images = [_image_row(ImageStore(store.root), image, _base(base_url)) for image in ImageStore(store.root).images()]
+    entries, left_out = store.survey()
+    rows = [e.as_dict(_base(base_url)) for e in entries]
+    image_store = ImageStore(store.root)
+    try:
+        stored_images = image_store.load_index()
+    except BadInput as exc:
+        left_out.append(LeftOut(image_store.index_path, exc.message))
+        stored_images = []
+    images = [_image_row(image_store, image, _base(base_url)) for image in sorted(stored_images, key=lambda i: (i.repository, i.tag))]
+    code = ExitCode.ERROR if left_out else ExitCode.OK
     if as_json:
-        console.print_json({"root": str(store.root), "boxes": rows, "images": images})
-        return
+        problems = [{"path": str(p.path), "reason": p.reason} for p in left_out]
+        console.print_json({"root": str(store.root), "boxes": rows, "images": images, "left_out": problems})
+        return code
+    for i, problem in enumerate(left_out, 1):
+        hint = "`lab mirror verify` checks the whole root" if i == len(left_out) else None
+        console.error(f"left out of the catalog: {problem.path}: {problem.reason}", hint)
+    _print_catalog(store.root, rows, images)
+    return code
+
+
+def _print_catalog(root: Path, rows: list[dict[str, Any]], images: list[dict[str, Any]]) -> None:
+    from coreos_lab import console
+
     if not rows:
-        console.info(f"no boxes in {store.root}")
+        console.info(f"no boxes in {root}")
     else:
         header = ("name", "version", "provider", "architecture", "size", "sha256", "metadata_url", "box_url")
         _print_table(
@@ -160,7 +182,7 @@ def list_(root: Path | None, base_url: str | None, as_json: bool) -> None:
             ],
         )
     if not images:
-        console.info(f"no images in {store.root}")
+        console.info(f"no images in {root}")
         return
     if rows:
         console.out().print()
@@ -198,7 +220,7 @@ def _image_row(store: ImageStore, image: StoredImage, base_url: str) -> dict[str
 
     try:
         present = {b.digest: b.size for b in store.required_blobs(image.descriptor) if store.has_blob(b.digest)}
-    except BadInput:  # a damaged manifest: `lab mirror verify` says which
+    except (BadInput, OSError):  # a damaged manifest or unreadable blob: `lab mirror verify` says which
         present = {}
     host = urlsplit(base_url).netloc or base_url
     return image.as_dict() | {"blob_bytes": sum(present.values()), "pull": f"{host}/{image.name}"}

@@ -6,11 +6,11 @@ Every problem is a `BadInput` naming the document, the field path and the offend
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from coreos_lab.errors import BadInput
+from coreos_lab.json_input import parse_json
 from coreos_lab.mirror.checksums import check_checksum
 from coreos_lab.mirror.store import DEFAULT_ARCH, BoxKey
 
@@ -28,14 +28,7 @@ class BoxSource:
 
 def parse(text: str | bytes, source: str) -> dict[str, Any]:
     """The decoded document; `source` names it (a path or URL) in errors."""
-    try:
-        doc = json.loads(text)
-    except UnicodeDecodeError as exc:
-        raise BadInput(f"{source}: box metadata is not UTF-8 text ({exc.reason})") from exc
-    except json.JSONDecodeError as exc:
-        raise BadInput(
-            f"{source}: box metadata is not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from exc
+    doc = parse_json(text, source, "box metadata")
     if not isinstance(doc, dict):
         raise BadInput(f"{source}: box metadata must be a JSON object, got {type(doc).__name__}")
     return doc

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from coreos_lab.errors import BadInput
-from coreos_lab.fsutil import atomic_write_bytes
+from coreos_lab.fsutil import atomic_write_bytes, naming_io_errors
 from coreos_lab.mirror import box_metadata, gpg
 from coreos_lab.mirror.checksums import file_digests
 from coreos_lab.mirror.download import download
@@ -114,7 +114,8 @@ def fetch_box(
         scratch.mkdir()
         for suffix, data in side_files.items():
             if data is not None:
-                (scratch / f"{stem}{suffix}").write_bytes(data)
+                with naming_io_errors(scratch / f"{stem}{suffix}"):
+                    (scratch / f"{stem}{suffix}").write_bytes(data)
         verified: list[str] = []
         digests_text = side_files[".box.DIGESTS"] or b""
         if keyring is not None:
@@ -130,7 +131,7 @@ def fetch_box(
                 return None
             return f"but {json_url} describes a different box ({chosen.checksum_type} {chosen.checksum})"
 
-        with store.staging(key, on_wait=on_wait) as part:
+        with naming_io_errors(), store.staging(key, on_wait=on_wait) as part:
             admission = store.admit(key, force=force, differs=differs)
             if admission.unchanged is not None:
                 return FetchResult(admission.unchanged, "unchanged", json_url, box_url)
@@ -148,7 +149,9 @@ def fetch_box(
                 part.truncate()  # a complete but wrong file cannot be resumed into a right one
                 raise
             for name in sorted(scratch.iterdir()):  # side files first: the box becomes visible last
-                atomic_write_bytes(store.upstream_dir(key.name, key.version) / name.name, name.read_bytes())
+                kept = store.upstream_dir(key.name, key.version) / name.name
+                with naming_io_errors(kept):
+                    atomic_write_bytes(kept, name.read_bytes())
             entry = store.commit(
                 key, Path(part.name), sha256=got.digests["sha256"], source=box_url, description=chosen.description
             )

@@ -10,20 +10,33 @@ from __future__ import annotations
 
 import bz2
 import gzip
-import io
-import json
 import lzma
 import tarfile
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
+
+import zstandard
 
 from coreos_lab.errors import BadInput
+from coreos_lab.fsutil import naming_io_errors
+from coreos_lab.json_input import MAX_BYTES, parse_json
 from coreos_lab.mirror import box_metadata
 from coreos_lab.mirror.checksums import CHUNK, Hashers, file_digests
-from coreos_lab.mirror.store import DEFAULT_ARCH, BoxKey, CatalogEntry, MirrorStore
+from coreos_lab.mirror.store import (
+    DEFAULT_ARCH,
+    BoxKey,
+    CatalogEntry,
+    MirrorStore,
+    check_name,
+    check_provider,
+    check_version,
+)
 from coreos_lab.progress import Reporter, SilentReporter
+from coreos_lab.server import name_taken
 
 # Archive formats Vagrant unpacks, by their leading bytes.
 _MAGIC = {
@@ -34,7 +47,12 @@ _MAGIC = {
     b"PK\x03\x04": "zip",
 }
 
-_DECOMPRESS = {"gzip": gzip.GzipFile, "bzip2": bz2.BZ2File, "xz": lzma.LZMAFile}
+_DECOMPRESS: dict[str, Callable[[BinaryIO], Any]] = {
+    "gzip": lambda handle: gzip.GzipFile(fileobj=handle, mode="rb"),
+    "bzip2": bz2.BZ2File,
+    "xz": lzma.LZMAFile,
+}
+METADATA_LIMIT = 1 << 16  # a box's metadata.json names its provider (and architecture): a few dozen bytes
 
 
 @dataclass(frozen=True)
@@ -77,6 +95,11 @@ def import_box(
             if not value:
                 raise BadInput(f"{option} is required when importing {box} without --metadata")
         assert name is not None and version is not None
+        check_name(name, "name (--name)")
+        check_version(version, "version (--version)")
+        for option, value in (("--provider", provider), ("--architecture", architecture)):
+            if value is not None:
+                check_provider(value, option.removeprefix("--") + f" ({option})")
         # No checksum to trust: the archive must at least be whole, and be a box for the provider it is filed under.
         box_prov, box_arch = box_provider(box, box_format)
         if provider is None:
@@ -87,6 +110,8 @@ def import_box(
             raise BadInput(f"{box}: metadata.json says provider {box_prov!r}, not {provider!r} (--provider)")
         key = BoxKey(name, version, provider, architecture or box_arch or DEFAULT_ARCH)
 
+    if (taken := name_taken(key.name)) is not None:
+        raise BadInput(f"box name {key.name!r} cannot be served: {taken}", hint="import it under another --name")
     algorithms = ["sha256"] + ([expected[0]] if expected else [])
 
     def differs(stored: CatalogEntry) -> str | None:
@@ -96,7 +121,8 @@ def import_box(
         _check(expected, digests, box, metadata)
         return None if digests["sha256"] == stored.sha256 else f"and {box} differs (sha256 {digests['sha256']})"
 
-    with store.staging(key, on_wait=lambda: reporter.note(f"waiting for another lab process writing {key}")) as part:
+    on_wait = lambda: reporter.note(f"waiting for another lab process writing {key}")  # noqa: E731
+    with naming_io_errors(), store.staging(key, on_wait=on_wait) as part:
         admission = store.admit(key, force=force, differs=differs)
         if admission.unchanged is not None:
             return ImportResult(admission.unchanged, "unchanged")
@@ -113,8 +139,10 @@ def import_box(
 
 
 def _read_metadata(path: Path) -> bytes:
+    """Of a file named as metadata, no more than a JSON document may be (then `parse_json` refuses it)."""
     try:
-        return path.read_bytes()
+        with path.open("rb") as handle:
+            return handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise BadInput(f"cannot read box metadata {path}: {exc.strerror}") from exc
 
@@ -137,9 +165,10 @@ def sniff_box(box: Path) -> str:
 def box_provider(box: Path, box_format: str) -> tuple[str | None, str | None]:
     """Provider and architecture from the box's own metadata.json, (None, None) without one.
 
-    Reads the whole archive once (as a stream), so a truncated or damaged box is refused here: gzip, bzip2 and
-    xz streams are read to their end-of-stream checks, zip members are CRC-checked. zstd boxes cannot be read
-    without an extra library and are taken as they are.
+    Reads the whole archive once (as a stream), so a truncated or damaged box is refused here: gzip, bzip2, xz
+    and zstd streams are read to their end-of-stream checks, zip members are CRC-checked. Of metadata.json no
+    more than METADATA_LIMIT bytes are read: a box whose metadata.json unpacks to gigabytes is refused, not
+    held in memory.
     """
     raw: bytes | None = None
     try:
@@ -147,44 +176,108 @@ def box_provider(box: Path, box_format: str) -> tuple[str | None, str | None]:
             with zipfile.ZipFile(box) as archive:
                 if (bad := archive.testzip()) is not None:
                     raise BadInput(f"cannot read box {box}: member {bad} is damaged")
-                raw = archive.read("metadata.json") if "metadata.json" in archive.namelist() else None
-        elif box_format != "zstd":
-            opener = _DECOMPRESS.get(box_format)
-            with opener(box, "rb") if opener else box.open("rb") as stream:
+                if "metadata.json" in archive.namelist():
+                    with archive.open("metadata.json") as metadata_json:
+                        raw = metadata_json.read(METADATA_LIMIT + 1)
+        else:
+            with box.open("rb") as handle, _decompressed(handle, box_format) as stream:
                 with tarfile.open(fileobj=stream, mode="r|") as archive:
-                    for member in archive:
+                    for member in _each_member(archive):
                         if member.isfile() and member.name.lstrip("./") == "metadata.json":
                             extracted = archive.extractfile(member)
-                            raw = extracted.read() if extracted else None
+                            raw = extracted.read(METADATA_LIMIT + 1) if extracted else None
                 # tar stops at its end marker; the compressor's check (CRC, length) comes after it.
                 while stream.read(CHUNK):
                     pass
-    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, lzma.LZMAError) as exc:
+    except (OSError, tarfile.TarError, zipfile.BadZipFile, EOFError, lzma.LZMAError, zstandard.ZstdError) as exc:
         raise BadInput(f"cannot read box {box} (truncated or damaged?): {exc}") from exc
     if raw is None:
         return None, None
-    try:
-        doc = json.load(io.BytesIO(raw))
-        provider = doc["provider"]
-        if not isinstance(provider, str) or not provider:
-            raise TypeError
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BadInput(f"{box}: metadata.json has no valid field provider: {raw[:80]!r}") from exc
+    source = f"{box}: member metadata.json"
+    if len(raw) > METADATA_LIMIT:
+        raise BadInput(f"{source} has more than {METADATA_LIMIT} bytes; not a box's metadata.json")
+    doc = parse_json(raw, source)
+    provider = doc.get("provider") if isinstance(doc, dict) else None
+    if not isinstance(provider, str) or not provider:
+        raise BadInput(f"{source} has no valid field provider: {raw[:80]!r}")
     arch = doc.get("architecture")
     return provider, arch if isinstance(arch, str) and arch else None
+
+
+def _each_member(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The members of a streamed tar, each forgotten after its turn: `tarfile` keeps a list of every member it
+    has seen, and a megabyte of compressed empty members is hundreds of thousands of them."""
+    while (member := archive.next()) is not None:
+        archive.members.clear()  # type: ignore[attr-defined]  # public, but not in typeshed
+        yield member
+
+
+def _decompressed(handle: BinaryIO, box_format: str) -> AbstractContextManager[BinaryIO]:
+    """The tar stream inside a box file, decompressed as it is read."""
+    if box_format == "zstd":
+        return nullcontext(cast(BinaryIO, ZstdReader(handle)))
+    opener = _DECOMPRESS.get(box_format)
+    return cast(AbstractContextManager[BinaryIO], opener(handle)) if opener else nullcontext(handle)
+
+
+class ZstdReader:
+    """The decompressed bytes of a zstd stream, read to its end: a stream cut short is an EOFError, where
+    zstandard's own readers end quietly. The compressed bytes go in a kilobyte at a time because a zstd block
+    of one repeated byte expands 32768-fold: what a kilobyte expands to (at most 32 MiB) is all that is held."""
+
+    FEED = 1024
+
+    def __init__(self, handle: BinaryIO):
+        self._handle = handle
+        self._decompressor = zstandard.ZstdDecompressor()
+        self._frame = self._decompressor.decompressobj()
+        self._frame_fed = False
+        self._buffer = b""
+        self._pos = 0
+
+    def read(self, size: int) -> bytes:
+        while len(self._buffer) - self._pos < size and self._fill():
+            pass
+        chunk = self._buffer[self._pos : self._pos + size]
+        self._pos += len(chunk)
+        return chunk
+
+    def _fill(self) -> bool:
+        """Decompress the next compressed kilobyte into the buffer; False at the end of the file."""
+        data = self._handle.read(self.FEED)
+        if not data:
+            if self._frame_fed and not self._frame.eof:
+                raise EOFError("the zstd stream ends in the middle of a frame")
+            return False
+        pieces = [self._buffer[self._pos :]]
+        while data:  # a stream may hold several frames, each decompressed by its own object
+            if self._frame.eof:
+                self._frame, self._frame_fed = self._decompressor.decompressobj(), False
+            pieces.append(self._frame.decompress(data))
+            self._frame_fed = True
+            data = self._frame.unused_data if self._frame.eof else b""
+        self._buffer, self._pos = b"".join(pieces), 0
+        return True
 
 
 def _copy_hashing(box: Path, part: BinaryIO, algorithms: list[str], reporter: Reporter) -> dict[str, str]:
     hashers = Hashers(algorithms)
     part.seek(0)
     part.truncate()
+    staged = Path(part.name)
     try:
         with box.open("rb") as source, reporter.transfer(f"importing {box.name}", box.stat().st_size) as advance:
-            while chunk := source.read(CHUNK):
+            while True:
+                with naming_io_errors(box, "read"):
+                    chunk = source.read(CHUNK)
+                if not chunk:
+                    break
                 hashers.update(chunk)
-                part.write(chunk)
+                with naming_io_errors(staged):
+                    part.write(chunk)
                 advance(len(chunk))
-        part.flush()
+        with naming_io_errors(staged):
+            part.flush()
     except BaseException:
         _discard(part)  # an import is not resumable: leave no half copy behind
         raise

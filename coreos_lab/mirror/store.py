@@ -24,13 +24,14 @@ import os
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import asdict, astuple, dataclass
+from dataclasses import asdict, astuple, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from coreos_lab.errors import BadInput, LabError
-from coreos_lab.fsutil import atomic_write_text, locked_part
+from coreos_lab.fsutil import locked_part, naming_io_errors, write_temp
+from coreos_lab.json_input import read_json_file
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 # RubyGems version syntax, which Vagrant uses for box versions.
@@ -38,24 +39,48 @@ VERSION_RE = re.compile(r"^[0-9]+(\.[0-9A-Za-z]+)*(-[0-9A-Za-z.]+)?$")
 PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 DEFAULT_ARCH = "amd64"
 RECORD_SUFFIX = ".record.json"
+IMAGES_DIR = "images"  # below the root, the image store's (mirror/images/store.py), never a box name
+RECORD_LIMIT = 1 << 16  # a record is a few hundred bytes
+
+
+# Each field names a directory or file below the root, whose names a filesystem allows up to 255 bytes; a
+# record is written through `.<provider>-<arch>.record.json.<8 random>.tmp` (26 bytes more than the stem).
+MAX_NAME_LENGTH = 128  # name, version
+MAX_PART_LENGTH = 64  # provider, architecture
 
 
 def check_name(name: str, field: str = "name") -> str:
-    if not NAME_RE.match(name or ""):
+    if not NAME_RE.fullmatch(name or ""):  # fullmatch: `$` alone would let a trailing newline through
         raise BadInput(f"invalid box {field} {name!r}: use letters, digits, '.', '_' and '-' (e.g. flatcar-stable)")
-    return name
+    if name == IMAGES_DIR:
+        raise BadInput(f"invalid box {field} {name!r}: the mirror keeps its container images there")
+    return _check_length(name, f"box {field}", MAX_NAME_LENGTH)
 
 
 def check_version(version: str, field: str = "version") -> str:
-    if not VERSION_RE.match(version or ""):
+    if not VERSION_RE.fullmatch(version or ""):
         raise BadInput(f"invalid box {field} {version!r}: Vagrant needs a RubyGems version such as 3815.2.0")
-    return version
+    return _check_length(version, f"box {field}", MAX_NAME_LENGTH)
 
 
 def check_provider(provider: str, field: str = "provider") -> str:
-    if not PROVIDER_RE.match(provider or ""):
+    if not PROVIDER_RE.fullmatch(provider or ""):
         raise BadInput(f"invalid {field} {provider!r}: e.g. virtualbox, libvirt")
-    return provider
+    return _check_length(provider, field, MAX_PART_LENGTH)
+
+
+def is_valid_name(name: str) -> bool:
+    try:
+        check_name(name)
+    except BadInput:
+        return False
+    return True
+
+
+def _check_length(value: str, field: str, limit: int) -> str:
+    if len(value) > limit:
+        raise BadInput(f"invalid {field} {value[:32]!r}… ({len(value)} characters): at most {limit}")
+    return value
 
 
 def version_key(version: str) -> tuple[tuple[int, str, int], ...]:
@@ -178,6 +203,44 @@ def metadata_url(name: str, base_url: str) -> str:
     return f"{base_url.rstrip('/')}/{name}"
 
 
+OUTSIDE_ROOT = "a symlink leading out of the mirror root (never served)"
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """Something the catalog leaves out, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class Scan:
+    """The files found in the store's version directories, and the directories that could not be read."""
+
+    files: list[Path] = field(default_factory=list)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+    def listdir(self, directory: Path) -> list[Path]:
+        try:
+            return sorted(directory.iterdir())
+        except OSError as exc:
+            self.unreadable.append((directory, exc.strerror or str(exc)))
+            return []
+
+    @property
+    def records(self) -> list[Path]:
+        return [f for f in self.files if f.name.endswith(RECORD_SUFFIX)]
+
+    @property
+    def artifacts(self) -> list[Path]:
+        return [f for f in self.files if f.name.endswith(tuple(kind.suffix for kind in KINDS.values()))]
+
+    @property
+    def parts(self) -> list[Path]:
+        return [f for f in self.files if f.name.endswith(tuple(f"{kind.suffix}.part" for kind in KINDS.values()))]
+
+
 class MirrorStore:
     def __init__(self, root: Path | str):
         self.root = Path(root)
@@ -202,25 +265,42 @@ class MirrorStore:
     # -- reading ---------------------------------------------------------------------------------------
     def entries(self, name: str | None = None, kind: ArtifactKind | None = None) -> list[CatalogEntry]:
         """Every verified artifact (of `kind`, when given), sorted by name, version (RubyGems order), then key."""
+        return self.survey(name, kind)[0]
+
+    def survey(
+        self, name: str | None = None, kind: ArtifactKind | None = None
+    ) -> tuple[list[CatalogEntry], list[LeftOut]]:
+        """The catalog (as `entries`), and what it leaves out that a user must hear of: directories that cannot
+        be read, damaged records, recorded artifacts that are missing or lead out of the root (`list`)."""
         found: list[CatalogEntry] = []
-        if not self.root.is_dir():
-            return found
-        pattern = f"{name}/*/*{RECORD_SUFFIX}" if name else f"*/*/*{RECORD_SUFFIX}"
-        for record in self.root.glob(pattern):
-            if record.parts[-3].startswith("."):
+        if name is not None and not is_valid_name(name):
+            return found, []  # a name that cannot be stored names nothing
+        scan = self.scan(name)
+        left_out = [LeftOut(d, f"cannot read the directory: {why}") for d, why in scan.unreadable]
+        for record in scan.records:
+            try:
+                entry = self.load_record(record)
+            except BadInput as exc:
+                left_out.append(LeftOut(record, exc.message))
                 continue
-            entry = self._read_record(record)
-            if entry is not None and (kind is None or entry.kind == kind) and self.artifact_path(entry.key).is_file():
+            if kind is not None and entry.kind != kind:
+                continue
+            artifact = self.artifact_path(entry.key)
+            if not artifact.is_file():
+                left_out.append(LeftOut(artifact, f"{record.name} has no {entry.kind.name} beside it"))
+            elif not self.within_root(artifact):
+                left_out.append(LeftOut(artifact, OUTSIDE_ROOT))
+            else:
                 found.append(entry)
         found.sort(key=lambda e: (e.name, version_key(e.version), e.kind.name, astuple(e.key)))
-        return found
+        return found, left_out
 
     def names(self, kind: ArtifactKind | None = None) -> list[str]:
         return sorted({e.name for e in self.entries(kind=kind)})
 
     def get(self, key: ArtifactKey) -> CatalogEntry | None:
-        record = self.record_path(key)
-        if not record.is_file() or not self.artifact_path(key).is_file():
+        record, artifact = self.record_path(key), self.artifact_path(key)
+        if not record.is_file() or not artifact.is_file() or not self.within_root(artifact):
             return None
         return self._read_record(record)
 
@@ -229,32 +309,46 @@ class MirrorStore:
         candidates = [e for e in self.entries(name, BOX) if provider is None or e.key.provider == provider]
         return candidates[-1] if candidates else None
 
+    def within_root(self, path: Path) -> bool:
+        """Whether `path` exists and, with every symlink resolved, lies inside the root: the server sends
+        nothing else, so nothing else is listed, verified or advertised."""
+        try:
+            return path.resolve(strict=True).is_relative_to(self.root.resolve())
+        except (OSError, RuntimeError):  # missing, unreadable, a symlink loop
+            return False
+
+    def scan(self, name: str | None = None) -> Scan:
+        """The files in the version directories (of `name`, when given; never below a `.`-directory), and
+        the directories on the way that could not be read: a catalog never silently shrinks."""
+        scan = Scan()
+        if not self.root.is_dir():
+            return scan
+        if name is None:
+            name_dirs = [d for d in scan.listdir(self.root) if d.is_dir() and is_valid_name(d.name)]
+        else:
+            name_dirs = [self.root / name] if (self.root / name).is_dir() else []
+        for name_dir in name_dirs:
+            for version_dir in (d for d in scan.listdir(name_dir) if d.is_dir()):
+                scan.files += (f for f in scan.listdir(version_dir) if not f.is_dir())
+        return scan
+
     def record_paths(self) -> list[Path]:
         """Every record file below the root, readable or not (for `verify`)."""
-        if not self.root.is_dir():
-            return []
-        return sorted(r for r in self.root.glob(f"*/*/*{RECORD_SUFFIX}") if not r.parts[-3].startswith("."))
+        return self.scan().records
 
     def artifact_paths(self) -> list[Path]:
         """Every artifact file below the root, of every kind, recorded or not (for `verify`)."""
-        return self._glob(*(f"*{kind.suffix}" for kind in KINDS.values()))
+        return self.scan().artifacts
 
     def part_paths(self) -> list[Path]:
         """Interrupted downloads/imports: never part of the catalog."""
-        return self._glob(*(f"*{kind.suffix}.part" for kind in KINDS.values()))
-
-    def _glob(self, *patterns: str) -> list[Path]:
-        """Files in the version directories matching any of `patterns` (never below a `.`-directory)."""
-        if not self.root.is_dir():
-            return []
-        found = {p for pattern in patterns for p in self.root.glob(f"*/*/{pattern}")}
-        return sorted(p for p in found if not p.parts[-3].startswith("."))
+        return self.scan().parts
 
     def load_record(self, record: Path) -> CatalogEntry:
         """The entry a record describes; `BadInput` naming the record and the problem when it is damaged
         or does not describe the artifact beside it."""
+        doc = read_json_file(record, f"damaged record {record}", max_bytes=RECORD_LIMIT)
         try:
-            doc = json.loads(record.read_text())
             if not isinstance(doc, dict):
                 raise ValueError("not a JSON object")
             kind = KINDS.get(doc.get("kind", BOX.name))
@@ -274,7 +368,7 @@ class MirrorStore:
             )
         except KeyError as exc:
             raise BadInput(f"damaged record {record}: field {exc.args[0]!r} is missing") from exc
-        except (OSError, ValueError, TypeError, LabError) as exc:
+        except (ValueError, TypeError, LabError) as exc:
             reason = exc.message if isinstance(exc, LabError) else str(exc)
             raise BadInput(f"damaged record {record}: {reason}") from exc
         if self.record_path(key) != record:
@@ -328,8 +422,7 @@ class MirrorStore:
         `staged` must be on the same filesystem (e.g. `part_path(key)`): the rename is atomic. The caller
         has already verified `sha256` and decided (`admit`) whether replacing a different artifact is allowed.
         """
-        final = self.artifact_path(key)
-        final.parent.mkdir(parents=True, exist_ok=True)
+        final, record = self.artifact_path(key), self.record_path(key)
         size = staged.stat().st_size
         entry = CatalogEntry(
             key=key,
@@ -339,19 +432,32 @@ class MirrorStore:
             source=source,
             description=description,
         )
-        # Hide the old record first so a crash between the two steps never pairs a record with the wrong box.
-        self.record_path(key).unlink(missing_ok=True)
-        sync_file(staged)
-        os.replace(staged, final)
         doc = {"kind": key.kind.name} | asdict(key) | {k: v for k, v in asdict(entry).items() if k != "key"}
-        atomic_write_text(self.record_path(key), json.dumps(doc, indent=2) + "\n")
+        # The record is written beside its place first: a full disk or a read-only root fails here, with the
+        # store as it was. What follows are renames.
+        with naming_io_errors(record):
+            record_temp = write_temp(record, (json.dumps(doc, indent=2) + "\n").encode())
+        try:
+            with naming_io_errors(final):
+                # Hide the old record first so a crash between the renames never pairs a record with the wrong box.
+                record.unlink(missing_ok=True)
+                sync_file(staged)
+                os.replace(staged, final)
+            try:
+                with naming_io_errors(record):
+                    os.replace(record_temp, record)
+            except BaseException:
+                os.replace(final, staged)  # back to the caller, who discards it: no box without a record
+                raise
+        finally:
+            record_temp.unlink(missing_ok=True)
         return entry
 
     # -- Vagrant metadata ------------------------------------------------------------------------------
     def vagrant_metadata(self, name: str, base_url: str) -> dict[str, Any] | None:
         """Vagrant box metadata (docs/field-notes.md §1) for every stored version of `name`, urls absolute under
         `base_url`; None when the store has no such box."""
-        entries = self.entries(check_name(name), BOX)
+        entries = self.entries(name, BOX)
         if not entries:
             return None
         versions: dict[str, list[dict[str, Any]]] = {}

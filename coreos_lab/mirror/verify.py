@@ -11,7 +11,7 @@ from typing import Any
 from coreos_lab.errors import BadInput
 from coreos_lab.mirror.checksums import file_digests
 from coreos_lab.mirror.images.store import ImageStore, StoredImage
-from coreos_lab.mirror.store import KINDS, RECORD_SUFFIX, MirrorStore
+from coreos_lab.mirror.store import KINDS, OUTSIDE_ROOT, RECORD_SUFFIX, CatalogEntry, MirrorStore
 from coreos_lab.progress import Reporter, SilentReporter
 
 # Problems (fail the verification) and notes (do not).
@@ -23,6 +23,8 @@ OK, MISMATCH, SIZE_MISMATCH, MISSING_BOX, DAMAGED_RECORD, UNREADABLE = (
     "damaged record",
     "unreadable box",
 )
+# A directory that cannot be listed hides whatever it holds; a box that is a symlink out of the root is not served.
+UNREADABLE_DIR, OUTSIDE = "unreadable directory", "outside the root"
 NO_RECORD, PARTIAL = "no record", "partial download"
 # Of images: a blob an image needs that is not there, a catalog or manifest that cannot be read, and (a note)
 # a blob no image needs, left by a refused or interrupted fetch or a replaced tag.
@@ -39,6 +41,8 @@ PROBLEMS = {
     MISSING_BOX,
     DAMAGED_RECORD,
     UNREADABLE,
+    UNREADABLE_DIR,
+    OUTSIDE,
     MISSING_BLOB,
     UNREADABLE_BLOB,
     DAMAGED_CATALOG,
@@ -94,9 +98,10 @@ class VerifyReport:
 
 def verify_store(store: MirrorStore, reporter: Reporter | None = None) -> VerifyReport:
     reporter = reporter or SilentReporter()
-    findings: list[Finding] = []
+    scan = store.scan()
+    findings = [Finding(directory, UNREADABLE_DIR, why) for directory, why in scan.unreadable]
     recorded: set[Path] = set()
-    for record in store.record_paths():
+    for record in scan.records:
         stem = record.name.removesuffix(RECORD_SUFFIX)
         recorded.update(record.with_name(stem + kind.suffix) for kind in KINDS.values())
         try:
@@ -104,28 +109,11 @@ def verify_store(store: MirrorStore, reporter: Reporter | None = None) -> Verify
         except BadInput as exc:
             findings.append(Finding(record, DAMAGED_RECORD, exc.message))
             continue
-        box = store.artifact_path(entry.key)
-        label = str(entry.key)
-        try:
-            size = box.stat().st_size
-            with reporter.transfer(f"verifying {entry.name} {entry.version}", size) as advance:
-                digest = file_digests(box, ["sha256"], advance)["sha256"]
-        except FileNotFoundError:
-            findings.append(Finding(box, MISSING_BOX, f"{record.name} has no box beside it", label))
-            continue
-        except OSError as exc:
-            findings.append(Finding(box, UNREADABLE, exc.strerror or str(exc), label))
-            continue
-        if digest != entry.sha256:
-            findings.append(Finding(box, MISMATCH, f"expected {entry.sha256}, got {digest}", label))
-        elif size != entry.size:
-            findings.append(Finding(box, SIZE_MISMATCH, f"expected {entry.size} bytes, got {size}", label))
-        else:
-            findings.append(Finding(box, OK, entry.sha256, label))
-    for box in store.artifact_paths():
+        findings.append(_verify_artifact(store, entry, record, reporter))
+    for box in scan.artifacts:
         if box not in recorded:
             findings.append(Finding(box, NO_RECORD, "not in the catalog (never served)"))
-    for part in store.part_paths():
+    for part in scan.parts:
         try:
             size = part.stat().st_size
         except FileNotFoundError:  # committed or discarded meanwhile
@@ -133,6 +121,26 @@ def verify_store(store: MirrorStore, reporter: Reporter | None = None) -> Verify
         findings.append(Finding(part, PARTIAL, f"{size} bytes; the next fetch resumes it"))
     findings += verify_images(ImageStore(store.root), reporter)
     return VerifyReport(store.root, findings)
+
+
+def _verify_artifact(store: MirrorStore, entry: CatalogEntry, record: Path, reporter: Reporter) -> Finding:
+    box = store.artifact_path(entry.key)
+    label = str(entry.key)
+    if (box.is_symlink() or box.exists()) and not store.within_root(box):
+        return Finding(box, OUTSIDE, OUTSIDE_ROOT, label)
+    try:
+        size = box.stat().st_size
+        with reporter.transfer(f"verifying {entry.name} {entry.version}", size) as advance:
+            digest = file_digests(box, ["sha256"], advance)["sha256"]
+    except FileNotFoundError:
+        return Finding(box, MISSING_BOX, f"{record.name} has no box beside it", label)
+    except OSError as exc:
+        return Finding(box, UNREADABLE, exc.strerror or str(exc), label)
+    if digest != entry.sha256:
+        return Finding(box, MISMATCH, f"expected {entry.sha256}, got {digest}", label)
+    if size != entry.size:
+        return Finding(box, SIZE_MISMATCH, f"expected {entry.size} bytes, got {size}", label)
+    return Finding(box, OK, entry.sha256, label)
 
 
 def verify_images(store: ImageStore, reporter: Reporter) -> list[Finding]:
@@ -150,11 +158,19 @@ def verify_images(store: ImageStore, reporter: Reporter) -> list[Finding]:
         needs[image.name] = _needed(store, image, findings)
         for digest in needs[image.name]:
             users.setdefault(digest, []).append(image.name)
-    blobs = store.blob_paths()
+    try:
+        blobs = store.blob_paths()
+    except OSError as exc:
+        findings.append(Finding(store.blobs_dir, UNREADABLE_DIR, exc.strerror or str(exc)))
+        blobs = []
     damaged: set[str] = set()
     with reporter.transfer("verifying image blobs", sum(_size(b) for b in blobs)) as advance:
         for blob in blobs:
             digest = f"sha256:{blob.name}"
+            if not store.within_blobs(blob):
+                findings.append(Finding(blob, OUTSIDE, OUTSIDE_ROOT, image=_names(users.get(digest))))
+                damaged.add(digest)
+                continue
             try:
                 actual = "sha256:" + file_digests(blob, ["sha256"], advance)["sha256"]
             except OSError as exc:

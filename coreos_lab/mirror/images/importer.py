@@ -30,6 +30,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from coreos_lab.errors import BadInput
+from coreos_lab.fsutil import naming_io_errors
+from coreos_lab.json_input import parse_json
 from coreos_lab.mirror.checksums import CHUNK
 from coreos_lab.mirror.images.manifests import (
     OCI_MANIFEST,
@@ -117,7 +119,7 @@ def import_archive(
 ) -> ImageImportResult:
     reporter = reporter or SilentReporter()
     override = _parse_name(name) if name is not None else None
-    with _open(archive) as tar:
+    with naming_io_errors(), _open(archive) as tar:
         reader = _ArchiveReader(archive, tar)
         plan = _plan_oci_layout(reader, override) if reader.has("index.json") else _plan_docker_save(reader, override)
         _admit(store, plan, force)
@@ -128,7 +130,8 @@ def import_archive(
                 _copy_blob(store, reader, blob, advance, reporter)
     new_documents = {d: data for d, data in plan.documents.items() if not store.has_blob(d)}
     for digest, data in new_documents.items():
-        store.write_blob(data, digest)
+        with naming_io_errors(store.blob_path(digest)):
+            store.write_blob(data, digest)
     everything = {d: b.descriptor.size for d, b in plan.blobs.items()} | {d: len(v) for d, v in plan.documents.items()}
     written = {b.descriptor.digest for b in todo} | set(new_documents)
     images = []
@@ -138,13 +141,14 @@ def import_archive(
             assert stored is not None
             images.append(ImportedImage(stored, "unchanged"))
             continue
-        image = store.tag_image(
-            planned.repository,
-            planned.tag,
-            planned.descriptor,
-            source=str(archive.resolve()),
-            platforms=planned.platforms,
-        )
+        with naming_io_errors():
+            image = store.tag_image(
+                planned.repository,
+                planned.tag,
+                planned.descriptor,
+                source=str(archive.resolve()),
+                platforms=planned.platforms,
+            )
         images.append(ImportedImage(image, planned.action))
     return ImageImportResult(
         archive,
@@ -185,6 +189,8 @@ def _open(archive: Path) -> Iterator[tarfile.TarFile]:
         yield tar
 
 
+# An image archive holds a few files per blob; a tar of a million empty members would be held in memory whole.
+MAX_MEMBERS = 100_000
 _READ_ERRORS = (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, KeyError)
 
 
@@ -210,8 +216,13 @@ class _ArchiveReader:
     def __init__(self, archive: Path, tar: tarfile.TarFile):
         self.archive = archive
         self.tar = tar
+        members: list[tarfile.TarInfo] = []
         try:
-            members = tar.getmembers()  # reads every header: a truncated or damaged tar fails here
+            # Every header is read: a truncated or damaged tar fails here.
+            while (found := tar.next()) is not None:
+                if len(members) == MAX_MEMBERS:
+                    raise BadInput(f"{archive}: more than {MAX_MEMBERS} members: not an image archive")
+                members.append(found)
         except (OSError, tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
             raise BadInput(f"{archive}: damaged or truncated archive: {exc}") from None
         self.members = {posixpath.normpath(m.name).lstrip("/"): m for m in members}
@@ -276,10 +287,7 @@ class _ArchiveReader:
         return data
 
     def json(self, member: tarfile.TarInfo) -> Any:
-        try:
-            return json.loads(self.read_small(member))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise BadInput(f"{self.archive}: member {member.name} is not JSON: {exc}") from None
+        return parse_json(self.read_small(member), f"{self.archive}: member {member.name}")
 
 
 # -- OCI image layout -------------------------------------------------------------------------------------
@@ -400,7 +408,7 @@ def _docker_save_manifest(reader: _ArchiveReader, plan: _Plan, config_name: str,
     if DIGEST_RE.fullmatch(f"sha256:{named}") and f"sha256:{named}" != digest:
         raise BadInput(f"{reader.archive}: member {member.name}: sha256 is {digest}, but its name says sha256:{named}")
     try:
-        diff_ids = json.loads(config)["rootfs"]["diff_ids"]
+        diff_ids = parse_json(config, f"{reader.archive}: member {member.name}")["rootfs"]["diff_ids"]
         if not isinstance(diff_ids, list) or not all(isinstance(d, str) and DIGEST_RE.fullmatch(d) for d in diff_ids):
             raise TypeError
     except (ValueError, KeyError, TypeError):
@@ -493,12 +501,12 @@ def _copy_blob(store: ImageStore, reader: _ArchiveReader, blob: _Blob, advance: 
         part.truncate()
         hasher = hashlib.sha256()
         try:
-            with reader.stream(blob.member) as handle:
+            with reader.stream(blob.member) as handle, naming_io_errors(Path(part.name)):
                 while chunk := handle.read(CHUNK):
                     hasher.update(chunk)
                     part.write(chunk)
                     advance(len(chunk))
-            part.flush()
+                part.flush()
             actual = f"sha256:{hasher.hexdigest()}"
             if actual != digest:
                 expected = f"the config's rootfs.diff_ids says {blob.diff_id}" if blob.diff_id else f"expected {digest}"

@@ -8,11 +8,11 @@ schema 1 (signed, 2016) is refused: no registry serves the etcd images only in i
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from coreos_lab.errors import BadInput
+from coreos_lab.json_input import parse_json
 from coreos_lab.mirror.images.reference import DIGEST_RE
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -114,10 +114,7 @@ def parse_descriptor(doc: Any, where: str) -> Descriptor:
 def parse_manifest(data: bytes, media_type: str | None, where: str) -> ImageManifest | ImageIndex:
     """The manifest or index in `data`; `media_type` is what the registry (or the store) said it is, the
     document's own `mediaType` wins. BadInput names `where` (a URL or file) and the field."""
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadInput(f"{where}: the manifest is not JSON ({exc})") from None
+    doc = parse_json(data, where, "the manifest")
     if not isinstance(doc, dict):
         raise BadInput(f"{where}: the manifest is not a JSON object")
     if doc.get("schemaVersion") != 2:

@@ -22,6 +22,7 @@ COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 REPOSITORY_RE = re.compile(rf"{COMPONENT}(?:/{COMPONENT})*")
 TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+MAX_REPOSITORY_LENGTH = 255  # the distribution spec's advice: clients cap host and name together at 255
 HOST_RE = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:]+\])(?::[0-9]+)?")
 
 
@@ -58,6 +59,10 @@ class ImageRef:
 
 
 def check_repository(name: str, field: str = "repository") -> str:
+    if len(name or "") > MAX_REPOSITORY_LENGTH:
+        raise BadInput(
+            f"invalid image {field} {name[:32]!r}… ({len(name)} characters): at most {MAX_REPOSITORY_LENGTH}"
+        )
     if not REPOSITORY_RE.fullmatch(name or ""):
         raise BadInput(
             f"invalid image {field} {name!r}: lower-case letters, digits and '.', '_', '-' separators, "

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from coreos_lab.errors import BadInput, LabError
-from coreos_lab.fsutil import atomic_write_bytes, atomic_write_text, locked_part
+from coreos_lab.fsutil import atomic_write_bytes, atomic_write_text, locked_part, naming_io_errors
+from coreos_lab.json_input import read_json_file
 from coreos_lab.mirror.images.manifests import (
     MANIFEST_MEDIA_TYPES,
     Descriptor,
@@ -39,15 +40,16 @@ from coreos_lab.mirror.images.manifests import (
     parse_manifest,
 )
 from coreos_lab.mirror.images.reference import DIGEST_RE, check_digest, check_repository, check_tag
-from coreos_lab.mirror.store import sync_file
+from coreos_lab.mirror.store import IMAGES_DIR, sync_file
 
-IMAGES_DIR = "images"
 LAYOUT_VERSION = {"imageLayoutVersion": "1.0.0"}
 REF_NAME = "org.opencontainers.image.ref.name"
 SOURCE = "org.coreos-lab.source"
 ADDED_AT = "org.coreos-lab.added-at"
 PLATFORMS = "org.coreos-lab.platforms"
 ALL_PLATFORMS = "all"
+MAX_INDEX_NESTING = 8  # an index of indexes is allowed (OCI); real images nest one or two deep
+SMALL_BLOB_LIMIT = 4 << 20  # the distribution spec's limit on a manifest registries must accept
 
 
 def sha256_digest(data: bytes) -> str:
@@ -115,14 +117,39 @@ class ImageStore:
     def read_blob(self, digest: str) -> bytes:
         return self.blob_path(digest).read_bytes()
 
+    def read_small_blob(self, digest: str) -> bytes:
+        """A blob that must be small (a manifest, an index): one of more than SMALL_BLOB_LIMIT bytes is refused
+        rather than read into memory."""
+        with self.blob_path(digest).open("rb") as handle:
+            data = handle.read(SMALL_BLOB_LIMIT + 1)
+        if len(data) > SMALL_BLOB_LIMIT:
+            raise BadInput(f"blob {digest} has more than {SMALL_BLOB_LIMIT} bytes: not a manifest or config")
+        return data
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.dir / "blobs" / "sha256"
+
     def blob_paths(self) -> list[Path]:
-        """Every committed blob file (for `verify`)."""
-        found = self.dir / "blobs" / "sha256"
-        return sorted(p for p in found.glob("*") if DIGEST_RE.fullmatch(f"sha256:{p.name}")) if found.is_dir() else []
+        """Every committed blob file (for `verify`); an OSError naming the directory when it cannot be listed."""
+        found = self.blobs_dir
+        if not found.is_dir():
+            return []
+        return sorted(p for p in found.iterdir() if DIGEST_RE.fullmatch(f"sha256:{p.name}"))
+
+    def within_blobs(self, path: Path) -> bool:
+        """Whether `path`, with every symlink resolved, lies in the blob directory: the registry serves
+        nothing else."""
+        try:
+            return path.resolve(strict=True).is_relative_to(self.blobs_dir.resolve())
+        except (OSError, RuntimeError):
+            return False
 
     def part_paths(self) -> list[Path]:
-        found = self.dir / "blobs" / "sha256"
-        return sorted(found.glob("*.part")) if found.is_dir() else []
+        try:
+            return sorted(self.blobs_dir.glob("*.part")) if self.blobs_dir.is_dir() else []
+        except OSError:  # an unreadable blob directory: `blob_paths` says so
+            return []
 
     def staging(self, digest: str, on_wait: Callable[[], None] | None = None) -> AbstractContextManager[BinaryIO]:
         """The blob's `.part`, open under an exclusive lock (see `fsutil.locked_part`): two fetches of a blob
@@ -172,9 +199,10 @@ class ImageStore:
 
     def manifest(self, descriptor: Descriptor) -> ImageManifest | ImageIndex:
         """The stored manifest or index a descriptor names."""
-        return parse_manifest(self.read_blob(descriptor.digest), descriptor.media_type, f"blob {descriptor.digest}")
+        data = self.read_small_blob(descriptor.digest)
+        return parse_manifest(data, descriptor.media_type, f"blob {descriptor.digest}")
 
-    def required_blobs(self, descriptor: Descriptor) -> list[Descriptor]:
+    def required_blobs(self, descriptor: Descriptor, nesting: int = 0) -> list[Descriptor]:
         """The blobs an image needs, the manifest itself first: for an index, the index and what its entries
         that are present need (a one-platform fetch leaves the others out on purpose)."""
         needed = [descriptor]
@@ -183,9 +211,11 @@ class ImageStore:
         parsed = self.manifest(descriptor)
         if isinstance(parsed, ImageManifest):
             return needed + list(parsed.blobs)
+        if nesting >= MAX_INDEX_NESTING:
+            raise BadInput(f"blob {descriptor.digest}: indexes nest more than {MAX_INDEX_NESTING} levels deep")
         for entry in parsed.manifests:
             if self.has_blob(entry.digest):
-                needed += self.required_blobs(entry)
+                needed += self.required_blobs(entry, nesting + 1)
         return needed
 
     def admit(
@@ -245,13 +275,13 @@ class ImageStore:
 
     def load_index(self) -> list[StoredImage]:
         """The catalog; BadInput naming index.json and the entry when it is damaged (for `verify`)."""
-        if not self.index_path.is_file():
-            return []
         where = str(self.index_path)
         try:
-            doc = json.loads(self.index_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise BadInput(f"damaged image catalog {where}: {exc}") from None
+            if not self.index_path.is_file():
+                return []
+        except OSError as exc:  # the images directory cannot be searched
+            raise BadInput(f"unreadable image catalog {where}: {exc.strerror}") from None
+        doc = read_json_file(self.index_path, f"damaged image catalog {where}")
         if not isinstance(doc, dict) or not isinstance(doc.get("manifests"), list):
             raise BadInput(f"damaged image catalog {where}: expected an OCI index with a manifests list")
         found = []
@@ -297,17 +327,18 @@ class ImageStore:
         if not layout.is_file():
             atomic_write_text(layout, json.dumps(LAYOUT_VERSION) + "\n")
         index = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json", "manifests": manifests}
-        atomic_write_text(self.index_path, json.dumps(index, indent=2) + "\n")
+        with naming_io_errors(self.index_path):
+            atomic_write_text(self.index_path, json.dumps(index, indent=2) + "\n")
 
-    def _find_manifest(self, descriptor: Descriptor, digest: str) -> Descriptor | None:
+    def _find_manifest(self, descriptor: Descriptor, digest: str, nesting: int = 0) -> Descriptor | None:
         if not self.has_blob(descriptor.digest):
             return None
         if descriptor.digest == digest:
             return descriptor
         parsed = self.manifest(descriptor)
-        if isinstance(parsed, ImageIndex):
+        if isinstance(parsed, ImageIndex) and nesting < MAX_INDEX_NESTING:
             for entry in parsed.manifests:
-                found = self._find_manifest(entry, digest)
+                found = self._find_manifest(entry, digest, nesting + 1)
                 if found is not None:
                     return found
         return None
