@@ -228,7 +228,7 @@ def show_from_store(mirror_root: Path, token_url: str) -> TokenInfo | None:
     """The token's state read from the on-disk store, or None when the store does not hold it."""
     token = token_of(token_url)
     state_dir = discovery_dir(mirror_root)
-    if not TOKEN_RE.match(token) or not (state_dir / DB_NAME).is_file():
+    if not TOKEN_RE.fullmatch(token) or not (state_dir / DB_NAME).is_file():
         return None
     store = DiscoveryStore(state_dir)
     try:

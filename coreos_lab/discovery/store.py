@@ -320,7 +320,7 @@ class DiscoveryStore:
     # keys
 
     def _require(self, token: str, key: str) -> DiscoveryToken:
-        found = self.token(token) if TOKEN_RE.match(token) else None
+        found = self.token(token) if TOKEN_RE.fullmatch(token) else None
         if found is None:
             raise key_not_found(key)
         return found
@@ -363,7 +363,7 @@ class DiscoveryStore:
             raise not_a_file(key)
         if name.startswith(CONFIG_DIR + "/"):
             raise read_only(key)
-        if not MEMBER_KEY_RE.match(name):
+        if not MEMBER_KEY_RE.fullmatch(name):
             raise invalid_field(f"member key {name!r}: use letters, digits, '.', '_' and '-' (etcd uses its hex id)")
         with self._write() as db:
             self._require(token, key)

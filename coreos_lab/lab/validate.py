@@ -177,9 +177,9 @@ def check_scalars(
     if values["version"] is not None:
         from coreos_lab.mirror.store import VERSION_RE
 
-        if not VERSION_RE.match(str(values["version"])):
+        if not VERSION_RE.fullmatch(str(values["version"])):
             problems.add(where("version"), f"{values['version']!r} is not a box version (e.g. 3815.2.0)")
-    if not _PREFIX_RE.match(str(values["name_prefix"])):
+    if not _PREFIX_RE.fullmatch(str(values["name_prefix"])):
         problems.add(
             where("name_prefix"),
             f"{values['name_prefix']!r} is not allowed; use lowercase letters, digits and '-', starting with a letter",
@@ -315,7 +315,7 @@ def build_metadata(raw: Any, path: str, problems: Problems) -> tuple[tuple[str, 
     items: list[tuple[str, str]] = []
     for key, value in raw.items():
         text = str(value).lower() if isinstance(value, bool) else str(value)
-        if not _META_KEY_RE.match(str(key)) or isinstance(value, dict | list) or not _META_VALUE_RE.match(text):
+        if not _META_KEY_RE.fullmatch(str(key)) or isinstance(value, dict | list) or not _META_VALUE_RE.fullmatch(text):
             problems.add(
                 f"{CONFIG_FILE}: {path}.{key}",
                 f"{_show(value)} is not allowed; fleet metadata keys and values use letters, digits and ._-/: only",
@@ -468,7 +468,7 @@ def build_units(raw: Any, nodes: tuple[Machine, ...], problems: Problems) -> tup
             continue
         _check_keys(item, ("name", "command", "enable", "content", "drop_ins", "machines"), where, problems)
         name = item["name"]
-        if not _UNIT_NAME_RE.match(name) or not name.endswith(UNIT_SUFFIXES):
+        if not _UNIT_NAME_RE.fullmatch(name) or not name.endswith(UNIT_SUFFIXES):
             problems.add(f"{where}.name", f"{name!r} is not a systemd unit name (e.g. hello.service)")
         command = item.get("command")
         if command is not None and command not in UNIT_COMMANDS:
