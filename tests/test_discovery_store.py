@@ -73,7 +73,9 @@ def test_duplicate_create_is_105_and_unknown_keys_are_100(store: DiscoveryStore)
     assert store.current_index() == 2
 
 
-@pytest.mark.parametrize(("name", "code"), [("", 102), ("_config", 102), ("_config/size", 107), ("a/b", 209), ("a\n", 209)])
+@pytest.mark.parametrize(
+    ("name", "code"), [("", 102), ("_config", 102), ("_config/size", 107), ("a/b", 209), ("a\n", 209)]
+)
 def test_only_member_keys_are_writable(store: DiscoveryStore, name: str, code: int) -> None:
     tok = store.create_token(3).token
     with pytest.raises(EtcdError) as err:

@@ -213,7 +213,6 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path: Path, mirror: Path) ->
     assert sorted(p.name for p in (config.lab_dir / ".lab").iterdir()) == ["state.json"]  # the lock wrote nothing
 
 
-
 @pytest.mark.parametrize("line", ['name_prefix: "core\\n"', 'fleet: {metadata: {"region\\n": a}}'])
 def test_a_value_ending_in_a_newline_is_refused(tmp_path: Path, mirror: Path, line: str) -> None:
     """The patterns match the whole value: `$` alone also matches before a final newline."""

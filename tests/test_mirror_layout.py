@@ -169,9 +169,9 @@ def test_symlinks_out_of_the_root_are_refused_inside_it_resolved(
     side = store.upstream_dir("coreos-stable", "1.1.0") / "coreos_production_vagrant.box.sig"
     side.parent.mkdir()
     os.symlink(outside, side)
-    assert layout.resolve(
-        "/coreos/stable/amd64-usr/1.1.0/coreos_production_vagrant.box.sig", BASE
-    ) == Forbidden("forbidden: the file lies outside the mirror root\n")
+    assert layout.resolve("/coreos/stable/amd64-usr/1.1.0/coreos_production_vagrant.box.sig", BASE) == Forbidden(
+        "forbidden: the file lies outside the mirror root\n"
+    )
 
 
 def test_paths_lists_exactly_what_resolves_to_content(layout: MirrorLayout, store: MirrorStore) -> None:

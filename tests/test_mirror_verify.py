@@ -132,7 +132,12 @@ def test_the_default_root_before_any_import_is_an_empty_mirror(tmp_path: Path) -
     env = {"HOME": str(tmp_path), "XDG_DATA_HOME": str(tmp_path / "data"), "LAB_MIRROR_ROOT": ""}
     run = lab("mirror", "list", "--json", cwd=tmp_path, env=env)
     assert run.returncode == ExitCode.OK, run.stderr
-    assert run.json() == {"root": str(tmp_path / "data" / "coreos-lab" / "boxes"), "boxes": [], "images": [], "left_out": []}
+    assert run.json() == {
+        "root": str(tmp_path / "data" / "coreos-lab" / "boxes"),
+        "boxes": [],
+        "images": [],
+        "left_out": [],
+    }
 
 
 def test_list_prints_a_table_with_a_column_for_each_field(mirror_root: Path, tmp_path: Path) -> None:

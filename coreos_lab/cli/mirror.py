@@ -145,7 +145,10 @@ def list_(root: Path | None, base_url: str | None, as_json: bool) -> ExitCode:
     except BadInput as exc:
         left_out.append(LeftOut(image_store.index_path, exc.message))
         stored_images = []
-    images = [_image_row(image_store, image, _base(base_url)) for image in sorted(stored_images, key=lambda i: (i.repository, i.tag))]
+    images = [
+        _image_row(image_store, image, _base(base_url))
+        for image in sorted(stored_images, key=lambda i: (i.repository, i.tag))
+    ]
     code = ExitCode.ERROR if left_out else ExitCode.OK
     if as_json:
         problems = [{"path": str(p.path), "reason": p.reason} for p in left_out]
