@@ -278,7 +278,8 @@ def test_a_blob_redirected_to_storage_gets_no_credentials(
 
 
 def test_a_loopback_registry_over_https(mirror_root: Path, tmp_path: Path, built_images: BuiltImages) -> None:
-    """HTTPS is tried first; a loopback registry's certificate is not checked (Docker's default for loopback)."""
+    """Plain HTTP is asked first and answered with a 400 by this HTTPS-only registry, which is then asked over
+    HTTPS; a loopback registry's certificate is not checked (Docker's default for loopback)."""
     with registry(tmp_path / "registry", tls=True) as running:
         seed_test_images(running, built_images)
         run = fetch(mirror_root, f"{running.host}/coreos/etcd:v3.5.16")
