@@ -1,0 +1,131 @@
+"""A private mirror (`lab mirror serve --token-file`) against real clients: HTTP requests, and the real Vagrant
+CLI (2.3.4) sending the token the ways it can (VAGRANT_SERVER_URL + VAGRANT_CLOUD_TOKEN, as a header or, with
+VAGRANT_SERVER_ACCESS_TOKEN_BY_URL, as `?access_token=`)."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from harness.boxes import add_box
+from harness.cli import lab
+from harness.mirror import MirrorProcess, mirror_server
+from test_mirror_vagrant import installed_boxes, vagrant
+
+from coreos_lab.errors import ExitCode
+from coreos_lab.mirror.store import MirrorStore
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "s3cret-Token_0123456789abcdef"
+
+
+def status_of(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str]]:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=30) as resp:
+            resp.read()
+            return resp.status, dict(resp.headers)
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code, dict(exc.headers)
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "mirror-token"
+    path.write_text(TOKEN + "\n")
+    return path
+
+
+@pytest.fixture
+def server(mirror_root: Path, token_file: Path) -> Iterator[MirrorProcess]:
+    add_box(MirrorStore(mirror_root), "coreos-stable", "1.0.0")
+    with mirror_server(mirror_root, "--token-file", str(token_file)) as srv:
+        yield srv
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/coreos-stable", {}),
+        ("/coreos-stable", {"Authorization": "Bearer wrong"}),
+        ("/coreos-stable", {"Authorization": f"Bearer {TOKEN}x"}),
+        ("/coreos-stable", {"Authorization": f"Basic {TOKEN}"}),
+        ("/coreos-stable?access_token=wrong", {}),
+        ("/coreos-stable/1.0.0/virtualbox-amd64.box", {}),
+        ("/", {}),
+    ],
+    ids=["missing", "wrong", "longer", "not-bearer", "wrong-query", "box", "index"],
+)
+def test_missing_or_wrong_token_is_a_401(server: MirrorProcess, path: str, headers: dict[str, str]) -> None:
+    status, answer_headers = status_of(server.url + path, headers)
+    assert status == 401
+    assert answer_headers["WWW-Authenticate"].startswith("Bearer ")
+
+
+@pytest.mark.parametrize(
+    ("path", "headers"),
+    [
+        ("/coreos-stable", {"Authorization": f"Bearer {TOKEN}"}),
+        ("/coreos-stable/1.0.0/virtualbox-amd64.box", {"Authorization": f"bearer {TOKEN}"}),
+        (f"/coreos-stable?access_token={TOKEN}", {}),
+    ],
+    ids=["header", "header-box", "query"],
+)
+def test_the_token_opens_the_mirror(server: MirrorProcess, path: str, headers: dict[str, str]) -> None:
+    assert status_of(server.url + path, headers)[0] == 200
+
+
+def test_the_access_log_does_not_keep_a_token_sent_in_the_url(server: MirrorProcess) -> None:
+    assert status_of(f"{server.url}/coreos-stable?access_token={TOKEN}")[0] == 200
+    (line,) = server.access_lines("/coreos-stable?access_token=***")
+    assert " 200 " in line
+    assert TOKEN not in "\n".join(server.lines)
+
+
+def test_discovery_and_the_registry_stay_open_for_guests(server: MirrorProcess) -> None:
+    assert status_of(f"{server.url}/v2/")[0] == 200
+    assert status_of(f"{server.url}/new")[0] != 401
+    assert status_of(f"{server.url}/{'0' * 32}")[0] != 401
+
+
+@pytest.mark.parametrize("content", ["", "  \n", "two words\n"], ids=["empty", "blank", "two-words"])
+def test_unusable_token_file_is_a_usage_error(mirror_root: Path, tmp_path: Path, content: str) -> None:
+    bad = tmp_path / "token"
+    bad.write_text(content)
+    run = lab("mirror", "serve", "--root", mirror_root, "--port", "0", "--token-file", bad)
+    assert run.returncode == ExitCode.USAGE
+    assert f"--token-file {bad}" in run.stderr
+
+
+def test_missing_token_file_is_a_usage_error(mirror_root: Path, tmp_path: Path) -> None:
+    run = lab("mirror", "serve", "--root", mirror_root, "--port", "0", "--token-file", tmp_path / "nope")
+    assert run.returncode == ExitCode.USAGE
+    assert "nope" in run.stderr
+
+
+@pytest.mark.vagrant
+@pytest.mark.parametrize("by_url", [False, True], ids=["header", "access_token"])
+def test_vagrant_box_add_with_the_token(server: MirrorProcess, tmp_path: Path, by_url: bool) -> None:
+    home = tmp_path / "vagrant-home"
+    home.mkdir()
+    env = {"VAGRANT_SERVER_URL": server.url, "VAGRANT_CLOUD_TOKEN": TOKEN}
+    if by_url:
+        env["VAGRANT_SERVER_ACCESS_TOKEN_BY_URL"] = "1"
+    run = vagrant(home, "box", "add", f"{server.url}/coreos-stable", env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert installed_boxes(home) == [("coreos-stable", "1.0.0")]
+    assert TOKEN not in "\n".join(server.lines)
+
+
+@pytest.mark.vagrant
+def test_vagrant_box_add_without_the_token_fails_clearly(server: MirrorProcess, tmp_path: Path) -> None:
+    home = tmp_path / "vagrant-home"
+    home.mkdir()
+    run = vagrant(home, "box", "add", f"{server.url}/coreos-stable")
+    assert run.returncode != 0
+    assert "401" in run.stdout + run.stderr
+    assert installed_boxes(home) == []
