@@ -12,10 +12,14 @@ from pathlib import Path
 import pytest
 from harness.boxes import add_box
 from harness.cli import lab
+from harness.labs import mirror_with_boxes, write_lab
 from harness.mirror import MirrorProcess, mirror_server
 from test_mirror_vagrant import installed_boxes, vagrant
+from test_render_vagrant import vagrant as vagrant_in_lab
 
 from coreos_lab.errors import ExitCode
+from coreos_lab.lab.config import load_config
+from coreos_lab.lab.render import render_lab
 from coreos_lab.mirror.store import MirrorStore
 
 pytestmark = pytest.mark.integration
@@ -129,3 +133,64 @@ def test_vagrant_box_add_without_the_token_fails_clearly(server: MirrorProcess, 
     assert run.returncode != 0
     assert "401" in run.stdout + run.stderr
     assert installed_boxes(home) == []
+
+
+def lab_files_text(lab_dir: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted(lab_dir.rglob("*")) if p.is_file())
+
+
+@pytest.mark.vagrant
+def test_rendered_vagrantfile_reads_the_token_file_and_holds_no_secret(tmp_path: Path, mirror_root: Path) -> None:
+    mirror_with_boxes(mirror_root)
+    token_file = tmp_path / "secrets" / "mirror-token"
+    token_file.parent.mkdir()
+    token_file.write_text(TOKEN + "\n")
+    lab_dir = write_lab(tmp_path / "lab", mirror_root, mirror={"token_file": str(token_file)})
+    render_lab(load_config(lab_dir, environ={}))
+    assert TOKEN not in lab_files_text(lab_dir)
+    assert f"MIRROR_TOKEN_FILE = {str(token_file)!r}".replace("'", '"') in (lab_dir / "Vagrantfile").read_text()
+    run = vagrant_in_lab(lab_dir, tmp_path / "vagrant.d", "validate", "--ignore-provider")
+    assert run.returncode == 0, run.stdout + run.stderr
+    token_file.unlink()
+    run = vagrant_in_lab(lab_dir, tmp_path / "vagrant.d", "validate", "--ignore-provider")
+    assert run.returncode != 0
+    assert f"mirror.token_file (lab.yaml): {token_file} is not a file" in run.stdout + run.stderr
+
+
+@pytest.mark.vagrant
+@pytest.mark.parametrize("right_token", [True, False], ids=["right", "wrong"])
+def test_vagrant_sends_the_token_from_the_rendered_vagrantfile(
+    tmp_path: Path, mirror_root: Path, token_file: Path, right_token: bool
+) -> None:
+    """`vagrant box outdated` in the lab fetches the box metadata with the Vagrantfile's box_download_options
+    (the path `vagrant up` takes, HandleBox, passes the same options; VirtualBox cannot run here, so a stand-in
+    `VBoxManage` answers the `--version` Vagrant's provider asks first)."""
+    mirror_with_boxes(mirror_root)
+    with mirror_server(mirror_root, "--token-file", str(token_file)) as srv:
+        home = tmp_path / "vagrant.d"
+        home.mkdir()
+        env = {"VAGRANT_SERVER_URL": srv.url, "VAGRANT_CLOUD_TOKEN": TOKEN}
+        run = vagrant(home, "box", "add", "--box-version", "1068.8.0", f"{srv.url}/coreos-stable", env=env)
+        assert run.returncode == 0, run.stdout + run.stderr
+        lab_token = tmp_path / "lab-token"
+        lab_token.write_text(TOKEN if right_token else "not-the-token")
+        lab_dir = write_lab(tmp_path / "lab", mirror_root, mirror={"url": srv.url, "token_file": str(lab_token)})
+        render_lab(load_config(lab_dir, environ={}))
+        stand_in = tmp_path / "bin"
+        stand_in.mkdir()
+        (stand_in / "VBoxManage").write_text(
+            '#!/bin/sh\nif [ "$1" = "--version" ]; then echo 7.0.14r161095; exit 0; fi\nexit 1\n'
+        )
+        (stand_in / "VBoxManage").chmod(0o755)
+        srv.lines.clear()
+        run = vagrant_in_lab(lab_dir, home, "box", "outdated", "--force", "--machine", "core-01", path_prefix=stand_in)
+        metadata_lines = srv.access_lines("/coreos-stable")
+    output = run.stdout + run.stderr
+    assert metadata_lines, output
+    if right_token:
+        assert run.returncode == 0, output
+        assert "outdated!" in output or "up to date" in output, output
+        assert all('" 200 ' in line for line in metadata_lines), metadata_lines
+    else:
+        assert all('" 401 ' in line for line in metadata_lines), metadata_lines
+        assert "401" in output, output

@@ -140,6 +140,12 @@ class LabConfig:
         return str(self.values["mirror.guest_host"])
 
     @property
+    def mirror_token_file(self) -> str | None:
+        """The private mirror's token file as lab.yaml names it (the Vagrantfile expands it); None: no token."""
+        value = self.values.get("mirror.token_file")
+        return str(value) if value else None
+
+    @property
     def box_metadata_url(self) -> str:
         """Vagrant reads box metadata here (on the host side)."""
         from coreos_lab.mirror.store import metadata_url

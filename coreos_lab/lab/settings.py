@@ -133,6 +133,14 @@ SETTINGS: tuple[Setting, ...] = (
         "the host's address as guests reach it (default per provider; VirtualBox NAT: 10.0.2.2)",
         optional=True,
     ),
+    Setting(
+        "mirror.token_file",
+        str,
+        None,
+        "file with the private mirror's token (`lab mirror serve --token-file`); the Vagrantfile reads it at each "
+        "run (relative: to the lab directory), so the secret is never written into the lab",
+        optional=True,
+    ),
     Setting("update.reboot_strategy", str, "off", "locksmith reboot strategy", REBOOT_STRATEGIES),
 )
 SETTINGS_BY_PATH = {s.path: s for s in SETTINGS}
