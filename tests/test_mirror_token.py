@@ -194,3 +194,17 @@ def test_vagrant_sends_the_token_from_the_rendered_vagrantfile(
     else:
         assert all('" 401 ' in line for line in metadata_lines), metadata_lines
         assert "401" in output, output
+
+
+def test_lab_init_records_the_token_file_path_never_the_token(tmp_path: Path, mirror_root: Path) -> None:
+    mirror_with_boxes(mirror_root)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "mirror-token").write_text(TOKEN + "\n")
+    lab_dir = tmp_path / "lab"
+    run = lab("init", lab_dir, "--root", mirror_root, "--mirror-token-file", "secrets/mirror-token", cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    absolute = str(tmp_path / "secrets" / "mirror-token")
+    assert f'token_file: "{absolute}"' in (lab_dir / "lab.yaml").read_text()
+    assert lab("render", lab_dir).returncode == 0
+    assert f'MIRROR_TOKEN_FILE = "{absolute}"' in (lab_dir / "Vagrantfile").read_text()
+    assert TOKEN not in lab_files_text(lab_dir)

@@ -45,7 +45,7 @@ def serve(
 
     With --token-file, Vagrant sends the token when VAGRANT_SERVER_URL names this server's host and
     VAGRANT_CLOUD_TOKEN holds the token (vagrant box add), or from config.vm.box_download_options (vagrant up;
-    what a lab's Vagrantfile does with `mirror_token_file`).
+    what a lab's Vagrantfile does with lab.yaml's mirror.token_file).
     """
     from coreos_lab import console
     from coreos_lab.mirror.http import check_base_url, check_root, describe

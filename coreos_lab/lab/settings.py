@@ -178,6 +178,10 @@ def fill_dependent_defaults(lab_dir: Path, values: dict[str, Any], sources: dict
         values["mirror.root"] = str((lab_dir / root).resolve())
     else:
         values["mirror.root"] = str(root.resolve())
+    token_file = values.get("mirror.token_file")
+    if token_file and sources["mirror.token_file"] != CONFIG_FILE and (path := expand_user(str(token_file))):
+        # From a flag or the environment: relative to where `lab` runs (the Vagrantfile reads it from the lab).
+        values["mirror.token_file"] = str(path.resolve())
     values["mirror.url"] = str(values["mirror.url"]).rstrip("/")
     values["subnet"] = str(parse_subnet(str(values["subnet"])) or values["subnet"])
 
