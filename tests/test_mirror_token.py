@@ -17,8 +17,10 @@ from harness.mirror import MirrorProcess, mirror_server
 from test_mirror_vagrant import installed_boxes, vagrant
 from test_render_vagrant import vagrant as vagrant_in_lab
 
+from coreos_lab.doctor import fetch_box_metadata
 from coreos_lab.errors import ExitCode
 from coreos_lab.lab.config import load_config
+from coreos_lab.lab.plan import plan_from_config
 from coreos_lab.lab.render import render_lab
 from coreos_lab.mirror.store import MirrorStore
 
@@ -208,3 +210,19 @@ def test_lab_init_records_the_token_file_path_never_the_token(tmp_path: Path, mi
     assert lab("render", lab_dir).returncode == 0
     assert f'MIRROR_TOKEN_FILE = "{absolute}"' in (lab_dir / "Vagrantfile").read_text()
     assert TOKEN not in lab_files_text(lab_dir)
+
+
+@pytest.mark.parametrize("with_token", [True, False], ids=["token", "no-token"])
+def test_lab_preflight_reads_a_private_mirror_with_the_labs_token(
+    tmp_path: Path, mirror_root: Path, token_file: Path, with_token: bool
+) -> None:
+    """What `lab up`/`lab doctor` ask the mirror before starting: its metadata for the lab's box."""
+    mirror_with_boxes(mirror_root)
+    with mirror_server(mirror_root, "--token-file", str(token_file)) as srv:
+        mirror = {"url": srv.url, **({"token_file": str(token_file)} if with_token else {})}
+        lab_dir = write_lab(tmp_path / "lab", mirror_root, mirror=mirror)
+        metadata = fetch_box_metadata(plan_from_config(load_config(lab_dir, environ={})))
+    if with_token:
+        assert metadata is not None and metadata["name"] == "coreos-stable"
+    else:
+        assert metadata is None
