@@ -89,8 +89,7 @@ def open_to_guests(path: str) -> bool:
     """Routes the guests themselves call, which cannot carry the mirror token: discovery (`/new`, and
     `/<token>/…`, whose 128-bit token is its own secret) and the image registry (`/v2`, `/v2/…`) that Docker
     in a guest pulls from."""
-    first = path.lstrip("/").split("/", 1)[0]
-    return first in ("new", "v2") or TOKEN_RE.match(first) is not None
+    return name_taken(path.lstrip("/").split("/", 1)[0]) is not None
 
 
 def presented_tokens(headers: Any, query: Any) -> list[str]:
