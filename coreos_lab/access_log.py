@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 
@@ -23,6 +24,15 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+# Vagrant sends the mirror's token as `?access_token=` when VAGRANT_SERVER_ACCESS_TOKEN_BY_URL is set; the log
+# must not keep it.
+_ACCESS_TOKEN_RE = re.compile(r"(?i)([?&]access_token=)[^&#]*")
+
+
+def without_secrets(raw_path: str) -> str:
+    return _ACCESS_TOKEN_RE.sub(r"\1***", raw_path)
+
+
 class AccessLog(AbstractAccessLogger):
     """`client [time] "METHOD path HTTP/x.y" status bytes seconds "user-agent"`.
 
@@ -39,7 +49,7 @@ class AccessLog(AbstractAccessLogger):
         version = f"{request.version.major}.{request.version.minor}"
         agent = printable(request.headers.get("User-Agent", "-"))
         line = (
-            f'{request.remote or "-"} [{stamp}] "{request.method} {printable(request.raw_path)} HTTP/{version}" '
+            f'{request.remote or "-"} [{stamp}] "{request.method} {printable(without_secrets(request.raw_path))} HTTP/{version}" '
             f'{response.status} {sent} {time_taken:.3f}s "{agent}"\n'
         )
         sys.stderr.write(line)

@@ -7,6 +7,7 @@ needs. The same provider checks serve `lab up`'s preflight, so the two never dis
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import shutil
@@ -399,8 +400,14 @@ def fetch_box_metadata(plan: LabPlan, timeout: float = 3.0) -> dict[str, Any] | 
     """The box metadata document the mirror serves for the lab's box, or None when nothing answers there."""
     import requests
 
+    headers = {"Accept": "application/json"}
+    if plan.mirror_token_file is not None:
+        # A private mirror (`lab mirror serve --token-file`) wants the token as Vagrant sends it; a missing file is
+        # reported by the Vagrantfile, which reads the same one.
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            headers["Authorization"] = f"Bearer {plan.mirror_token_file.read_text().strip()}"
     try:
-        response = requests.get(plan.metadata_url, headers={"Accept": "application/json"}, timeout=timeout)
+        response = requests.get(plan.metadata_url, headers=headers, timeout=timeout)
     except requests.RequestException:
         return None
     if response.status_code == 404:

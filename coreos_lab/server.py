@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import socket
 import sys
 import threading
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coreos_lab.discovery.store import TOKEN_RE
-from coreos_lab.errors import LabError, Timeout
+from coreos_lab.errors import BadInput, LabError, Timeout
 from coreos_lab.paths import DEFAULT_HOST, DEFAULT_PORT, discovery_dir
 
 if TYPE_CHECKING:
@@ -28,11 +30,14 @@ if TYPE_CHECKING:
 SHUTDOWN_GRACE = 2.0
 
 
-def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool = False) -> web.Application:
+def build_app(
+    mirror_root: Path, *, base_url: str | None = None, live_view: bool = False, token: str | None = None
+) -> web.Application:
     """The aiohttp application serving the mirror at `mirror_root` (boxes, and images at /v2/) and discovery
     state beside it.
 
     `base_url` fixes the absolute URLs written into box metadata; without it they follow the request's Host.
+    With `token`, every request for the box mirror must carry it (`token_middleware`).
     """
     from aiohttp import web
 
@@ -40,7 +45,7 @@ def build_app(mirror_root: Path, *, base_url: str | None = None, live_view: bool
     from coreos_lab.mirror import http as mirror_http
     from coreos_lab.mirror.images import http as registry_http
 
-    app = web.Application()
+    app = web.Application(middlewares=[token_middleware(token)] if token else [])
     # Discovery and the registry first: their routes match only `/new`, 32-hex tokens and `/v2`, `/v2/…`; the
     # box mirror takes every other path (a box so named would be hidden: `name_taken`).
     discovery_api.setup(app, discovery_dir(mirror_root), base_url=base_url)
@@ -63,6 +68,70 @@ def name_taken(name: str) -> str | None:
     return None
 
 
+TOKEN_REALM = 'Bearer realm="lab mirror"'
+
+
+def read_token_file(path: Path) -> str:
+    """The token in `path` (surrounding whitespace dropped): a clear error if it is missing or empty."""
+    try:
+        token = path.read_text().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BadInput(f"--token-file {path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from exc
+    if not token or any(c.isspace() or not c.isprintable() for c in token):
+        raise BadInput(
+            f"--token-file {path}: the token must be one word of printable characters",
+            hint="write a fresh one: python3 -c 'import secrets; print(secrets.token_urlsafe(32))' > FILE",
+        )
+    return token
+
+
+def open_to_guests(path: str) -> bool:
+    """Routes the guests themselves call, which cannot carry the mirror token: discovery (`/new`, and
+    `/<token>/…`, whose 128-bit token is its own secret) and the image registry (`/v2`, `/v2/…`) that Docker
+    in a guest pulls from."""
+    return name_taken(path.lstrip("/").split("/", 1)[0]) is not None
+
+
+def presented_tokens(headers: Any, query: Any) -> list[str]:
+    """The tokens a request carries, in the ways Vagrant sends one to its server URL (VAGRANT_SERVER_URL,
+    token from VAGRANT_CLOUD_TOKEN; plugins/commands/cloud/auth/middleware/ in Vagrant 2.3 and 2.4): the header
+    `Authorization: Bearer T`, also what `config.vm.box_download_options` can add, or `?access_token=T` when
+    VAGRANT_SERVER_ACCESS_TOKEN_BY_URL is set."""
+    found = list(query.getall("access_token", []))
+    scheme, _, credentials = headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer":
+        found.append(credentials.strip())
+    return found
+
+
+def token_middleware(token: str) -> Any:
+    """An aiohttp middleware answering 401 to any request for the box mirror without `token`.
+
+    Tokens are compared as SHA-256 digests with `hmac.compare_digest`: equal lengths, constant time, so the time
+    taken tells nothing about the token's length or how much of a guess was right.
+    """
+    from aiohttp import web
+
+    expected = hashlib.sha256(token.encode()).digest()
+
+    @web.middleware
+    async def require_token(request: web.Request, handler: Any) -> web.StreamResponse:
+        if open_to_guests(request.path):
+            return await handler(request)
+        matches = [
+            hmac.compare_digest(hashlib.sha256(t.encode()).digest(), expected)
+            for t in presented_tokens(request.headers, request.query)
+        ]
+        if any(matches):
+            return await handler(request)
+        raise web.HTTPUnauthorized(
+            text="401: this mirror needs its token (Authorization: Bearer TOKEN, or ?access_token=TOKEN)\n",
+            headers={"WWW-Authenticate": TOKEN_REALM},
+        )
+
+    return require_token
+
+
 def serve_forever(
     mirror_root: Path,
     *,
@@ -70,13 +139,14 @@ def serve_forever(
     port: int = DEFAULT_PORT,
     base_url: str | None = None,
     live_view: bool = False,
+    token: str | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Serve in the foreground, one access-log line per request on stderr, until SIGINT or SIGTERM.
 
     `on_ready` gets the URL actually listened on (port 0 picks a free one) once connections are accepted.
     """
-    asyncio.run(_serve(mirror_root, host, port, base_url, live_view, on_ready))
+    asyncio.run(_serve(mirror_root, host, port, base_url, live_view, token, on_ready))
 
 
 async def _serve(
@@ -85,6 +155,7 @@ async def _serve(
     port: int,
     base_url: str | None,
     live_view: bool,
+    token: str | None,
     on_ready: Callable[[str], None] | None,
 ) -> None:
     import logging
@@ -101,7 +172,7 @@ async def _serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    app = build_app(mirror_root, base_url=base_url, live_view=live_view)
+    app = build_app(mirror_root, base_url=base_url, live_view=live_view, token=token)
     runner = web.AppRunner(
         app,
         handle_signals=False,

@@ -29,11 +29,14 @@ def vagrant_home(tmp_path: Path) -> Path:
     return home
 
 
-def vagrant(home: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, VAGRANT_HOME=str(home), VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_NO_COLOR="1")
+def vagrant(
+    home: Path, *args: str, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ, VAGRANT_HOME=str(home), VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_NO_COLOR="1")
+    full_env.update(env or {})
     return subprocess.run(
         [shutil.which("vagrant") or "vagrant", *args],
-        env=env,
+        env=full_env,
         capture_output=True,
         text=True,
         timeout=timeout,

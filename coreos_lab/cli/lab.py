@@ -51,6 +51,7 @@ _FLAGS: list[tuple[str, str, Any, str]] = [
     ("mirror.url", "--mirror-url", str, "Mirror/discovery server URL as this host reaches it."),
     ("mirror.guest_host", "--mirror-guest-host", str, "The host's address as guests reach it."),
     ("mirror.root", "--root", click.Path(file_okay=False), "Mirror directory."),
+    ("mirror.token_file", "--mirror-token-file", click.Path(dir_okay=False), "A private mirror's token file."),
 ]
 
 

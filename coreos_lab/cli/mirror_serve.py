@@ -27,22 +27,39 @@ from coreos_lab.paths import DEFAULT_HOST, DEFAULT_PORT
     default=None,
     help="Show downloads in progress (default: when stderr is a terminal).",
 )
-def serve(root: Path | None, host: str, port: int, base_url: str | None, live: bool | None) -> None:
+@click.option(
+    "--token-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Make the mirror private: every request for boxes, metadata and the index needs the token in this file "
+    "(Authorization: Bearer TOKEN, or ?access_token=TOKEN), else 401. Discovery and /v2/ stay open: guests call "
+    "them and cannot carry the token.",
+)
+def serve(
+    root: Path | None, host: str, port: int, base_url: str | None, live: bool | None, token_file: Path | None
+) -> None:
     """Serve the mirror until Ctrl-C: box metadata, boxes with Range, an index page at /, and the images as a
     read-only registry at /v2/ (`docker pull HOST:PORT/coreos/etcd:v3.5.16`).
 
     One access-log line per request goes to stderr.
+
+    With --token-file, Vagrant sends the token when VAGRANT_SERVER_URL names this server's host and
+    VAGRANT_CLOUD_TOKEN holds the token (vagrant box add), or from config.vm.box_download_options (vagrant up;
+    what a lab's Vagrantfile does with lab.yaml's mirror.token_file).
     """
     from coreos_lab import console
     from coreos_lab.mirror.http import check_base_url, check_root, describe
-    from coreos_lab.server import serve_forever
+    from coreos_lab.server import read_token_file, serve_forever
 
     mirror_root = check_root(resolve_root(root))
     base = check_base_url(base_url) if base_url else None
+    token = read_token_file(token_file) if token_file else None
     live_view = console.stderr_is_terminal() if live is None else live
 
     def announce(url: str) -> None:
         console.info(describe(mirror_root, url, base))
+        if token:
+            console.info(f"  private: requests need the token in {token_file} (discovery and /v2/ stay open)")
 
-    serve_forever(mirror_root, host=host, port=port, base_url=base, live_view=live_view, on_ready=announce)
+    serve_forever(mirror_root, host=host, port=port, base_url=base, live_view=live_view, token=token, on_ready=announce)
     console.info("stopped")

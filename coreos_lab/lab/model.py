@@ -140,6 +140,20 @@ class LabConfig:
         return str(self.values["mirror.guest_host"])
 
     @property
+    def mirror_token_file(self) -> str | None:
+        """The private mirror's token file as lab.yaml names it (the Vagrantfile expands it); None: no token."""
+        value = self.values.get("mirror.token_file")
+        return str(value) if value else None
+
+    @property
+    def mirror_token_path(self) -> Path | None:
+        """The token file where the Vagrantfile reads it: `~` expanded, a relative path under the lab directory."""
+        from coreos_lab.paths import expand_user
+
+        path = expand_user(self.mirror_token_file) if self.mirror_token_file else None
+        return Path(self.lab_dir) / path if path is not None else None
+
+    @property
     def box_metadata_url(self) -> str:
         """Vagrant reads box metadata here (on the host side)."""
         from coreos_lab.mirror.store import metadata_url

@@ -34,6 +34,7 @@ class LabPlan:
     etcd_members: int | None = None
     etcd_nodes: tuple[str, ...] | None = None  # the machines that are etcd members (the others run a proxy)
     mirror_root: Path | None = None
+    mirror_token_file: Path | None = None  # a private mirror's token (mirror.token_file)
     guest_host: str | None = None  # the host's address as guests reach it (mirror.guest_host)
     management_network: str | None = None  # libvirt: the management network's subnet
     libvirt_driver: str | None = None  # libvirt: the domain type as configured (auto, kvm or qemu)
@@ -105,6 +106,7 @@ def plan_from_config(cfg: LabConfig) -> LabPlan:
         etcd_members=cfg.etcd_members,
         etcd_nodes=tuple(n.name for n in cfg.nodes if n.etcd_member),
         mirror_root=cfg.mirror_root,
+        mirror_token_file=cfg.mirror_token_path,
         guest_host=cfg.guest_host or None,
         management_network=(
             str(cfg.values["libvirt.management_network"]) if PROVIDERS[cfg.provider].management_network else None

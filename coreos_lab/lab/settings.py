@@ -133,6 +133,14 @@ SETTINGS: tuple[Setting, ...] = (
         "the host's address as guests reach it (default per provider; VirtualBox NAT: 10.0.2.2)",
         optional=True,
     ),
+    Setting(
+        "mirror.token_file",
+        str,
+        None,
+        "file with the private mirror's token (`lab mirror serve --token-file`); the Vagrantfile reads it at each "
+        "run (relative: to the lab directory), so the secret is never written into the lab",
+        optional=True,
+    ),
     Setting("update.reboot_strategy", str, "off", "locksmith reboot strategy", REBOOT_STRATEGIES),
 )
 SETTINGS_BY_PATH = {s.path: s for s in SETTINGS}
@@ -170,6 +178,10 @@ def fill_dependent_defaults(lab_dir: Path, values: dict[str, Any], sources: dict
         values["mirror.root"] = str((lab_dir / root).resolve())
     else:
         values["mirror.root"] = str(root.resolve())
+    token_file = values.get("mirror.token_file")
+    if token_file and sources["mirror.token_file"] != CONFIG_FILE and (path := expand_user(str(token_file))):
+        # From a flag or the environment: relative to where `lab` runs (the Vagrantfile reads it from the lab).
+        values["mirror.token_file"] = str(path.resolve())
     values["mirror.url"] = str(values["mirror.url"]).rstrip("/")
     values["subnet"] = str(parse_subnet(str(values["subnet"])) or values["subnet"])
 
