@@ -165,6 +165,22 @@ def test_one_version(mirror_root: Path, upstream: Upstream) -> None:
     assert stored(mirror_root) == [(NAME, VERSIONS[0], "libvirt", "amd64")]
 
 
+def test_an_interrupted_download_is_resumed(mirror_root: Path, upstream: Upstream) -> None:
+    """A `.part` left by an interrupted fetch: the next one asks nginx for the rest only."""
+    newest = VERSIONS[-1]
+    data = upstream.boxes[(newest, "libvirt", "amd64")]
+    part = MirrorStore(mirror_root).part_path(BoxKey(NAME, newest, "libvirt"))
+    part.parent.mkdir(parents=True)
+    part.write_bytes(data[:100])
+    run = fetch(mirror_root, "--metadata-url", upstream.url("bento/debian-12.json"), "--provider", "libvirt")
+    assert run.returncode == 0, run.stderr
+    assert run.json()["boxes"][0]["resumed_from"] == 100
+    assert MirrorStore(mirror_root).artifact_path(BoxKey(NAME, newest, "libvirt")).read_bytes() == data
+    assert not part.exists()
+    statuses = [line.split('" ')[1].split()[0] for line in upstream.nginx.access_log().splitlines() if ".box " in line]
+    assert statuses == ["206"]
+
+
 # -- refusals: exit 2, the store as it was --------------------------------------------------------------------
 
 
@@ -225,6 +241,24 @@ def test_several_boxes_matching_is_refused(mirror_root: Path, upstream: Upstream
     assert files_under(mirror_root) == []
 
 
+def test_a_box_url_that_is_not_http_is_refused(mirror_root: Path, upstream: Upstream) -> None:
+    doc = {
+        "name": "local",
+        "versions": [
+            {
+                "version": "1.0.0",
+                "providers": [
+                    {"name": "virtualbox", "url": "file:///etc/passwd", "checksum_type": "sha256", "checksum": "0" * 64}
+                ],
+            }
+        ],
+    }
+    run = fetch(mirror_root, "--metadata-url", upstream.write_metadata("local.json", doc))
+    assert run.returncode == 2
+    assert "not an http(s) URL: 'file:///etc/passwd'" in run.stderr
+    assert files_under(mirror_root) == []
+
+
 def test_options_of_the_release_fetch_are_refused_with_a_metadata_url(mirror_root: Path) -> None:
     run = fetch(mirror_root, "--metadata-url", "http://127.0.0.1:9/x.json", "--keyring", str(mirror_root / "k"))
     assert run.returncode == 2
@@ -262,6 +296,9 @@ def test_an_org_box_is_served_at_org_slash_name(mirror_root: Path, upstream: Ups
         "/bento/debian-12.json",
         f"/bento/debian-12/{VERSIONS[-1]}/virtualbox-amd64.box",
     } <= set(layout.paths())
+    verified = lab("mirror", "verify", "--root", mirror_root, "--json")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert verified.json()["checked"] == 2
     site = mirror_root.parent / "site"
     published = lab("mirror", "publish", site, "--base-url", base, "--root", mirror_root)
     assert published.returncode == 0, published.stderr

@@ -69,8 +69,8 @@ def fetch_any_box(
         for v in wanted
     ]
     for source in chosen:
-        if source.url is None:
-            raise BadInput(f"{metadata_url}: {source.key} has no url")
+        if source.url is None or not is_http_url(urljoin(metadata_url, source.url)):
+            raise BadInput(f"{metadata_url}: the url of {source.key} is not an http(s) URL: {source.url!r}")
     return [_fetch_one(store, http, metadata_url, source, force=force, reporter=reporter) for source in chosen]
 
 
