@@ -54,10 +54,33 @@ def test_vagrant_metadata_has_absolute_urls(mirror_root: Path) -> None:
     assert store.vagrant_metadata("nothing-here", "http://x") is None
 
 
-@pytest.mark.parametrize("name", ["", "../etc", "a/b", ".hidden"])
+@pytest.mark.parametrize(
+    "name", ["", "../etc", "a/b/c", "/a", "a/", "a//b", "../a", "a/..", "a/.hidden", ".hidden", "images/x", "a\nb"]
+)
 def test_bad_names_are_refused(name: str) -> None:
     with pytest.raises(BadInput, match="invalid box name"):
         BoxKey(name, "1.0", "virtualbox")
+
+
+def test_an_org_name_is_one_directory_deeper(tmp_path: Path) -> None:
+    """Vagrant Cloud's `org/name`: the org a directory, beside plain names, one of which may be the org's name."""
+    store = MirrorStore(tmp_path)
+    keys = (
+        BoxKey("bento/debian-12", "1.0", "virtualbox"),
+        BoxKey("bento", "2.0", "libvirt"),
+        BoxKey("centos/7", "2004.01", "virtualbox"),
+    )
+    for key in keys:
+        part = store.part_path(key)
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_bytes(b"box")
+        store.commit(key, part, sha256=hashlib.sha256(b"box").hexdigest())
+    assert store.artifact_path(BoxKey("bento/debian-12", "1.0", "virtualbox")).is_relative_to(tmp_path / "bento")
+    assert [e.name for e in store.entries()] == ["bento", "bento/debian-12", "centos/7"]  # a name like a version too
+    assert [e.name for e in store.entries("bento")] == ["bento"]
+    assert [e.name for e in store.entries("bento/debian-12")] == ["bento/debian-12"]
+    assert [e.version for e in store.entries("centos/7")] == ["2004.01"]
+    assert store.part_paths() == [] and len(store.record_paths()) == 3
 
 
 def _legacy_store(root: Path) -> dict[str, bytes]:

@@ -72,10 +72,24 @@ def import_(
 
 
 @mirror.command("fetch")
+@click.option(
+    "--metadata-url",
+    help="Any box's Vagrant metadata JSON (e.g. Vagrant Cloud's for bento/debian-12): mirror it under its name "
+    "instead of a CoreOS/Flatcar release (--distro, --channel, --upstream and --keyring do not apply).",
+)
 @click.option("--distro", type=click.Choice(DISTRO_NAMES), default="flatcar", show_default=True)
 @click.option("--channel", default="stable", show_default=True, help="alpha, beta, stable (and lts for Flatcar).")
-@click.option("--version", "version", default="current", show_default=True, help="A release version, or current.")
-@click.option("--provider", default="virtualbox", show_default=True)
+@click.option(
+    "--version",
+    "version",
+    help="A release version, or current (the default). With --metadata-url: a version of the box (default: newest).",
+)
+@click.option("--all-versions", is_flag=True, help="With --metadata-url: every version the metadata lists.")
+@click.option("--provider", help="Provider (default: virtualbox; with --metadata-url: any, if only one matches).")
+@click.option(
+    "--architecture",
+    help="With --metadata-url: e.g. amd64, arm64 (default: the provider's default_architecture, else the only one).",
+)
 @click.option(
     "--upstream",
     envvar="LAB_UPSTREAM",
@@ -92,10 +106,13 @@ def import_(
 @base_url_option
 @json_option
 def fetch(
+    metadata_url: str | None,
     distro: str,
     channel: str,
-    version: str,
-    provider: str,
+    version: str | None,
+    all_versions: bool,
+    provider: str | None,
+    architecture: str | None,
     upstream: str | None,
     keyring: Path | None,
     force: bool,
@@ -103,17 +120,43 @@ def fetch(
     base_url: str | None,
     as_json: bool,
 ) -> None:
-    """Download a CoreOS/Flatcar Vagrant box from a release server, verified, resuming an interrupted one."""
-    from coreos_lab.mirror.fetch import fetch_box
+    """Download a CoreOS/Flatcar Vagrant box from a release server, or any box from its metadata JSON (--metadata-url),
+    verified, resuming an interrupted one."""
+    from coreos_lab import console
+    from coreos_lab.errors import BadInput
     from coreos_lab.mirror.store import MirrorStore
     from coreos_lab.progress import TerminalReporter
+
+    if metadata_url is not None:
+        from coreos_lab.mirror.any_box import fetch_any_box
+
+        if keyring is not None or upstream is not None:
+            raise BadInput("--keyring and --upstream are for CoreOS/Flatcar releases, not with --metadata-url")
+        results = fetch_any_box(
+            MirrorStore(resolve_root(root)),
+            metadata_url,
+            version=version,
+            all_versions=all_versions,
+            provider=provider,
+            architecture=architecture,
+            force=force,
+            reporter=TerminalReporter(),
+        )
+        if as_json:
+            console.print_json({"boxes": [r.as_dict(_base(base_url)) for r in results]})
+        for result in [] if as_json else results:
+            _report_stored(result, base_url, False, origin=f" from {result.box_url}")
+        return
+    if all_versions or architecture is not None:
+        raise BadInput("--all-versions and --architecture go with --metadata-url")
+    from coreos_lab.mirror.fetch import fetch_box
 
     result = fetch_box(
         MirrorStore(resolve_root(root)),
         distro=distro,
         channel=channel,
-        version=version,
-        provider=provider,
+        version=version or "current",
+        provider=provider or "virtualbox",
         upstream=upstream,
         keyring=keyring,
         force=force,

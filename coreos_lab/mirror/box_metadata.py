@@ -21,7 +21,7 @@ class BoxSource:
 
     key: BoxKey
     url: str | None
-    checksum_type: str
+    checksum_type: str  # '' when the document gives none (only with `select(require_checksum=False)`)
     checksum: str
     description: str | None = None
 
@@ -32,6 +32,14 @@ def parse(text: str | bytes, source: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise BadInput(f"{source}: box metadata must be a JSON object, got {type(doc).__name__}")
     return doc
+
+
+def versions(doc: dict[str, Any]) -> list[str]:
+    """The version strings a (parsed, not yet checked) document lists; `select` checks each one it picks."""
+    found = doc.get("versions")
+    if not isinstance(found, list):
+        return []
+    return [v["version"] for v in found if isinstance(v, dict) and isinstance(v.get("version"), str)]
 
 
 def _field(obj: dict[str, Any], field: str, where: str, source: str, kind: type = str) -> Any:
@@ -51,10 +59,12 @@ def select(
     version: str | None = None,
     provider: str | None = None,
     architecture: str | None = None,
+    require_checksum: bool = True,
 ) -> BoxSource:
     """The one box in `doc` matching the given fields. A given `name` must equal the document's (Vagrant
     refuses the box otherwise: BoxAddNameMismatch); the others narrow the choice, which must end with
-    exactly one box. The box must carry a checksum: a mirror serves only verified boxes."""
+    exactly one box; without `architecture`, the provider's `default_architecture` one among several (as Vagrant
+    >= 2.4 falls back to it). The box must carry a checksum unless `require_checksum` is False."""
     doc_name = _field(doc, "name", "", source)
     if name is not None and doc_name != name:
         raise BadInput(f"{source}: field name is {doc_name!r}, expected {name!r} (box name mismatch)")
@@ -79,6 +89,9 @@ def select(
         )
 
     chosen = [c for c in candidates if matches(c[0], c[1])]
+    defaults = [c for c in chosen if c[1].get("default_architecture") is True]
+    if len(chosen) > 1 and architecture is None and len(defaults) == 1:
+        chosen = defaults
     wanted = ", ".join(
         f"{k} {v!r}" for k, v in (("version", version), ("provider", provider), ("architecture", architecture)) if v
     )
@@ -91,10 +104,13 @@ def select(
             hint="choose one with --version / --provider / --architecture",
         )
     ver_name, prov, where = chosen[0]
-    for field in ("checksum_type", "checksum"):
-        if not prov.get(field):
-            raise BadInput(f"{source}: field {where}{field} is missing (a mirror serves only verified boxes)")
-    checksum_type, checksum = check_checksum(prov["checksum_type"], prov["checksum"], f"{source}: field {where}")
+    if require_checksum or prov.get("checksum_type") or prov.get("checksum"):
+        for field in ("checksum_type", "checksum"):
+            if not prov.get(field):
+                raise BadInput(f"{source}: field {where}{field} is missing (a mirror serves only verified boxes)")
+        checksum_type, checksum = check_checksum(prov["checksum_type"], prov["checksum"], f"{source}: field {where}")
+    else:
+        checksum_type, checksum = "", ""
     arch = prov.get("architecture", DEFAULT_ARCH)
     try:
         key = BoxKey(doc_name, ver_name, prov["name"], arch if isinstance(arch, str) else "")

@@ -127,7 +127,7 @@ def fetch_box(
         on_wait = lambda: reporter.note(f"waiting for another lab process writing {key}")  # noqa: E731
 
         def differs(stored: CatalogEntry) -> str | None:
-            if _stored_box_matches(store, stored, chosen):
+            if stored_box_matches(store, stored, chosen):
                 return None
             return f"but {json_url} describes a different box ({chosen.checksum_type} {chosen.checksum})"
 
@@ -205,7 +205,7 @@ def verify_digests_signature(keyring: Path, scratch: Path, file: str, verified: 
     return digests
 
 
-def _stored_box_matches(store: MirrorStore, entry: CatalogEntry, chosen: box_metadata.BoxSource) -> bool:
+def stored_box_matches(store: MirrorStore, entry: CatalogEntry, chosen: box_metadata.BoxSource) -> bool:
     if chosen.checksum_type == "sha256":
         return entry.sha256 == chosen.checksum
     stored = store.artifact_path(entry.key)

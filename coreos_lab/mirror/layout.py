@@ -6,6 +6,8 @@ URL scheme (the store's layout; the box's URL path below the base URL is its pat
                                                         and `docker pull` commands
     /<name>, /<name>.json                               metadata: every stored version and provider of <name>
     /<name>/<version>/<provider>-<arch>.box             the box (only catalog entries; never .part or records)
+    /<org>/<name>, /<org>/<name>.json, /<org>/<name>/<version>/<provider>-<arch>.box
+                                                        the same for a Vagrant Cloud-style name `<org>/<name>`
     /<distro>_production_vagrant.json                   seed-style: newest <distro>-stable (or the only channel)
     /<channel>/<distro>_production_vagrant.json         seed-style: newest <distro>-<channel>
     /<channel>/amd64-usr/<version|current>/<distro>_production_vagrant.json
@@ -128,8 +130,14 @@ class MirrorLayout:
                     and _seed_distro(seed)
                 ):
                     return self._seed(_seed_distro(seed), channel, None if release == "current" else release, base)
+                case [org, name] if NAME_RE.fullmatch(org) and NAME_RE.fullmatch(name):
+                    return self._metadata(f"{org}/{name}", base)
                 case [name, version, file] if NAME_RE.fullmatch(name) and BOX_VERSION_RE.fullmatch(version) and file:
                     return self._box(name, version, file)
+                case [org, name, version, file] if (
+                    NAME_RE.fullmatch(org) and NAME_RE.fullmatch(name) and BOX_VERSION_RE.fullmatch(version) and file
+                ):
+                    return self._box(f"{org}/{name}", version, file)
                 case [distro, channel, board, release, file] if (
                     distro in DISTROS
                     and CHANNEL_RE.fullmatch(channel)
@@ -153,7 +161,7 @@ class MirrorLayout:
         ]
         for distro in DISTROS.values():
             seed = f"{distro.file_stem}.json"
-            channels = {n.split("-", 1)[1]: n for n in names if n.startswith(f"{distro.name}-")}
+            channels = {n.split("-", 1)[1]: n for n in names if n.startswith(f"{distro.name}-") and "/" not in n}
             if DEFAULT_CHANNEL in channels or len(channels) == 1:
                 found.append(f"/{seed}")
             for channel, name in channels.items():
@@ -211,7 +219,7 @@ class MirrorLayout:
 
     def _default_channel_name(self, distro: str, base: str) -> str:
         """`<distro>-stable` when stored, else the only stored `<distro>-*` channel; else a 404 naming them."""
-        names = [n for n in self.store.names(BOX) if n.startswith(f"{distro}-")]
+        names = [n for n in self.store.names(BOX) if n.startswith(f"{distro}-") and "/" not in n]
         preferred = f"{distro}-{DEFAULT_CHANNEL}"
         if preferred in names or not names:
             return preferred

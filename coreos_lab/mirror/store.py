@@ -8,6 +8,8 @@ Layout under the mirror root (documented in boxes/README.md), for a box:
     <root>/<name>/<version>/upstream/                      upstream side files (JSON, DIGESTS, signatures)
     <root>/.discovery/                                     discovery service state
 
+A Vagrant Cloud-style name `<org>/<name>` is one directory deeper: `<root>/<org>/<name>/<version>/…`.
+
 An artifact is part of the catalog only once its record exists, and the record is written (atomically) only
 after the artifact's file is complete, verified and renamed into place. A crash at any point leaves either
 nothing new, or a `.part` file that the next fetch resumes.
@@ -50,11 +52,20 @@ MAX_PART_LENGTH = 64  # provider, architecture
 
 
 def check_name(name: str, field: str = "name") -> str:
-    if not NAME_RE.fullmatch(name or ""):  # fullmatch: `$` alone would let a trailing newline through
-        raise BadInput(f"invalid box {field} {name!r}: use letters, digits, '.', '_' and '-' (e.g. flatcar-stable)")
-    if name == IMAGES_DIR:
+    """A box name: `name`, or Vagrant Cloud's `org/name` (stored and served at `<org>/<name>`). Each part is one
+    directory name of the same rules; nothing else may hold a '/'."""
+    parts = (name or "").split("/")
+    if len(parts) > 2 or not all(NAME_RE.fullmatch(part) for part in parts):
+        # fullmatch: `$` alone would let a trailing newline through
+        raise BadInput(
+            f"invalid box {field} {name!r}: use letters, digits, '.', '_' and '-', with at most one '/' "
+            "between an organisation and a name (e.g. flatcar-stable, bento/debian-12)"
+        )
+    if parts[0] == IMAGES_DIR:
         raise BadInput(f"invalid box {field} {name!r}: the mirror keeps its container images there")
-    return _check_length(name, f"box {field}", MAX_NAME_LENGTH)
+    for part in parts:
+        _check_length(part, f"box {field}", MAX_NAME_LENGTH)
+    return name
 
 
 def check_version(version: str, field: str = "version") -> str:
@@ -329,7 +340,13 @@ class MirrorStore:
             name_dirs = [self.root / name] if (self.root / name).is_dir() else []
         for name_dir in name_dirs:
             for version_dir in (d for d in scan.listdir(name_dir) if d.is_dir()):
-                scan.files += (f for f in scan.listdir(version_dir) if not f.is_dir())
+                found = scan.listdir(version_dir)
+                scan.files += (f for f in found if not f.is_dir())
+                if name is None:
+                    # `<org>/<name>/<version>/`: below an org's name, version directories (a version starts with a
+                    # digit; the `upstream/` below a plain name's version never does)
+                    for org_version in (d for d in found if d.is_dir() and VERSION_RE.fullmatch(d.name)):
+                        scan.files += (f for f in scan.listdir(org_version) if not f.is_dir())
         return scan
 
     def record_paths(self) -> list[Path]:
@@ -469,15 +486,31 @@ class MirrorStore:
                     "checksum_type": "sha256",
                     "checksum": entry.sha256,
                     "architecture": entry.key.architecture,
-                    "default_architecture": entry.key.architecture == DEFAULT_ARCH,
                 }
             )
+        for providers in versions.values():
+            mark_default_architectures(providers)
         description = next((e.description for e in reversed(entries) if e.description), None)
         return {
             "name": name,
             "description": description or f"{name}, served by coreos-lab",
             "versions": [{"version": v, "providers": p} for v, p in versions.items()],
         }
+
+
+def mark_default_architectures(providers: list[dict[str, Any]]) -> None:
+    """Give each provider name exactly one `default_architecture: true` (amd64 when there is one, else the first),
+    and put that entry last among its name's. Vagrant >= 2.4 picks the host's architecture and falls back to the
+    default one; Vagrant 2.3 ignores `architecture` and keeps the last entry of a provider name (it builds a Hash
+    from the list), so the default must come last for 2.3 to get the same box (docs/field-notes.md §1)."""
+    by_name: dict[str, list[dict[str, Any]]] = {}
+    for provider in providers:
+        by_name.setdefault(provider["name"], []).append(provider)
+    for same in by_name.values():
+        default = next((p for p in same if p["architecture"] == DEFAULT_ARCH), same[0])
+        for provider in same:
+            provider["default_architecture"] = provider is default
+    providers.sort(key=lambda p: (list(by_name).index(p["name"]), p["default_architecture"]))
 
 
 def sync_file(path: Path) -> None:
