@@ -459,3 +459,12 @@ def test_a_read_only_root_names_the_path(mirror_root: Path, tmp_path: Path) -> N
     prefix = _on_small_tmpfs(mirror_root, tmp_path / "listing", 64 << 10, 0, read_only=True)
     run = import_box(mirror_root, box, "--name", "flatcar-stable", "--version", "1.0.0", prefix=prefix)
     assert_refused(run, ExitCode.ERROR, f"cannot write {mirror_root}/flatcar-stable", "Read-only file system")
+
+
+@pytest.mark.parametrize("command", [["list"], ["verify"], ["serve", "--port", "0"]])
+def test_a_root_name_too_long_for_the_file_system_is_bad_input(tmp_path: Path, command: list[str]) -> None:
+    root = tmp_path / ("r" * 300)
+    run = lab("mirror", *command, "--root", root)
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert f"mirror root {root}: File name too long" in run.stderr
+    assert "unexpected" not in run.stderr

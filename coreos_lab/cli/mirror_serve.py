@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from coreos_lab.cli.options import resolve_root, root_option
+from coreos_lab.cli.options import check_base_url, check_root, resolve_root, root_option
 from coreos_lab.paths import DEFAULT_HOST, DEFAULT_PORT
 
 
@@ -48,7 +48,7 @@ def serve(
     what a lab's Vagrantfile does with lab.yaml's mirror.token_file).
     """
     from coreos_lab import console
-    from coreos_lab.mirror.http import check_base_url, check_root, describe
+    from coreos_lab.mirror.http import describe
     from coreos_lab.server import read_token_file, serve_forever
 
     mirror_root = check_root(resolve_root(root))

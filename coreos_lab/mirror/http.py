@@ -22,7 +22,6 @@ from urllib.parse import unquote_to_bytes, urlsplit
 from aiohttp import ETag, web
 from multidict import CIMultiDict
 
-from coreos_lab.errors import BadInput
 from coreos_lab.mirror.images.store import ImageStore
 from coreos_lab.mirror.layout import (
     NO_SUCH_PATH,
@@ -39,7 +38,6 @@ from coreos_lab.mirror.layout import (
 from coreos_lab.mirror.store import BOX, MirrorStore
 from coreos_lab.mirror.transfers import TransferTracker
 from coreos_lab.server import name_taken
-from coreos_lab.urls import is_http_url
 
 # sendfile in pieces so the live view and the access log see progress; large enough to cost nothing.
 SENDFILE_CHUNK = 16 * 1024 * 1024
@@ -85,26 +83,6 @@ def setup(app: web.Application, mirror_root: Path, *, base_url: str | None, trac
     """Add the mirror's route to `app`: every path not taken by a route added before it."""
     handlers = MirrorHandlers(MirrorLayout(MirrorStore(mirror_root)), base_url=base_url, tracker=tracker)
     app.router.add_route("*", r"/{path:[\s\S]*}", handlers.handle)  # also a decoded newline
-
-
-def check_root(root: Path) -> Path:
-    """The mirror root to serve, or BadInput naming it."""
-    if not root.is_dir():
-        what = "is not a directory" if root.exists() else "does not exist"
-        raise BadInput(
-            f"mirror root {root} {what}",
-            hint="add boxes with `lab mirror import` / `lab mirror fetch`, or pass --root",
-        )
-    return root
-
-
-def check_base_url(base_url: str) -> str:
-    """`--base-url`: an absolute http(s) URL without query or fragment; returned without a trailing '/'."""
-    if not is_http_url(base_url, base=True):
-        raise BadInput(
-            f"invalid --base-url {base_url!r}: give an absolute http(s) URL such as http://10.0.2.2:8080",
-        )
-    return base_url.rstrip("/")
 
 
 def describe(root: Path, listen_url: str, base_url: str | None) -> str:
