@@ -9,12 +9,15 @@ one mirror answers as 127.0.0.1:8080 on the host and under any other name elsewh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import math
 import os
 import re
+import socket
 from collections.abc import Mapping
 from email.utils import parsedate_to_datetime
+from functools import cache
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -41,6 +44,12 @@ from coreos_lab.server import name_taken
 
 # sendfile in pieces so the live view and the access log see progress; large enough to cost nothing.
 SENDFILE_CHUNK = 16 * 1024 * 1024
+# The send buffer a box's connection asks for: Linux doubles it and caps it at net.core.wmem_max (socket(7)),
+# while its own tuning stops at tcp_wmem's maximum. A larger buffer means fewer sendfile calls and event-loop
+# wake-ups per GiB (asyncio re-arms epoll after each call): about a fifth less server CPU per GiB with 8 clients,
+# bench/mirror_throughput.py (`send_buffer_size`).
+WMEM_MAX = Path("/proc/sys/net/core/wmem_max")
+TCP_WMEM = Path("/proc/sys/net/ipv4/tcp_wmem")
 # A Host header is only trusted as a base URL when it looks like one (it ends up in JSON and HTML).
 HOST_RE = re.compile(r"^(?:[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?$")
 OPEN_RANGE_RE = re.compile(r"^\s*bytes\s*=\s*([0-9]+)\s*-\s*$")
@@ -184,6 +193,18 @@ def open_file(path: Path) -> tuple[BinaryIO, os.stat_result]:
     except OSError:
         handle.close()
         raise
+
+
+@cache
+def send_buffer_size() -> int | None:
+    """SO_SNDBUF for a file body: net.core.wmem_max when the kernel's doubling of it gives more than TCP's own
+    tuning reaches (tcp_wmem's maximum), else None (setting it would turn the tuning off for a smaller buffer)."""
+    try:
+        wmem_max = int(WMEM_MAX.read_text())
+        tuned_max = int(TCP_WMEM.read_text().split()[2])
+    except (OSError, ValueError, IndexError):
+        return None
+    return wmem_max if 2 * wmem_max > tuned_max else None
 
 
 # -- Range -------------------------------------------------------------------------------------------------
@@ -339,6 +360,10 @@ class BoxFileResponse(web.StreamResponse):
         if transport is None:
             raise ConnectionResetError("Connection lost")
         loop = asyncio.get_running_loop()
+        sock, buffer_size = transport.get_extra_info("socket"), send_buffer_size()
+        if sock is not None and buffer_size is not None:
+            with contextlib.suppress(OSError):  # only a hint: a closing socket fails in sendfile, with its error
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_size)
         transfer = self._tracker.begin(request.remote or "-", self._label, count)
         in_flight = request.app.get(IN_FLIGHT, set())
         task = asyncio.current_task()
