@@ -3,7 +3,8 @@ QEMU/TCG where KVM cannot run guests).
 
 The user's way, on the same rendered lab (`lab render`) with the box already added and the mirror serving:
 `vagrant up`, then `vagrant ssh core-01 -c '…etcdctl…'` again and again until every etcd member has started and
-`etcdctl endpoint health --cluster` passes. Lab's way: `lab up --check etcd --check members` (it waits until those health checks pass).
+`etcdctl cluster-health` passes (the test box's CoreOS-like etcd, asked in v2 as lab asks CoreOS). Lab's way:
+`lab up --check etcd --check members`, which waits until those checks pass (the box has no fleet to check).
 Both with 1 and 3 nodes, in one run, alternated (which goes first swaps each round), each on a fresh lab and a
 fresh discovery token, destroyed afterwards. An untimed 1-node `lab up` first adds the box to Vagrant and fills
 lab's caches, which a user pays once, not per lab. One mirror server (`lab mirror serve`) serves both sides.
