@@ -4,6 +4,7 @@ other networks."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -152,3 +153,26 @@ def test_libvirt_networks_clashing_with_the_management_network(tmp_path: Path, l
         assert mismatch["fix"].startswith("set libvirt.management_network: 192.168.150.0/24 in lab.yaml")
     finally:
         libvirt_ns.clean()
+
+
+@pytest.mark.integration
+@pytest.mark.vagrant
+def test_the_plugin_version_is_remembered_until_a_plugin_registry_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vagrant plugin list` (~1.5 s of Ruby) runs once; its answer is kept, keyed by the vagrant executable and
+    Vagrant's plugin registries, and asked again once one of them changes (a plugin installed or removed)."""
+    home = tmp_path / "vagrant.d"
+    monkeypatch.setenv("VAGRANT_HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    real = libvirt.vagrant_libvirt_plugin()
+    assert real is not None and real[0].isdigit()
+    cache = tmp_path / "cache" / "coreos-lab" / "vagrant-libvirt-plugin.json"
+    remembered = json.loads(cache.read_text())
+    assert remembered["version"] == real
+    # The kept answer is what is read back: Vagrant is not asked (it would answer the real version).
+    cache.write_text(json.dumps({**remembered, "version": "0.0-kept"}))
+    assert libvirt.vagrant_libvirt_plugin() == "0.0-kept"
+    home.mkdir(exist_ok=True)
+    (home / "plugins.json").write_text('{"version": "1", "installed": {}}')  # what `vagrant plugin` writes
+    assert libvirt.vagrant_libvirt_plugin() == real

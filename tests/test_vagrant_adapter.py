@@ -86,3 +86,24 @@ def test_box_add_pinned_version_from_the_mirror(lab_dir: Path, tmp_path: Path) -
     assert vagrant.has_box("coreos-stable", "1.0.0", "virtualbox")
     assert not vagrant.has_box("coreos-stable", "2.0.0", "virtualbox")
     assert any("Successfully added box 'coreos-stable' (v1.0.0)" in line for line in progress)
+
+
+def test_box_directory_agrees_with_vagrant_box_list(lab_dir: Path, tmp_path: Path) -> None:
+    """`has_box` reads Vagrant's box directory before it asks `vagrant box list`: both must give the same answer for
+    boxes the real Vagrant added (a `/` in the name included), and a box missing there is still asked about."""
+    from coreos_lab.vagrant.adapter import box_on_disk
+
+    box = tmp_path / "coreos.box"
+    write_box(box)
+    vagrant = Vagrant(lab_dir, provider="virtualbox")
+    home = tmp_path / "vagrant.d"
+    assert vagrant.home() == home
+    assert not box_on_disk(home, "lab/coreos-stable", None, "virtualbox")
+    vagrant.box_add(str(box), version=None, provider="virtualbox", name="lab/coreos-stable")
+    listed = {(b.name, b.version, b.provider) for b in vagrant.box_list()}
+    assert listed == {("lab/coreos-stable", "0", "virtualbox")}
+    assert box_on_disk(home, "lab/coreos-stable", "0", "virtualbox")
+    assert box_on_disk(home, "lab/coreos-stable", None, "virtualbox")
+    assert not box_on_disk(home, "lab/coreos-stable", "1.0.0", "virtualbox")
+    assert not box_on_disk(home, "lab/coreos-stable", "0", "libvirt")
+    assert not box_on_disk(home, "coreos-stable", None, "virtualbox")

@@ -147,6 +147,18 @@ def _box(fields: dict[str, str]) -> InstalledBox:
     return InstalledBox(fields.get("box-name", ""), fields.get("box-provider", ""), fields.get("box-version", ""))
 
 
+def box_on_disk(home: Path, name: str, version: str | None, provider: str) -> bool:
+    """Whether Vagrant's box directory holds the box, as `vagrant box list` would find it (Vagrant 2.3's
+    BoxCollection#all: HOME/boxes/NAME/VERSION/PROVIDER/metadata.json, a `/` in the name spelt -VAGRANTSLASH-;
+    Vagrant 2.4 puts an architecture directory before PROVIDER). Only a yes is certain: on no, ask Vagrant."""
+    box_dir = home / "boxes" / name.replace("/", "-VAGRANTSLASH-")
+    for version_dir in [box_dir / version] if version else box_dir.glob("[!.]*"):
+        for metadata in (version_dir / provider / "metadata.json", *version_dir.glob(f"*/{provider}/metadata.json")):
+            if metadata.is_file():
+                return True
+    return False
+
+
 def machine_id(lab_dir: Path, name: str, provider: str) -> str | None:
     """The provider's id of a created machine (a VirtualBox VM's UUID, a libvirt domain's), as Vagrant records it in
     `.vagrant/machines/NAME/PROVIDER/id`; None when it was never created."""
@@ -330,10 +342,17 @@ class Vagrant:
         return parse_box_list(parse_machine_readable(self._run(["box", "list"], log_name="box")))
 
     def has_box(self, name: str, version: str | None, provider: str) -> bool:
+        """Whether Vagrant has the box: seen in its box directory (no Ruby start-up), else `vagrant box list`."""
+        if box_on_disk(self.home(), name, version, provider):
+            return True
         return any(
             b.name == name and b.provider == provider and (version is None or b.version == version)
             for b in self.box_list()
         )
+
+    def home(self) -> Path:
+        """Vagrant's home (boxes, plugins): VAGRANT_HOME, else ~/.vagrant.d."""
+        return Path(self.env.get("VAGRANT_HOME") or os.environ.get("VAGRANT_HOME") or Path.home() / ".vagrant.d")
 
     # -- actions ----------------------------------------------------------------------------------------------
 

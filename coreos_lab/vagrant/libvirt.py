@@ -174,18 +174,62 @@ def libvirt_socket() -> str | None:
 
 
 def vagrant_libvirt_plugin(env: dict[str, str] | None = None) -> str | None:
-    """The installed vagrant-libvirt plugin version, or None (also when Vagrant itself is missing)."""
+    """The installed vagrant-libvirt plugin version, or None (also when Vagrant itself is missing).
+
+    `vagrant plugin list` costs ~1.5 s of Ruby start-up, so a found plugin is remembered, keyed by the files that
+    change whenever the answer can: the vagrant executable and Vagrant's plugin registries (`_plugin_files`)."""
     vagrant = shutil.which("vagrant")
     if vagrant is None:
         return None
+    key = _plugin_cache_key(vagrant, env)
+    cache = cache_home() / "vagrant-libvirt-plugin.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("key") == key and isinstance(cached.get("version"), str):
+            return str(cached["version"])
+    except (OSError, ValueError, AttributeError):
+        pass
     try:
         out = proc.run([vagrant, "plugin", "list"], env=env, check=False, timeout=60).stdout
     except LabError:
         return None
-    for line in out.splitlines():
+    version = _libvirt_plugin_version(out)
+    if version is not None:  # only a found plugin is remembered: a missing one is asked again each time
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(cache, json.dumps({"key": key, "version": version}))
+        except OSError:
+            pass  # a cache we cannot write only costs time
+    return version
+
+
+def _libvirt_plugin_version(plugin_list: str) -> str | None:
+    for line in plugin_list.splitlines():
         if line.startswith("vagrant-libvirt"):
             return line.split("(", 1)[-1].split(",")[0].strip(") ") if "(" in line else "installed"
     return None
+
+
+def _plugin_files(env: dict[str, str] | None) -> list[Path]:
+    """Where Vagrant records its plugins: the user's `VAGRANT_HOME/plugins.json`, HashiCorp's package's
+    `embedded/plugins.json`, and Debian's `/usr/share/vagrant-plugins/plugins.d/*.json` (one file per packaged
+    plugin). Installing or removing a plugin rewrites one of them."""
+    environ = env if env is not None else os.environ
+    home = Path(environ.get("VAGRANT_HOME") or Path.home() / ".vagrant.d")
+    debian = Path("/usr/share/vagrant-plugins/plugins.d")
+    packaged = sorted(debian.glob("*.json")) if debian.is_dir() else []
+    return [home / "plugins.json", HASHICORP_VAGRANT / "plugins.json", debian, *packaged]
+
+
+def _plugin_cache_key(vagrant: str, env: dict[str, str] | None) -> str:
+    parts = []
+    for path in [Path(vagrant), Path(os.path.realpath(vagrant)), *_plugin_files(env)]:
+        try:
+            st = path.stat()
+            parts.append(f"{path}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{path}:absent")
+    return "|".join(parts)
 
 
 # -- the management network ------------------------------------------------------------------------------------
