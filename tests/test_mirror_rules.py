@@ -7,14 +7,9 @@ from email.utils import formatdate
 import pytest
 from harness.boxes import add_box
 
+from coreos_lab.cli.options import check_base_url, check_root
 from coreos_lab.errors import BadInput
-from coreos_lab.mirror.http import (
-    check_base_url,
-    check_root,
-    describe,
-    effective_headers,
-    if_range_matches,
-)
+from coreos_lab.mirror.http import describe, effective_headers, if_range_matches
 from coreos_lab.mirror.layout import render_index
 from coreos_lab.mirror.store import MirrorStore
 from coreos_lab.server import name_taken
