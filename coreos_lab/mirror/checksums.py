@@ -49,10 +49,10 @@ class Hashers:
         for worker in self._workers:
             worker.put(chunk)
 
-    def update_from_file(self, fd: int, size: int) -> None:
-        """Hash the first `size` bytes of the open file `fd` next; `fd` must stay open until `hexdigests`."""
+    def update_from_file(self, fd: int, size: int, start: int = 0) -> None:
+        """Hash `size` bytes of the open file `fd` from `start` next; `fd` must stay open until `hexdigests`."""
         for worker in self._workers:
-            worker.put(FileRange(fd, 0, size))
+            worker.put(FileRange(fd, start, start + size))
 
     def hexdigests(self) -> dict[str, str]:
         for worker in self._workers:

@@ -94,7 +94,7 @@ def download(
                 hashers = Hashers(algorithms)
                 try:
                     if have:  # hashed by the hashes' threads while the rest arrives
-                        hashers.update_from_file(part.fileno(), have)
+                        hashers.update_from_file(part.fileno(), have, getattr(part, "offset", 0))
                     if total is None and resp.status_code == 416:  # the part already holds the whole file
                         return Downloaded(have, hashers.hexdigests(), have, False)
                     resumed_from = have

@@ -44,8 +44,13 @@ class ImageInBox:
     """The image member of a box being downloaded: the part file seen from byte 512 on, so that `download`
     resumes, hashes and truncates the image alone while the tar header before it stays reserved."""
 
+    offset = BLOCK  # where the image starts in the part file (`download` hashes a resumed prefix from there)
+
     def __init__(self, part: BinaryIO):
         self.part = part
+
+    def fileno(self) -> int:
+        return self.part.fileno()
 
     def seek(self, offset: int, whence: int = 0) -> int:
         if whence == 2:
