@@ -120,8 +120,11 @@ class DiscoveryService:
         self.wait_timeout = wait_timeout
         self.max_token_age = max_token_age
         self._watches: dict[str, list[_Watch]] = {}
-        self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="discovery-read")
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="discovery-write")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="discovery-store")
+        # Reads go through the same single thread and connection as the writes: with reader threads of their own,
+        # etcd members bootstrapping through a token stalled now and then ("found 2 peer(s), waiting for 1 more"),
+        # a long poll apparently missing a registration; one connection sees every write in order.
+        self._readers = self._writer
 
     # the store, off the event loop
 
