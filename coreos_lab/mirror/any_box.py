@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 from coreos_lab.errors import BadInput, LabError
 from coreos_lab.fsutil import naming_io_errors
 from coreos_lab.mirror import box_metadata
-from coreos_lab.mirror.download import download
+from coreos_lab.mirror.download import download, emptied_if_refused
 from coreos_lab.mirror.fetch import FetchResult, expect_digest, get_file, stored_box_matches
 from coreos_lab.mirror.store import CatalogEntry, MirrorStore, check_version, version_key
 from coreos_lab.mirror.upstream import http_error, session
@@ -119,14 +119,10 @@ def _fetch_one(
         algorithms = ["sha256", *([chosen.checksum_type] if chosen.checksum_type else [])]
         got = download(http, box_url, part, algorithms, reporter, status_error=_box_status_error)
         if chosen.checksum_type:
-            try:
+            with emptied_if_refused(part):
                 expect_digest(
                     got.digests[chosen.checksum_type], chosen.checksum, chosen.checksum_type, box_url, metadata_url
                 )
-            except BadInput:
-                part.seek(0)
-                part.truncate()  # a complete but wrong file cannot be resumed into a right one
-                raise
         entry = store.commit(
             key, Path(part.name), sha256=got.digests["sha256"], source=box_url, description=chosen.description
         )

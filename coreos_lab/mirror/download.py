@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
-from coreos_lab.errors import LabError
+from coreos_lab.errors import BadInput, LabError
 from coreos_lab.mirror.checksums import Hashers
 from coreos_lab.mirror.chunk_worker import ChunkWorker
 from coreos_lab.mirror.upstream import CONNECT_TIMEOUT, READ_TIMEOUT, http_error, network_error
@@ -120,6 +121,18 @@ def download(
             )
         return Downloaded(got, digests, resumed_from, range_ignored)
     raise LabError(f"{url}: the server cannot resume this download")  # unreachable: attempt 1 never resumes
+
+
+@contextmanager
+def emptied_if_refused(part: BinaryIO) -> Iterator[None]:
+    """Checks of a finished download: if one refuses it (BadInput), the part is emptied, as a complete but wrong
+    file cannot be resumed into a right one."""
+    try:
+        yield
+    except BadInput:
+        part.seek(0)
+        part.truncate()
+        raise
 
 
 def _too_large(url: str, part: BinaryIO, what: str) -> LabError:

@@ -21,7 +21,7 @@ from coreos_lab.errors import BadInput
 from coreos_lab.fsutil import atomic_write_bytes, naming_io_errors
 from coreos_lab.mirror import box_metadata, gpg
 from coreos_lab.mirror.checksums import file_digests
-from coreos_lab.mirror.download import download
+from coreos_lab.mirror.download import download, emptied_if_refused
 from coreos_lab.mirror.store import CatalogEntry, MirrorStore, check_version
 from coreos_lab.mirror.upstream import (
     ReleaseChannel,
@@ -136,7 +136,7 @@ def fetch_box(
             if admission.unchanged is not None:
                 return FetchResult(admission.unchanged, "unchanged", json_url, box_url)
             got = download(http, box_url, part, ["sha256", "sha512", chosen.checksum_type], reporter)
-            try:
+            with emptied_if_refused(part):
                 expect_digest(
                     got.digests[chosen.checksum_type], chosen.checksum, chosen.checksum_type, box_url, json_url
                 )
@@ -144,10 +144,6 @@ def fetch_box(
                 if keyring is not None and side_files[".box.sig"] is not None:
                     gpg.verify(keyring, scratch / f"{stem}.box.sig", Path(part.name))
                     verified.append(f"{stem}.box.sig")
-            except BadInput:
-                part.seek(0)
-                part.truncate()  # a complete but wrong file cannot be resumed into a right one
-                raise
             for name in sorted(scratch.iterdir()):  # side files first: the box becomes visible last
                 kept = store.upstream_dir(key.name, key.version) / name.name
                 with naming_io_errors(kept):

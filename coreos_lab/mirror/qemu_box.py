@@ -25,7 +25,7 @@ from coreos_lab.errors import BadInput
 from coreos_lab.fsutil import atomic_write_bytes
 from coreos_lab.mirror import gpg
 from coreos_lab.mirror.checksums import file_digests
-from coreos_lab.mirror.download import download
+from coreos_lab.mirror.download import download, emptied_if_refused
 from coreos_lab.mirror.fetch import FetchResult, expect_digest, get_file, verify_digests_signature
 from coreos_lab.mirror.store import DEFAULT_ARCH, BoxKey, CatalogEntry, MirrorStore
 from coreos_lab.mirror.upstream import ReleaseChannel, get_small, parse_digests
@@ -128,7 +128,7 @@ def fetch_qemu_image_box(
                 return FetchResult(admission.unchanged, "unchanged", digests_url, image_url)
             _start_over_after_a_finished_box(part)
             got = download(http, image_url, cast(BinaryIO, ImageInBox(part)), ["sha512"], reporter)
-            try:
+            with emptied_if_refused(part):
                 expect_digest(got.digests["sha512"], sha512, "sha512", image_url, digests_url)
                 if keyring is not None and side_files[f"{image}.sig"] is not None:
                     unpacked = Path(tmp) / image  # gpg checks a detached signature over a file of its own
@@ -138,10 +138,6 @@ def fetch_qemu_image_box(
                     unpacked.unlink()
                     verified.append(f"{image}.sig")
                 virtual_size = qcow2_virtual_size(part, image_url)
-            except BadInput:
-                part.seek(0)
-                part.truncate()  # a complete but wrong image cannot be resumed into a right one
-                raise
             source = f"{image} {version} ({image_url})"
             _finish_box(part, got.size, provider, virtual_size, box_vagrantfile(release.distro, source), reporter)
             with reporter.transfer(f"hashing {key.name} {key.version}", part.seek(0, 2)) as advance:
