@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 from coreos_lab.errors import BadInput
-from coreos_lab.fsutil import atomic_write_bytes, naming_io_errors
+from coreos_lab.fsutil import naming_io_errors
 from coreos_lab.mirror import box_metadata, gpg
 from coreos_lab.mirror.checksums import file_digests
 from coreos_lab.mirror.download import download, emptied_if_refused
@@ -144,10 +144,7 @@ def fetch_box(
                 if keyring is not None and side_files[".box.sig"] is not None:
                     gpg.verify(keyring, scratch / f"{stem}.box.sig", Path(part.name))
                     verified.append(f"{stem}.box.sig")
-            for name in sorted(scratch.iterdir()):  # side files first: the box becomes visible last
-                kept = store.upstream_dir(key.name, key.version) / name.name
-                with naming_io_errors(kept):
-                    atomic_write_bytes(kept, name.read_bytes())
+            store.keep_upstream_files(key.name, key.version, scratch)  # side files first: the box comes last
             entry = store.commit(
                 key, Path(part.name), sha256=got.digests["sha256"], source=box_url, description=chosen.description
             )

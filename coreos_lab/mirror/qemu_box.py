@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, cast
 
 from coreos_lab.errors import BadInput
-from coreos_lab.fsutil import atomic_write_bytes
 from coreos_lab.mirror import gpg
 from coreos_lab.mirror.checksums import file_digests
 from coreos_lab.mirror.download import download, emptied_if_refused
@@ -142,8 +141,7 @@ def fetch_qemu_image_box(
             _finish_box(part, got.size, provider, virtual_size, box_vagrantfile(release.distro, source), reporter)
             with reporter.transfer(f"hashing {key.name} {key.version}", part.seek(0, 2)) as advance:
                 sha256 = file_digests(Path(part.name), ["sha256"], advance)["sha256"]
-            for kept in sorted(scratch.iterdir()):  # side files first: the box becomes visible last
-                atomic_write_bytes(store.upstream_dir(key.name, key.version) / kept.name, kept.read_bytes())
+            store.keep_upstream_files(key.name, key.version, scratch)  # side files first: the box comes last
             description = f"{release.distro.title} {release.channel} {version}, made from {image}"
             entry = store.commit(key, Path(part.name), sha256=sha256, source=image_url, description=description)
     return FetchResult(

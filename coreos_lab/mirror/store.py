@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 from coreos_lab.errors import BadInput, LabError
-from coreos_lab.fsutil import locked_part, naming_io_errors, write_temp
+from coreos_lab.fsutil import atomic_write_bytes, locked_part, naming_io_errors, write_temp
 from coreos_lab.json_input import read_json_file
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -262,6 +262,14 @@ class MirrorStore:
 
     def upstream_dir(self, name: str, version: str) -> Path:
         return self.version_dir(name, version) / "upstream"
+
+    def keep_upstream_files(self, name: str, version: str, directory: Path) -> None:
+        """Keep the release's side files fetched into `directory` (DIGESTS, signatures, …) beside the version; call
+        it before the box's commit, so the box becomes visible last."""
+        for source in sorted(directory.iterdir()):
+            kept = self.upstream_dir(name, version) / source.name
+            with naming_io_errors(kept):
+                atomic_write_bytes(kept, source.read_bytes())
 
     def artifact_path(self, key: ArtifactKey) -> Path:
         return self.root / key.relpath
