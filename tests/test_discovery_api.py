@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coreos_lab.discovery.api import DISCOVERY_KEY, READ_THREADS, DiscoveryService
-from coreos_lab.discovery.store import TOKEN_RE
+from coreos_lab.discovery.store import TOKEN_RE, DiscoveryStore, KeyNode
 from coreos_lab.server import EmbeddedServer
 
 pytestmark = pytest.mark.integration
@@ -178,6 +178,43 @@ def test_wait_index_is_replayed_from_history(server: EmbeddedServer) -> None:
         token_url, params={"wait": "true", "recursive": "true", "waitIndex": first_index + 1}, timeout=5
     )
     assert later.json()["node"] == second.json()["node"]
+
+
+def test_a_listing_and_its_index_come_from_one_snapshot(server: EmbeddedServer) -> None:
+    """A registration that commits while a GET lists the members is either in the listing or after its index.
+
+    etcd's discovery client lists the token, then watches from the answer's X-Etcd-Index + 1: an index that
+    already covers a member missing from the listing leaves the client "waiting for 1 more" forever. The
+    registration is made to commit right after the listing is read, from another connection, as the writer
+    thread's would."""
+    token_url = new_token(server)
+    token = token_url.rsplit("/", 1)[1]
+    register(token_url, "aaa", "m1=http://x:2380")
+    store = server.app[DISCOVERY_KEY].store
+    other = DiscoveryStore(store.state_dir)
+    list_members = store.members
+    interleaved: list[int] = []
+
+    def members_then_a_registration(listed_token: str) -> list[KeyNode]:
+        listed = list_members(listed_token)
+        if not interleaved:
+            interleaved.append(other.put(token, "bbb", "m2=http://x:2381", prev_exist=False).index)
+        return listed
+
+    store.members = members_then_a_registration  # type: ignore[method-assign]
+    try:
+        listing = requests.get(token_url, timeout=5)
+    finally:
+        del store.members
+        other.close()
+    assert interleaved, "the registration was not made while the members were listed"
+    assert [node["key"] for node in listing.json()["node"]["nodes"]] == [f"/{token}/aaa"]
+    assert index_of(listing) < interleaved[0]
+    # What etcd's client does next: the registration it did not list is the first thing its watch sees.
+    after = requests.get(
+        token_url, params={"wait": "true", "recursive": "true", "waitIndex": index_of(listing) + 1}, timeout=5
+    )
+    assert after.json()["node"]["key"] == f"/{token}/bbb"
 
 
 def test_long_poll_wakes_as_soon_as_a_member_registers(mirror_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:

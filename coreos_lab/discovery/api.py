@@ -9,7 +9,8 @@ them, so a thousand waiting members cost a thousand small objects, not a thousan
 times out answers 200 with an empty body, which etcd's client takes as "poll again".
 
 The database is never used on the event loop: reads go to a few threads, writes to one (so their
-notifications reach the long polls in index order). A database another process keeps locked answers
+notifications reach the long polls in index order). A read that answers with a node and an index takes both from
+one snapshot (`DiscoveryStore.consistently`). A database another process keeps locked answers
 `503` with `Retry-After` once the busy timeout passes; the rest of the server (boxes, images) is not held up.
 A mirror root where the state cannot be written (read-only) is served with discovery off: its routes answer
 `503` saying so.
@@ -120,11 +121,8 @@ class DiscoveryService:
         self.wait_timeout = wait_timeout
         self.max_token_age = max_token_age
         self._watches: dict[str, list[_Watch]] = {}
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="discovery-store")
-        # Reads go through the same single thread and connection as the writes: with reader threads of their own,
-        # etcd members bootstrapping through a token stalled now and then ("found 2 peer(s), waiting for 1 more"),
-        # a long poll apparently missing a registration; one connection sees every write in order.
-        self._readers = self._writer
+        self._readers = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="discovery-read")
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="discovery-write")
 
     # the store, off the event loop
 
@@ -215,8 +213,10 @@ class DiscoveryService:
         if request.method in ("GET", "HEAD"):
             if request.query.get("wait") == "true":
                 return await self._watch(request, token, name)
-            # The index is read after the node: only this process writes member keys, so it covers them all.
-            return self._json(await self._read(lambda: self._answer(lambda: (200, self._get(token, name)))))
+            # The node and the index from one snapshot: with a write committing between two separate reads, the
+            # index would cover a member the listing lacks, and a client watching from index + 1 would never see it.
+            answer = lambda: self._answer(lambda: (200, self._get(token, name)))  # noqa: E731
+            return self._json(await self._read(lambda: self.store.consistently(answer)))
         if request.method == "PUT":
             return await self._put(request, token, name)
         index = await self._read(self.store.current_index)
@@ -257,7 +257,9 @@ class DiscoveryService:
         if wait_index is None:
             return await self._error(invalid_field(f"waitIndex={raw!r}: a non-negative integer below 2^63"))
         recursive = request.query.get("recursive") == "true"
-        known, index = await self._read(lambda: (self.store.token(token), self.store.current_index()))
+        known, index = await self._read(
+            lambda: self.store.consistently(lambda: (self.store.token(token), self.store.current_index()))
+        )
         if known is None:
             return await self._error(key_not_found(f"/{token}/{name}" if name else f"/{token}"))
         headers = {"X-Etcd-Index": str(index)}

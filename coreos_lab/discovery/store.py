@@ -281,6 +281,20 @@ class DiscoveryStore:
     def _index_in(self, db: sqlite3.Connection) -> int:
         return int(db.execute("SELECT value FROM meta WHERE name = 'index'").fetchone()[0])
 
+    @_guarded
+    def consistently(self, read: Callable[[], R]) -> R:
+        """`read`'s store calls, all from one snapshot of the database (one read transaction).
+
+        A listing and the index reported with it must belong together: etcd's discovery client watches from
+        that index + 1, so an index read after a registration the listing missed hides that member for good.
+        """
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            return read()
+        finally:
+            db.execute("COMMIT")  # ends the read transaction; nothing was written
+
     # tokens
 
     @_guarded
