@@ -1,3 +1,3 @@
-from coreos_lab.cli import main
+from coreos_lab.cli import run
 
-main()
+run()

@@ -29,6 +29,30 @@ def test_unknown_command_is_usage_error() -> None:
     assert "no-such-command" in run.stderr
 
 
+def test_the_entry_point_exits_with_mains_code_and_leaves_the_objects_to_the_process() -> None:
+    """`run` (the console script, `python -m coreos_lab`) keeps main's exit code and output, and freezes the
+    objects before the interpreter's last collections; exit handlers still run after it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import atexit, gc, sys\n"
+        "atexit.register(lambda: sys.stderr.write(f'FROZEN={gc.get_freeze_count() > 0}\\n'))\n"
+        "from coreos_lab.cli import run\n"
+        "sys.argv = ['lab', 'mirror', 'list', '--root', sys.argv[1]]\n"
+        "run()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, "/nonexistent/lab-mirror"], capture_output=True, text=True)
+    plain = subprocess.run(
+        [sys.executable, "-m", "coreos_lab", "mirror", "list", "--root", "/nonexistent/lab-mirror"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == plain.returncode != 0
+    assert done.stderr.splitlines()[-1] == "FROZEN=True"
+    assert done.stderr.splitlines()[:-1] == plain.stderr.splitlines()
+
+
 def test_help_does_not_import_heavy_modules() -> None:
     import subprocess
     import sys
