@@ -11,6 +11,13 @@ Compared with it:
 Each round runs all three, alternating their order; printed are the medians, the ratio lab / floor (target
 ≤ 1.2) and the load average, since other work on the machine slows every side. For information: curl then
 `sha512sum` (what a careful user does by hand: a second pass over the file), and lab's start alone.
+
+The floor above leaves out two bounds of this machine that a verified, durable fetch cannot escape, measured in
+the same rounds and printed with it:
+  disk           `dd … conv=fdatasync` of the box from the page cache: writing it to disk and waiting for that
+                 (lab syncs the box before it commits it; curl -o never waits for the disk)
+  cores          the CPU seconds of curl and of the two hashes, spread over this machine's cores: the three
+                 overlap only as far as there are cores for them
 Usage: python bench/fetch_throughput.py [--size-mib 512] [--rounds 5] [--baseline CHECKOUT]
 """
 
@@ -174,8 +181,13 @@ def main() -> int:
                 imports = "import coreos_lab.cli, coreos_lab.mirror.fetch, requests, rich.console"
                 subprocess.run([sys.executable, "-c", imports], check=True, env=env, cwd=root)
 
+            def disk() -> None:
+                argv = ["dd", f"if={box}", f"of={out}", "bs=4M", "conv=fdatasync", "status=none"]
+                subprocess.run(argv, check=True)
+
             runs: dict[str, Callable[[], None]] = {
                 "curl": curl,
+                "disk": disk,
                 "hash": lambda: hash_in_two_threads(box),
                 "lab": lab,
                 "curl+sha512sum": curl_then_sha512sum,
@@ -216,6 +228,15 @@ def main() -> int:
         f"CPU seconds (user + system, without nginx's and the kernel's writeback): curl {cpu_s['curl']:.2f}, "
         f"hashes {cpu_s['hash']:.2f}, lab {cpu_s['lab']:.2f} (of which start {cpu_s['lab start']:.2f})"
     )
+    cores = os.cpu_count() or 1
+    cpu_bound = [(c + h) / cores for c, h in zip(cpu["curl"], cpu["hash"], strict=True)]
+    bounds = [max(f, d, c) for f, d, c in zip(floors, samples["disk"], cpu_bound, strict=True)]
+    bound_ratios = [lab / bound for lab, bound in zip(samples["lab"], bounds, strict=True)]
+    print("the machine's bounds on a verified, durable fetch:")
+    line("disk", median["disk"], samples["disk"], "  (dd conv=fdatasync from the page cache)")
+    line("cores", statistics.median(cpu_bound), cpu_bound, f"  (curl's and the hashes' CPU over {cores} cores)")
+    line("bound", statistics.median(bounds), bounds, "  (per round: the largest of floor, disk, cores)")
+    print(f"lab / bound {statistics.median(bound_ratios):.2f}x   per round: {_list(bound_ratios)}")
     print("for information:")
     if args.baseline:
         baseline = [lab / floor for lab, floor in zip(samples["lab baseline"], floors, strict=True)]
