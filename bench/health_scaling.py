@@ -14,7 +14,7 @@ figures: the nodes' sshd and etcd share this machine's cores with everything els
 machine nine ssh processes get more of its CPU than one lab process. So each side's client CPU (user + system of
 its own processes, not the nodes') is printed too: it does not depend on the load.
 Needs root, iproute2, openssh-server and -client, etcd.
-Usage: python bench/health_scaling.py [--runs N]
+Usage: python bench/health_scaling.py [--runs N] [--key-type ed25519|rsa]
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -40,9 +39,12 @@ TARGET = 1.0
 QUESTIONS = "etcdctl endpoint health -w json && etcdctl member list -w json"
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
 def lab_argv() -> list[str]:
-    lab = shutil.which("lab")
-    return [lab] if lab else [sys.executable, "-m", "coreos_lab"]
+    """The checkout's lab (never an installed copy, which may be older), as a user's console script starts."""
+    return [sys.executable, "-m", "coreos_lab"]
 
 
 def timed(argv: list[str], what: str) -> tuple[float, float]:
@@ -71,9 +73,19 @@ def lab_health(config: Path, distro: str) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=11)
+    parser.add_argument(
+        "--key-type",
+        default="ed25519",
+        choices=["ed25519", "rsa"],
+        help="the nodes' login key: rsa is what Vagrant's insecure key and the keys Vagrant 2.3 inserts are",
+    )
     args = parser.parse_args()
     as_installed()
-    with tempfile.TemporaryDirectory(prefix="health-bench-") as tmp, netns_cluster(Path(tmp) / "nodes", NODES) as c:
+    os.environ["PYTHONPATH"] = str(REPO)
+    with (
+        tempfile.TemporaryDirectory(prefix="health-bench-") as tmp,
+        netns_cluster(Path(tmp) / "nodes", NODES, key_type=args.key_type) as c,
+    ):
         c.start_all_etcd()
         config = c.write_ssh_config(Path(tmp) / "ssh_config")
         hosts = [node.name for node in c.nodes.values()]
@@ -95,7 +107,7 @@ def main() -> int:
             loads.append(os.getloadavg()[0])
     medians = {name: statistics.median(t) for name, t in times.items()}
     peer = medians["peer (xargs -P9 ssh)"]
-    print(f"{NODES} etcd members, medians of {args.runs} alternated runs (load average 1 min: "
+    print(f"{NODES} etcd members, {args.key_type} login key, medians of {args.runs} alternated runs (load average 1 min: "
           f"{min(loads):.2f}–{max(loads):.2f} over the runs, {os.cpu_count()} cores):")  # fmt: skip
     for name, median in medians.items():
         spread = f"{min(times[name]) * 1000:.0f}–{max(times[name]) * 1000:.0f}"

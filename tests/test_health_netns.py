@@ -11,16 +11,19 @@ import json
 import os
 import socket
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import paramiko
 import pytest
 from harness import processes
 from harness.cli import LabRun, lab, start_lab
-from harness.netns import NetnsCluster, netns_cluster
+from harness.netns import NetnsCluster, keygen, netns_cluster
 from harness.waiting import wait_until
 
-from coreos_lab.cluster.ssh import SSHSession, parse_ssh_config
+from coreos_lab.cluster.ssh import SSHSession, SSHTarget, parse_ssh_config
 from coreos_lab.errors import ExitCode
+from coreos_lab.proc import CommandResult
 
 pytestmark = [pytest.mark.integration, pytest.mark.etcd, pytest.mark.netns]
 
@@ -304,6 +307,39 @@ def test_commands_are_not_held_back_by_nagle(cluster: NetnsCluster, tmp_path: Pa
         results = [session.run(["true"]) for _ in range(10)]
         assert all(r.returncode == 0 for r in results)
         assert session._client is not None and session._client.get_transport() is transport  # no reconnect
+
+
+def test_sessions_to_every_node_load_a_shared_rsa_key_once(
+    cluster: NetnsCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Vagrant's insecure key and the keys Vagrant 2.3 inserts are RSA, and loading one costs ~50 ms of CPU: the
+    sessions of one run read a shared key once (`cluster.ssh.identity`) and every node accepts it. The key
+    loader is wrapped only to count its calls."""
+    key = tmp_path / "id_rsa"
+    keygen(key, "rsa")
+    for node in cluster.nodes.values():
+        with (node.workdir / "authorized_keys").open("a") as authorized:
+            authorized.write(key.with_suffix(".pub").read_text())
+    config = cluster.write_ssh_config(tmp_path / "ssh_config").read_text().replace(str(cluster.user_key), str(key))
+    real_load = paramiko.PKey.from_path
+    loads: list[str] = []
+
+    def counting_load(path: str, passphrase: bytes | None = None) -> paramiko.PKey:
+        loads.append(str(path))
+        return real_load(path, passphrase)
+
+    monkeypatch.setattr(paramiko.PKey, "from_path", counting_load)
+    targets = parse_ssh_config(config)
+    assert len(targets) == len(cluster.nodes) and {t.identity_files for t in targets} == {(str(key),)}
+
+    def who(target: SSHTarget) -> CommandResult:
+        with SSHSession(target) as session:
+            return session.run(["id", "-un"])
+
+    with ThreadPoolExecutor(len(targets)) as pool:  # as `lab health` connects: all nodes at once
+        results = list(pool.map(who, targets))
+    assert [r.returncode for r in results] == [0] * len(targets)
+    assert loads == [str(key)]
 
 
 def test_leftovers_of_a_crashed_run_are_removed(tmp_path: Path) -> None:

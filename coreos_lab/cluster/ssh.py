@@ -15,6 +15,7 @@ import secrets
 import shlex
 import socket
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -171,6 +172,31 @@ def known_hosts_files(target: SSHTarget) -> list[str]:
     return [f for f in files if os.path.exists(f)]
 
 
+_identities: dict[tuple[str, int, int], paramiko.PKey | None] = {}
+_identities_lock = threading.Lock()
+
+
+def identity(path: str) -> paramiko.PKey | None:
+    """The private key at `path`, read once per process (again only if the file changed), or None when it cannot
+    be read without a passphrase or is no key paramiko knows: paramiko then tries the file itself.
+
+    A cluster's nodes share one key as a rule, and loading an RSA key costs ~50 ms of CPU here (cryptography
+    checks it): Vagrant's insecure key and the keys Vagrant 2.3 inserts are RSA, and nine sessions loading it
+    each, one thread at a time under the GIL, spent half a second on it."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    cached = (path, stat.st_mtime_ns, stat.st_size)
+    with _identities_lock:  # the sessions start together: one of them loads it, the others wait for that
+        if cached not in _identities:
+            try:
+                _identities[cached] = paramiko.PKey.from_path(path)
+            except (paramiko.SSHException, OSError, ValueError):
+                _identities[cached] = None
+        return _identities[cached]
+
+
 def shell_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
     """A command line for the remote shell with every word quoted (`env` via `env NAME=value …`)."""
     words = [*(["env", *(f"{k}={v}" for k, v in env.items())] if env else []), *argv]
@@ -224,6 +250,10 @@ class SSHSession:
             client.load_host_keys(path)  # read only: paramiko writes known_hosts on save_host_keys(), never called here
         client.set_missing_host_key_policy(host_key_policy(t))
         keys = [k for k in t.identity_files if os.path.exists(k)]
+        # The first key that loads goes in as it is (see `identity`); the others as files, as before.
+        loaded = next(((k, key) for k in keys if (key := identity(k)) is not None), None)
+        pkey = loaded[1] if loaded else None
+        key_files = [k for k in keys if not loaded or k != loaded[0]]
         sock = None
         try:
             # Our own TCP connect: paramiko's key exchange wait gives up silently at the same moment as its
@@ -237,7 +267,8 @@ class SSHSession:
                 t.hostname,
                 port=t.port,
                 username=t.user,
-                key_filename=keys or None,  # type: ignore[arg-type]  # paramiko accepts a list too
+                pkey=pkey,
+                key_filename=key_files or None,  # type: ignore[arg-type]  # paramiko accepts a list too
                 look_for_keys=not t.identities_only,
                 allow_agent=not t.identities_only,
                 sock=sock,

@@ -186,12 +186,13 @@ class NetnsCluster:
     pid: int = field(default_factory=os.getpid)
     nodes: dict[int, Node] = field(default_factory=dict)
     discovery_server: EmbeddedServer | None = None
+    key_type: str = "ed25519"  # of the key every node accepts (bench/health_scaling.py --key-type rsa)
     user_key: Path = field(init=False)
     bridge: str = field(init=False)
 
     def __post_init__(self) -> None:
         self.bridge = f"{_PREFIX}{self.pid}br"
-        self.user_key = self.workdir / "id_ed25519"
+        self.user_key = self.workdir / f"id_{self.key_type}"
 
     # ------------------------------------------------------------------ network and sshd
 
@@ -202,7 +203,7 @@ class NetnsCluster:
         if re.search(rf"inet {re.escape(BRIDGE_IP)}/", taken):
             raise RuntimeError(f"{BRIDGE_IP} is already in use on this machine by something other than this harness")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        keygen(self.user_key)
+        keygen(self.user_key, self.key_type)
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{BRIDGE_IP}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -423,21 +424,22 @@ def ssh_config_entry(name: str, host: str, user: str, port: int, key: Path) -> s
     )
 
 
-def keygen(path: Path) -> None:
-    """An ed25519 key pair without passphrase: `path` and `path.pub`."""
+def keygen(path: Path, key_type: str = "ed25519") -> None:
+    """A key pair without passphrase: `path` and `path.pub` (`key_type` "rsa": 2048 bits, as Vagrant's)."""
+    size = ["-b", "2048"] if key_type == "rsa" else []
     subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "coreos-lab-test", "-f", str(path)],
+        ["ssh-keygen", "-q", "-t", key_type, *size, "-N", "", "-C", "coreos-lab-test", "-f", str(path)],
         check=True,
         capture_output=True,
     )
 
 
 @contextmanager
-def netns_cluster(workdir: Path, count: int = 3) -> Iterator[NetnsCluster]:
+def netns_cluster(workdir: Path, count: int = 3, *, key_type: str = "ed25519") -> Iterator[NetnsCluster]:
     """Nodes with sshd up (etcd not started): `with netns_cluster(tmp_path, 3) as cluster: …`."""
     with subnet_lock():
         remove_leftovers()
-        cluster = NetnsCluster(workdir, count)
+        cluster = NetnsCluster(workdir, count, key_type=key_type)
         try:
             cluster.build()
             yield cluster
