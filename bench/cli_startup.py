@@ -7,11 +7,13 @@ Usage: python bench/cli_startup.py [--runs N]
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from as_installed import as_installed
 
@@ -30,8 +32,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=15)
     args = parser.parse_args()
     as_installed()
-    lab = shutil.which("lab")
-    lab_argv = [lab, "--help"] if lab else [sys.executable, "-m", "coreos_lab", "--help"]
+    # The checkout's lab, never an installed copy on PATH (it may be older).
+    os.environ["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    lab_argv = [sys.executable, "-m", "coreos_lab", "--help"]
     vagrant = shutil.which("vagrant")
     if vagrant is None:
         print("vagrant not found: install it (apt-get install --no-install-recommends vagrant)", file=sys.stderr)
