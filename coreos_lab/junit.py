@@ -6,6 +6,7 @@ pipeline never picks up half a report even when the run is interrupted while wri
 
 from __future__ import annotations
 
+import os
 import socket
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
 
+from coreos_lab.errors import BadInput
 from coreos_lab.fsutil import atomic_write_bytes
 
 Outcome = Literal["passed", "failed", "error", "skipped"]
@@ -56,3 +58,17 @@ def write_junit(path: Path, suite: str, cases: list[TestCase], *, started: datet
     ET.indent(root)
     data = ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
     atomic_write_bytes(path, data)
+
+
+def check_destination(path: Path) -> None:
+    """Refuse a report path that cannot be written before the run, not after minutes of it: the nearest existing
+    directory on the way must be writable (missing directories below it are made when the report is written)."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    if existing == path:
+        existing = path.parent  # the report replaces the file; its directory takes the new one
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        where = existing if existing is not None else path.parent
+        raise BadInput(
+            f"cannot write the JUnit report {path}: {where} is not a directory this user can write to",
+            hint="pass --junit a path in a writable directory",
+        )

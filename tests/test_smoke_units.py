@@ -6,6 +6,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from harness.cli import lab
 
 from coreos_lab.cluster.health.parsers import parse_fleet_units
 from coreos_lab.errors import ExitCode, StageFailed, Unhealthy
@@ -86,3 +87,17 @@ def test_an_interrupt_between_stages_is_still_in_the_report(tmp_path: Path) -> N
     assert suite is not None and suite.get("errors") == "1"
     error = suite.find("testcase[@name='interrupted']/error")
     assert error is not None and error.get("message") == "interrupted"
+
+
+@pytest.mark.parametrize("below", ["smoke.xml", "reports/smoke.xml"])
+def test_a_junit_path_that_cannot_be_written_is_refused_before_the_run(tmp_path: Path, below: str) -> None:
+    """`lab smoke --junit` checks the report's place first: a run must not spend minutes on a cluster and then
+    lose its report. A path under a regular file cannot be written, root's runs included: exit 2 naming the
+    path, before anything else (without it, the run would go on to ask for --distro)."""
+    (tmp_path / "file").write_text("")
+    (tmp_path / "ssh_config").write_text("")
+    report = tmp_path / "file" / below
+    run = lab("smoke", "--ssh-config", tmp_path / "ssh_config", "--junit", report, timeout=60)
+    assert run.returncode == ExitCode.USAGE, run.stderr
+    assert f"cannot write the JUnit report {report}: {tmp_path / 'file'} is not a directory" in run.stderr
+    assert "--distro" not in run.stderr

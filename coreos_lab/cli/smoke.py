@@ -61,6 +61,10 @@ def smoke(
     """
     from coreos_lab import smoke as core
     from coreos_lab.cluster.health.targets import cluster_from_ssh_config
+    from coreos_lab.junit import check_destination
+
+    if junit is not None:
+        check_destination(junit)
 
     if ssh_config is not None:
         cluster = cluster_from_ssh_config(ssh_config, lab_dir=lab_dir, distro=distro, members=members)
