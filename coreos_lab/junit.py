@@ -63,12 +63,10 @@ def write_junit(path: Path, suite: str, cases: list[TestCase], *, started: datet
 def check_destination(path: Path) -> None:
     """Refuse a report path that cannot be written before the run, not after minutes of it: the nearest existing
     directory on the way must be writable (missing directories below it are made when the report is written)."""
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    if existing == path:
-        existing = path.parent  # the report replaces the file; its directory takes the new one
-    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        where = existing if existing is not None else path.parent
+    # The report replaces an existing file: its directory takes the new one. "/" (or ".") always exists.
+    existing = next(p for p in path.parents if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise BadInput(
-            f"cannot write the JUnit report {path}: {where} is not a directory this user can write to",
+            f"cannot write the JUnit report {path}: {existing} is not a directory this user can write to",
             hint="pass --junit a path in a writable directory",
         )

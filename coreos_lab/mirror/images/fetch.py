@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 from coreos_lab.errors import BadInput
 from coreos_lab.mirror.checksums import file_digests
-from coreos_lab.mirror.download import Downloaded, download
+from coreos_lab.mirror.download import Downloaded, download, emptied_if_refused
 from coreos_lab.mirror.images.auth import Credentials
 from coreos_lab.mirror.images.manifests import (
     DEFAULT_PLATFORM,
@@ -296,13 +296,12 @@ def _fetch_blob(
             return Downloaded(blob.size, {"sha256": blob.digest.partition(":")[2]}, blob.size, False)
         got = download(client.http, url, part, ["sha256"], progress, status_error=registry_error, limit=blob.size)
         actual = f"sha256:{got.digests['sha256']}"
-        if actual != blob.digest or got.size != blob.size:
-            part.seek(0)
-            part.truncate()  # a complete but wrong blob cannot be resumed into a right one
-            raise BadInput(
-                f"blob {blob.digest} from {url} is damaged or tampered with: its sha256 is {actual} "
-                f"({got.size} bytes, the manifest says {blob.size}); refused, nothing stored for it"
-            )
+        with emptied_if_refused(part):
+            if actual != blob.digest or got.size != blob.size:
+                raise BadInput(
+                    f"blob {blob.digest} from {url} is damaged or tampered with: its sha256 is {actual} "
+                    f"({got.size} bytes, the manifest says {blob.size}); refused, nothing stored for it"
+                )
         store.commit_blob(blob.digest, Path(part.name))
     return got
 
