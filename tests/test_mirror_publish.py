@@ -3,8 +3,10 @@ removed, and what is refused. (Served by real nginx and read by real Vagrant: te
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
+import os
 import shutil
 import threading
 from pathlib import Path
@@ -17,7 +19,9 @@ from harness.cli import lab, start_lab
 from harness.waiting import wait_until
 
 from coreos_lab.mirror.layout import Metadata, MirrorLayout
+from coreos_lab.mirror.publish import DirectoryDestination, PublishedFile
 from coreos_lab.mirror.store import BoxKey, MirrorStore
+from coreos_lab.progress import SilentReporter
 
 BASE = "http://boxes.example.test/vagrant"
 
@@ -213,3 +217,22 @@ def test_two_publishes_to_one_directory_take_turns(store: MirrorStore, tmp_path:
     assert waiting.wait(timeout=120) == 0, lines
     reader.join(timeout=10)
     assert (dest / "coreos-stable.json").is_file()
+
+
+def test_a_disk_error_while_a_box_is_flushed_leaves_nothing_under_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush that runs beside the copy (fdatasync on a thread of its own) fails as a broken disk would: the
+    error reaches the publish, and neither the box nor its temporary copy is left where a web server serves."""
+    source = tmp_path / "flatcar.box"
+    source.write_bytes(b"box bytes " * 1000)
+
+    def broken_disk(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", broken_disk)
+    site = tmp_path / "site"
+    box = PublishedFile("flatcar/1.0.0/virtualbox-amd64.box", 10_000, "0" * 64, "application/octet-stream", source)
+    with pytest.raises(OSError, match="Input/output error"):
+        DirectoryDestination(site).put_file(box, SilentReporter())
+    assert [p for p in site.rglob("*") if not p.is_dir()] == []
