@@ -350,7 +350,7 @@ def test_a_round_that_runs_into_the_deadline_is_not_the_one_reported(
 
 
 def test_wait_backs_off_and_returns_the_first_healthy_round(monkeypatch: pytest.MonkeyPatch, clock: FakeClock) -> None:
-    """README: re-checks with backoff, 0.5 s doubling to 5 s; each node's connection is kept from round to round."""
+    """README: re-checks with backoff, 0.5 s doubling to 2 s; each node's connection is kept from round to round."""
     import coreos_lab.cluster.health as health
 
     rounds = _rounds(monkeypatch, clock, seconds=[0.0], healthy_from=7)
@@ -359,8 +359,8 @@ def test_wait_backs_off_and_returns_the_first_healthy_round(monkeypatch: pytest.
 
     report = health.wait_healthy(TARGETS, "coreos", ["etcd"], 3, timeout=60, on_update=show, clock=clock)
     assert report.healthy and report.nodes[0].checks[0].detail == "round 7: 3 of 3 members healthy"
-    assert clock.sleeps == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0]
-    assert rounds.started == [0.0, 0.5, 1.5, 3.5, 7.5, 12.5, 17.5]
+    assert clock.sleeps == [0.5, 1.0, 2.0, 2.0, 2.0, 2.0]
+    assert rounds.started == [0.0, 0.5, 1.5, 3.5, 5.5, 7.5, 9.5]
     assert all(kw["on_node"] is show for kw in rounds.kwargs)  # each node's state is shown as it comes
     sessions = rounds.kwargs[0]["sessions"]
     assert [s.target for s in sessions] == TARGETS

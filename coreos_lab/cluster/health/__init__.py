@@ -261,12 +261,16 @@ def wait_healthy(
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
     command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
     first_delay: float = 0.5,
-    max_delay: float = 5.0,
+    max_delay: float = 2.0,
     etcd_nodes: Collection[str] | None = None,
     clock: Clock = SYSTEM_CLOCK,
     down: Sequence[MachineDown] = (),
 ) -> HealthReport:
     """Re-check with exponential backoff until healthy; `HealthTimeout` with the last report at the deadline.
+
+    The pause between rounds grows to `max_delay`, no more: a cluster that became healthy is seen at most that
+    long after (a user's loop of `vagrant ssh … etcdctl` probes back to back), and a round costs each node only
+    a few etcdctl calls.
 
     Connect and command timeouts shrink to the time left, so a round never runs far past the deadline; a round
     that would not fit before it, judged by the last one, is not started: its checks would fail on our own
