@@ -57,6 +57,8 @@ def main() -> int:
 
     box = build_box()
     samples: dict[str, list[float]] = {f"{n} node(s), {side}": [] for n in counts for side in ("vagrant", "lab")}
+    # Per run: when each phase began (lab: seconds to its first machine's line), or the user's way's split.
+    timelines: dict[str, list[dict[str, float]]] = {case: [] for case in samples}
     loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="lab-bench-") as tmp, LibvirtNamespace() as ns:
         ns.clean()
@@ -84,16 +86,29 @@ def main() -> int:
                 "--memory", "512", "--mirror-url", f"http://127.0.0.1:{MIRROR_PORT}")  # fmt: skip
             return lab_dir
 
-        def lab_way(lab_dir: Path) -> float:
+        def lab_way(lab_dir: Path) -> tuple[float, dict[str, float]]:
             started = time.monotonic()
             # The questions the user's probe asks (the test box has no fleet, which a CoreOS lab also checks).
-            result = lab("up", str(lab_dir), "--check", "etcd", "--check", "members", "--json", check=False)
+            argv = [sys.executable, "-m", "coreos_lab", "up", str(lab_dir), "--check", "etcd", "--check", "members"]
+            with subprocess.Popen(
+                [*ns.prefix(), *argv, "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            ) as up:
+                assert up.stderr is not None and up.stdout is not None
+                # Off a terminal lab prints a line per machine when its phase changes: when did each phase begin?
+                phases: dict[str, float] = {}
+                lines = []
+                for line in up.stderr:
+                    lines.append(line)
+                    phase = line.partition(": ")[2].split(" (")[0].strip()
+                    if phase:
+                        phases.setdefault(phase, round(time.monotonic() - started, 1))
+                out = up.stdout.read()
             seconds = time.monotonic() - started
-            doc = json.loads(result.stdout) if result.returncode == 0 else {}
+            doc = json.loads(out) if up.returncode == 0 else {}
             if not (doc.get("health") or {}).get("healthy"):
-                raise SystemExit(f"lab up {lab_dir.name}: not healthy (exit {result.returncode})\n{result.stderr}")
+                raise SystemExit(f"lab up {lab_dir.name}: not healthy (exit {up.returncode})\n{''.join(lines)}")
             lab("destroy", str(lab_dir), "--force")
-            return seconds
+            return seconds, phases
 
         def user_way(lab_dir: Path, nodes: int) -> float:
             lab("render", str(lab_dir))  # the same rendered lab, untimed: the user has it already
@@ -101,15 +116,17 @@ def main() -> int:
             up = run([vagrant, "up"], cwd=lab_dir, timeout=TIMEOUT)
             if up.returncode != 0:
                 raise SystemExit(f"vagrant up {lab_dir.name} failed\n{up.stdout[-3000:]}{up.stderr[-3000:]}")
+            phases = {"vagrant up done": round(time.monotonic() - started, 1), "probes": 0.0}
             while True:
                 probe = run([vagrant, "ssh", "core-01", "-c", healthy_probe(nodes)], cwd=lab_dir, timeout=120)
+                phases["probes"] += 1
                 if probe.returncode == 0:
                     break
                 if time.monotonic() - started > TIMEOUT:
                     raise SystemExit(f"{lab_dir.name}: not healthy within {TIMEOUT:g} s\n{probe.stderr[-2000:]}")
             seconds = time.monotonic() - started
             run([vagrant, "destroy", "--force"], cwd=lab_dir, timeout=600)
-            return seconds
+            return seconds, phases
 
         lab("mirror", "import", str(box), "--name", "coreos-stable", "--version", "1.0.0", "--provider", "libvirt")
         # Inside the namespace, which this run made: guests reach it at their management network's gateway.
@@ -127,10 +144,12 @@ def main() -> int:
                     for side in sides:
                         lab_dir = new_lab(f"{side}-{nodes}-{round_}", nodes)
                         loads.append(os.getloadavg()[0])
-                        seconds = lab_way(lab_dir) if side == "lab" else user_way(lab_dir, nodes)
+                        seconds, phases = lab_way(lab_dir) if side == "lab" else user_way(lab_dir, nodes)
                         samples[f"{nodes} node(s), {side}"].append(round(seconds, 1))
+                        timelines[f"{nodes} node(s), {side}"].append(phases)
                         ns.clean()
-                        print(f"{nodes} node(s), {side}: {seconds:.1f} s", file=sys.stderr, flush=True)
+                        marks = ", ".join(f"{k} {v:g}" for k, v in phases.items())
+                        print(f"{nodes} node(s), {side}: {seconds:.1f} s ({marks})", file=sys.stderr, flush=True)
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
@@ -143,6 +162,7 @@ def main() -> int:
         "runs": args.repeat,
         "load_average_at_starts": [round(v, 2) for v in loads],
         "samples_seconds": samples,
+        "phases": timelines,
     }
     if args.json:
         print(json.dumps(report, indent=2))
