@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,78 @@ def test_a_republish_without_change_writes_nothing(store: MirrorStore, tmp_path:
     assert again["written"] == []
     assert again["unchanged"] == len(first["written"])
     assert (box.stat().st_ino, box.stat().st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def box_paths(store: MirrorStore) -> list[str]:
+    return sorted(e.key.relpath for e in store.entries())
+
+
+def test_on_the_mirrors_filesystem_boxes_are_hard_links_to_its_files(store: MirrorStore, tmp_path: Path) -> None:
+    dest = tmp_path / "site"
+    result = publish(store, dest)
+    assert sorted(result["linked"]) == box_paths(store)
+    for entry in store.entries():
+        published, stored = (dest / entry.key.relpath).stat(), store.artifact_path(entry.key).stat()
+        assert (published.st_ino, published.st_dev) == (stored.st_ino, stored.st_dev)
+    documents = [p for p in result["written"] if p not in result["linked"]]
+    assert result["bytes_written"] == sum((dest / p).stat().st_size for p in documents)  # the boxes: no bytes
+    human = lab("mirror", "publish", tmp_path / "site-2", "--base-url", BASE, "--root", store.root)
+    assert human.returncode == 0, human.stderr
+    assert f"{len(box_paths(store))} of them linked to the mirror's files" in human.stderr
+
+
+def test_copy_writes_copies(store: MirrorStore, tmp_path: Path) -> None:
+    dest = tmp_path / "site"
+    result = publish(store, dest, "--copy")
+    assert result["linked"] == []
+    for entry in store.entries():
+        published, stored = dest / entry.key.relpath, store.artifact_path(entry.key)
+        assert published.stat().st_ino != stored.stat().st_ino
+        assert published.read_bytes() == stored.read_bytes()
+        assert published.stat().st_mode & 0o777 == 0o644
+    assert result["bytes_written"] >= sum(e.size for e in store.entries())
+
+
+def test_a_mirror_file_a_web_server_could_not_read_is_copied(store: MirrorStore, tmp_path: Path) -> None:
+    """A link shares the file's mode: a private mirror's file (0600) is copied, readable (0644), and stays 0600."""
+    key = BoxKey("coreos-stable", "1.1.0", "virtualbox")
+    store.artifact_path(key).chmod(0o600)
+    dest = tmp_path / "site"
+    result = publish(store, dest)
+    assert sorted(result["linked"]) == [p for p in box_paths(store) if p != key.relpath]
+    published = (dest / key.relpath).stat()
+    assert published.st_ino != store.artifact_path(key).stat().st_ino
+    assert published.st_mode & 0o777 == 0o644
+    assert store.artifact_path(key).stat().st_mode & 0o777 == 0o600
+
+
+def test_on_another_filesystem_boxes_are_copied(store: MirrorStore, tmp_path: Path) -> None:
+    """/dev/shm is a tmpfs of its own on Linux: a link across filesystems fails (EXDEV), and the box is copied."""
+    other = Path(tempfile.mkdtemp(dir="/dev/shm"))
+    try:
+        assert other.stat().st_dev != store.root.stat().st_dev, "this test needs /dev/shm on another filesystem"
+        result = publish(store, other / "site")
+        assert result["linked"] == []
+        for entry in store.entries():
+            assert (other / "site" / entry.key.relpath).read_bytes() == store.artifact_path(entry.key).read_bytes()
+    finally:
+        shutil.rmtree(other)
+
+
+def test_a_box_replaced_in_the_mirror_leaves_the_published_one_whole_until_republished(
+    store: MirrorStore, tmp_path: Path
+) -> None:
+    """The store never writes a file in place: a box replaced under the same name is a new file, so the box
+    published as a link to the old one still has the old bytes; the next publish links the new one."""
+    dest = tmp_path / "site"
+    publish(store, dest)
+    key = BoxKey("coreos-stable", "1.1.0", "virtualbox")
+    old = (dest / key.relpath).read_bytes()
+    add_box(store, "coreos-stable", "1.1.0", data=b"another box")
+    assert (dest / key.relpath).read_bytes() == old
+    assert key.relpath in publish(store, dest)["written"]
+    assert (dest / key.relpath).read_bytes() == b"another box"
+    assert (dest / key.relpath).stat().st_ino == store.artifact_path(key).stat().st_ino
 
 
 def test_a_new_version_writes_its_box_and_the_documents_that_name_it(store: MirrorStore, tmp_path: Path) -> None:
@@ -189,6 +262,8 @@ def test_bad_destinations_are_refused(store: MirrorStore, tmp_path: Path) -> Non
         assert (run.returncode, message in run.stderr) == (2, True), (dest, run.stderr)
     assert a_file.read_text() == "mine\n"
     assert not (store.root / "site").exists()
+    run = lab("mirror", "publish", "s3://boxes", "--copy", "--base-url", BASE, "--root", store.root)
+    assert (run.returncode, "--copy is for a directory destination" in run.stderr) == (2, True), run.stderr
 
 
 def test_an_empty_mirror_is_refused(tmp_path: Path) -> None:
@@ -234,5 +309,5 @@ def test_a_disk_error_while_a_box_is_flushed_leaves_nothing_under_its_name(
     site = tmp_path / "site"
     box = PublishedFile("flatcar/1.0.0/virtualbox-amd64.box", 10_000, "0" * 64, "application/octet-stream", source)
     with pytest.raises(OSError, match="Input/output error"):
-        DirectoryDestination(site).put_file(box, SilentReporter())
+        DirectoryDestination(site, copy=True).put_file(box, SilentReporter())
     assert [p for p in site.rglob("*") if not p.is_dir()] == []

@@ -19,15 +19,28 @@ from coreos_lab.cli.options import json_option, resolve_root, root_option
     "under it.",
 )
 @click.option("--delete", is_flag=True, help="Remove from DEST the boxes (and metadata) no longer in the catalog.")
+@click.option(
+    "--copy",
+    is_flag=True,
+    help="Write copies of the boxes into a directory DEST even on the mirror's filesystem, where they are hard links "
+    "to the mirror's files by default.",
+)
 @click.option("--endpoint-url", help="S3 API endpoint for an s3:// DEST other than AWS (MinIO, Ceph RGW, R2, …).")
 @root_option
 @json_option
 def publish(
-    destination: str, base_url: str, delete: bool, endpoint_url: str | None, root: Path | None, as_json: bool
+    destination: str,
+    base_url: str,
+    delete: bool,
+    copy: bool,
+    endpoint_url: str | None,
+    root: Path | None,
+    as_json: bool,
 ) -> None:
     """Write the catalog to DEST (a directory, or s3://bucket/prefix) as static files: box metadata with URLs
     under --base-url, the boxes, and an index page. Only what changed since the last publish is written; the
-    metadata goes last, so readers never see a URL to a box that is not there yet."""
+    metadata goes last, so readers never see a URL to a box that is not there yet. In a directory on the mirror's
+    own filesystem the boxes are hard links to the mirror's files (no copy, no extra space; --copy for copies)."""
     from coreos_lab import console
     from coreos_lab.errors import BadInput
     from coreos_lab.mirror.publish import Destination, DirectoryDestination
@@ -47,19 +60,23 @@ def publish(
         )
     mirror_root = resolve_root(root)
     target: Destination
+    if is_s3_url(destination) and copy:
+        raise BadInput(f"--copy is for a directory destination, not {destination!r}")
     if is_s3_url(destination):
         target = S3Destination(S3Location.parse(destination), endpoint_url=endpoint_url)
     elif endpoint_url:
         raise BadInput(f"--endpoint-url is for an s3:// destination, not {destination!r}")
     else:
-        target = DirectoryDestination.open(Path(destination), mirror_root)
+        target = DirectoryDestination.open(Path(destination), mirror_root, copy=copy)
     result = publish_catalog(MirrorStore(mirror_root), target, base, delete=delete, reporter=TerminalReporter())
     if as_json:
         console.print_json(result.as_dict())
         return
+    linked = f", {len(result.linked)} of them linked to the mirror's files" if result.linked else ""
     console.success(
         f"published {mirror_root} to {result.destination}: {len(result.written)} files written "
-        f"({human_size(result.bytes_written)}), {len(result.unchanged)} unchanged, {len(result.removed)} removed"
+        f"({human_size(result.bytes_written)}{linked}), {len(result.unchanged)} unchanged, "
+        f"{len(result.removed)} removed"
     )
     if result.kept:
         console.info(f"{len(result.kept)} files no longer in the catalog were kept (--delete removes them)")

@@ -33,7 +33,7 @@ from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from hashlib import sha256
 from pathlib import Path
-from stat import S_ISREG
+from stat import S_IROTH, S_ISREG, S_IWOTH
 from typing import Any, Protocol
 
 from coreos_lab.errors import BadInput, LabError
@@ -76,8 +76,9 @@ class Destination(Protocol):
     def sizes(self, paths: Iterable[str]) -> dict[str, int]:
         """The size of each of `paths` that exists there."""
 
-    def put_file(self, file: PublishedFile, reporter: Reporter) -> None:
-        """Write a store file, complete and checked (size, and sha256 where the copy is hashed), atomically."""
+    def put_file(self, file: PublishedFile, reporter: Reporter) -> bool:
+        """Write a store file, complete and checked (size, and sha256 where the copy is hashed), atomically. True
+        when it was not written but hard-linked to the store's file (a directory on the store's filesystem)."""
 
     def put_document(self, file: PublishedFile) -> None:
         """Write a document atomically, with its content type."""
@@ -97,6 +98,7 @@ class PublishResult:
     base_url: str
     names: list[str]
     written: list[str] = field(default_factory=list)
+    linked: list[str] = field(default_factory=list)  # of `written`: hard links to the store's files, no bytes copied
     unchanged: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
     kept: list[str] = field(default_factory=list)  # published earlier, gone from the catalog, kept (no --delete)
@@ -109,6 +111,7 @@ class PublishResult:
             "names": self.names,
             "metadata_urls": [f"{self.base_url}/{name}" for name in self.names],
             "written": self.written,
+            "linked": self.linked,
             "unchanged": len(self.unchanged),
             "removed": self.removed,
             "kept": self.kept,
@@ -224,15 +227,16 @@ def _publish(
         try:
             if file.is_document:
                 destination.put_document(file)
-            else:
-                destination.put_file(file, reporter)
+            elif destination.put_file(file, reporter):
+                result.linked.append(file.path)
         except OSError as exc:  # a box removed from the store meanwhile, a full disk, …
             raise LabError(f"writing {file.path} to {destination.label}: {exc.strerror or exc}") from exc
         published[file.path] = {"size": file.size, "sha256": file.sha256}
         if not file.is_document:
             _write_record(destination, base_url, published)  # at once: a publish cut short later keeps this box
         result.written.append(file.path)
-        result.bytes_written += file.size
+        if file.path not in result.linked:
+            result.bytes_written += file.size
     wanted = {f.path for f in files}
     stale = sorted((p for p in published if p not in wanted), key=lambda p: (p.endswith(BOX.suffix), p))
     if delete:
@@ -280,23 +284,49 @@ def _read_record(destination: Destination) -> dict[str, dict[str, Any]] | None:
 
 
 # -- a directory -------------------------------------------------------------------------------------------
+def _hard_link(file: PublishedFile, link: Path) -> bool:
+    """Link `link` to the store file, if it has the catalog's size and the mode a served file needs (readable by
+    others, writable by no one else). False, with nothing made, where no link can be: another filesystem
+    (EXDEV), one without hard links, a kernel that refuses to link another user's file (protected_hardlinks)."""
+    assert file.source is not None
+    try:
+        mode = file.source.stat().st_mode
+        if not mode & S_IROTH or mode & S_IWOTH:
+            return False
+        os.link(file.source, link)
+    except OSError:
+        return False  # the copy that follows fails with the reason, if there is one that a copy meets too
+    size = link.stat().st_size
+    if size != file.size:
+        link.unlink()
+        raise LabError(f"linking {file.source} to {link}: {size} bytes, the catalog says {file.size}")
+    return True
+
+
 class DirectoryDestination:
-    """A directory a web server serves (nginx, Apache, GitLab/GitHub Pages)."""
+    """A directory a web server serves (nginx, Apache, GitLab/GitHub Pages).
+
+    On the store's filesystem a store file is published as a hard link to it (as uv and pnpm install from their
+    caches): no bytes copied, no second copy of each box on the disk, and nothing to flush, since the store flushed
+    the file when it was added. The store never writes a file in place (a box replaced is a new file renamed over
+    the old name), so the published box stays what it was when published. `copy` (`--copy`) writes copies
+    instead; so does a store file a web server could not read (not readable by others) or that others may write."""
 
     holds_file_beside_directory = False
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, *, copy: bool = False):
         self.root = root
         self.label = str(root)
+        self.copy = copy
 
     @classmethod
-    def open(cls, root: Path, mirror_root: Path) -> DirectoryDestination:
+    def open(cls, root: Path, mirror_root: Path, *, copy: bool = False) -> DirectoryDestination:
         if root.exists() and not root.is_dir():
             raise BadInput(f"publish destination {root} is not a directory")
         resolved, store = root.resolve(), mirror_root.resolve()
         if resolved == store or resolved.is_relative_to(store) or store.is_relative_to(resolved):
             raise BadInput(f"publish destination {root} overlaps the mirror root {mirror_root}: pick another directory")
-        return cls(root)
+        return cls(root, copy=copy)
 
     def _path(self, path: str) -> Path:
         return self.root.joinpath(*path.split("/"))
@@ -312,8 +342,10 @@ class DirectoryDestination:
                 found[path] = stat.st_size
         return found
 
-    def put_file(self, file: PublishedFile, reporter: Reporter) -> None:
-        """A kernel copy (no second hashing pass: the store checked the box's sha256 when it was added, and `lab
+    def put_file(self, file: PublishedFile, reporter: Reporter) -> bool:
+        """A hard link where it can be (the class's docstring), else a copy, renamed into place either way.
+
+        The copy: a kernel copy (no second hashing pass: the store checked the box's sha256 when it was added, and `lab
         mirror verify` re-hashes it), flushed to disk and its size checked, then renamed into place.
 
         The flush runs beside the copy: after each `COPY_CHUNK` a thread of its own waits for the bytes copied so
@@ -324,6 +356,10 @@ class DirectoryDestination:
         final.parent.mkdir(parents=True, exist_ok=True)
         # A fixed temporary name: a copy cut short is overwritten by the next publish, never left to pile up.
         temporary = final.with_name(f".{final.name}.publishing")
+        temporary.unlink(missing_ok=True)
+        if not self.copy and _hard_link(file, temporary):
+            os.replace(temporary, final)
+            return True
         try:
             with file.source.open("rb") as src, temporary.open("wb") as dst:
                 flusher = ChunkWorker(lambda _: os.fdatasync(dst.fileno()), "publish-flush", backlog=1)
@@ -344,6 +380,7 @@ class DirectoryDestination:
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
+        return False
 
     def put_document(self, file: PublishedFile) -> None:
         assert file.data is not None

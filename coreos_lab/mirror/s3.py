@@ -98,7 +98,7 @@ class S3Destination:
             raise self._failed("listing", "", exc) from exc
         return found
 
-    def put_file(self, file: PublishedFile, reporter: Reporter) -> None:
+    def put_file(self, file: PublishedFile, reporter: Reporter) -> bool:
         assert file.source is not None
         key = self._key(file.path)
         extra = {
@@ -127,6 +127,7 @@ class S3Destination:
             self.delete(file.path)  # nothing may point at it; the next publish uploads it again
             hint = "run `lab mirror verify`" if sent != file.sha256 else None
             raise LabError(f"upload of {file.path} to {self.label} failed its check: " + "; ".join(problems), hint=hint)
+        return False  # uploaded, never linked
 
     def put_document(self, file: PublishedFile) -> None:
         assert file.data is not None
