@@ -286,7 +286,7 @@ def _read_record(destination: Destination) -> dict[str, dict[str, Any]] | None:
 # -- a directory -------------------------------------------------------------------------------------------
 def _hard_link(file: PublishedFile, link: Path) -> bool:
     """Link `link` to the store file, if it has the catalog's size and the mode a served file needs (readable by
-    others, writable by no one else). False, with nothing made, where no link can be: another filesystem
+    others, not writable by them). False, with nothing made, where no link can be: another filesystem
     (EXDEV), one without hard links, a kernel that refuses to link another user's file (protected_hardlinks)."""
     assert file.source is not None
     try:
@@ -310,7 +310,8 @@ class DirectoryDestination:
     caches): no bytes copied, no second copy of each box on the disk, and nothing to flush, since the store flushed
     the file when it was added. The store never writes a file in place (a box replaced is a new file renamed over
     the old name), so the published box stays what it was when published. `copy` (`--copy`) writes copies
-    instead; so does a store file a web server could not read (not readable by others) or that others may write."""
+    instead; so does a store file a web server could not read (not readable by others) or that others may write,
+    and any file on another filesystem."""
 
     holds_file_beside_directory = False
 
@@ -345,8 +346,8 @@ class DirectoryDestination:
     def put_file(self, file: PublishedFile, reporter: Reporter) -> bool:
         """A hard link where it can be (the class's docstring), else a copy, renamed into place either way.
 
-        The copy: a kernel copy (no second hashing pass: the store checked the box's sha256 when it was added, and `lab
-        mirror verify` re-hashes it), flushed to disk and its size checked, then renamed into place.
+        The copy: a kernel copy (no second hashing pass: the store checked the box's sha256 when it was added, and
+        `lab mirror verify` re-hashes it), flushed to disk and its size checked, then renamed into place.
 
         The flush runs beside the copy: after each `COPY_CHUNK` a thread of its own waits for the bytes copied so
         far to reach the disk (fdatasync), so the disk writes while the copy goes on and the fsync before the
