@@ -8,7 +8,9 @@ The user's way, on the same rendered lab (`lab render`) with the box already add
 Both with 1 and 3 nodes, in one run, alternated (which goes first swaps each round), each on a fresh lab and a
 fresh discovery token, destroyed afterwards. An untimed 1-node `lab up` first adds the box to Vagrant and fills
 lab's caches, which a user pays once, not per lab. One mirror server (`lab mirror serve`) serves both sides.
-Target (issue 20): lab ≤ 1.0 × the user's way for 3 nodes.
+Target (issue 20): lab ≤ 1.0 × the user's way for 3 nodes. Each run's line also says when each phase began
+(lab: from the line it prints per machine when the machine's phase changes; the user's way: when `vagrant up`
+ended, and how many probes followed); `--json` has them under `phases`.
 
 Needs root (it creates a network namespace and runs libvirtd in it, like the tests) and the test packages.
 Usage: sudo python bench/up_time.py [--repeat N] [--nodes 1,3] [--json]
