@@ -60,9 +60,9 @@ def publish(
         )
     mirror_root = resolve_root(root)
     target: Destination
-    if is_s3_url(destination) and copy:
-        raise BadInput(f"--copy is for a directory destination, not {destination!r}")
     if is_s3_url(destination):
+        if copy:
+            raise BadInput(f"--copy is for a directory destination, not {destination!r}")
         target = S3Destination(S3Location.parse(destination), endpoint_url=endpoint_url)
     elif endpoint_url:
         raise BadInput(f"--endpoint-url is for an s3:// destination, not {destination!r}")

@@ -224,18 +224,21 @@ def _publish(
         if unchanged(file):
             result.unchanged.append(file.path)
             continue
+        linked = False
         try:
             if file.is_document:
                 destination.put_document(file)
-            elif destination.put_file(file, reporter):
-                result.linked.append(file.path)
+            else:
+                linked = destination.put_file(file, reporter)
         except OSError as exc:  # a box removed from the store meanwhile, a full disk, …
             raise LabError(f"writing {file.path} to {destination.label}: {exc.strerror or exc}") from exc
         published[file.path] = {"size": file.size, "sha256": file.sha256}
         if not file.is_document:
             _write_record(destination, base_url, published)  # at once: a publish cut short later keeps this box
         result.written.append(file.path)
-        if file.path not in result.linked:
+        if linked:
+            result.linked.append(file.path)
+        else:
             result.bytes_written += file.size
     wanted = {f.path for f in files}
     stale = sorted((p for p in published if p not in wanted), key=lambda p: (p.endswith(BOX.suffix), p))
