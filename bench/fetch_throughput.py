@@ -18,6 +18,12 @@ the same rounds and printed with it:
                  (lab syncs the box before it commits it; curl -o never waits for the disk)
   cores          the CPU seconds of curl and of the two hashes, spread over this machine's cores: the three
                  overlap only as far as there are cores for them
+Where lab's time over the floor goes, measured in the same rounds: lab's own download code
+(`coreos_lab.mirror.download`) alone, timed inside a Python of its own (not its start, the release's small files
+or the commit):
+  download, tmpfs  into a part on /dev/shm: lab's transfer and hashing alone, no disk
+  download, disk   into a part beside the mirror, then fdatasync: the same made durable, as a fetch commits it
+so that lab = start + durable download + a few small requests, and each part can be set against its bound.
 Usage: python bench/fetch_throughput.py [--size-mib 512] [--rounds 5] [--baseline CHECKOUT]
 """
 
@@ -88,6 +94,20 @@ def publish(www: Path, size: int, base: str) -> Path:
     current.mkdir()
     (current / "version.txt").write_text(f"FLATCAR_VERSION={VERSION}\n")
     return box
+
+
+# lab's download alone, in a Python of its own (its start not counted): into the part named by argv[2], then on disk.
+DOWNLOAD_ONLY = """
+import os, sys, time
+from coreos_lab.mirror.download import download
+from coreos_lab.mirror.upstream import session
+from coreos_lab.progress import SilentReporter
+start = time.perf_counter()
+with open(sys.argv[2], "w+b") as part:
+    download(session(), sys.argv[1], part, ["sha256", "sha512"], SilentReporter())
+    os.fdatasync(part.fileno())
+print(time.perf_counter() - start)
+"""
 
 
 def hash_in_two_threads(path: Path) -> None:
@@ -181,10 +201,20 @@ def main() -> int:
                 imports = "import coreos_lab.cli, coreos_lab.mirror.fetch, requests, rich.console"
                 subprocess.run([sys.executable, "-c", imports], check=True, env=env, cwd=root)
 
+            def lab_download(directory: Path) -> float:
+                path = directory / f"lab-bench-{os.getpid()}.box.part"
+                try:
+                    argv = [sys.executable, "-c", DOWNLOAD_ONLY, box_url, str(path)]
+                    done = subprocess.run(argv, check=True, env=env, cwd=root, capture_output=True, text=True)
+                finally:
+                    path.unlink(missing_ok=True)
+                return float(done.stdout)
+
             def disk() -> None:
                 argv = ["dd", f"if={box}", f"of={out}", "bs=4M", "conv=fdatasync", "status=none"]
                 subprocess.run(argv, check=True)
 
+            inner: list[float] = []  # the time a run measured itself, when it did
             runs: dict[str, Callable[[], None]] = {
                 "curl": curl,
                 "disk": disk,
@@ -192,6 +222,8 @@ def main() -> int:
                 "lab": lab,
                 "curl+sha512sum": curl_then_sha512sum,
                 "lab start": lab_start,
+                "download tmpfs": lambda: inner.append(lab_download(Path("/dev/shm"))),
+                "download disk": lambda: inner.append(lab_download(root)),
             }
             if args.baseline:
                 runs["lab baseline"] = lambda: lab(args.baseline.resolve())
@@ -200,7 +232,7 @@ def main() -> int:
             for i in range(args.rounds):
                 for name in runs if i % 2 == 0 else reversed(runs):
                     wall, used = timed(runs[name])
-                    samples[name].append(wall)
+                    samples[name].append(inner.pop() if inner else wall)
                     cpu[name].append(used)
                     out.unlink(missing_ok=True)
                     shutil.rmtree(mirror, ignore_errors=True)
@@ -237,6 +269,21 @@ def main() -> int:
     line("cores", statistics.median(cpu_bound), cpu_bound, f"  (curl's and the hashes' CPU over {cores} cores)")
     line("bound", statistics.median(bounds), bounds, "  (per round: the largest of floor, disk, cores)")
     print(f"lab / bound {statistics.median(bound_ratios):.2f}x   per round: {_list(bound_ratios)}")
+    print("where lab's time goes (its download code alone, see the docstring):")
+    tmpfs_ratios = [t / floor for t, floor in zip(samples["download tmpfs"], floors, strict=True)]
+    line("download, tmpfs", median["download tmpfs"], samples["download tmpfs"])
+    busy = [max(f, c) for f, c in zip(floors, cpu_bound, strict=True)]
+    busy_ratios = [t / b for t, b in zip(samples["download tmpfs"], busy, strict=True)]
+    print(f"    / floor {statistics.median(tmpfs_ratios):.2f}x   per round: {_list(tmpfs_ratios)}")
+    print(
+        f"    / the larger of floor and cores {statistics.median(busy_ratios):.2f}x   per round: {_list(busy_ratios)}"
+    )
+    line("download, disk", median["download disk"], samples["download disk"], "  (made durable: fdatasync)")
+    rest = median["lab"] - median["download disk"]
+    print(
+        f"  lab - durable download {rest:.2f} s: its start ({median['lab start']:.2f} s), the release's small "
+        "files, the commit"
+    )
     print("for information:")
     if args.baseline:
         baseline = [lab / floor for lab, floor in zip(samples["lab baseline"], floors, strict=True)]
