@@ -311,3 +311,19 @@ def test_a_disk_error_while_a_box_is_flushed_leaves_nothing_under_its_name(
     with pytest.raises(OSError, match="Input/output error"):
         DirectoryDestination(site, copy=True).put_file(box, SilentReporter())
     assert [p for p in site.rglob("*") if not p.is_dir()] == []
+
+
+@pytest.mark.parametrize("args", [[], ["--copy"]], ids=["link", "copy"])
+def test_a_box_whose_name_cannot_be_taken_leaves_no_temporary_file(
+    store: MirrorStore, tmp_path: Path, args: list[str]
+) -> None:
+    """A directory sits where a box goes: the publish fails naming the box, and neither the link nor the copy made
+    beside it is left in the served directory."""
+    key = BoxKey("coreos-stable", "1.1.0", "virtualbox")
+    dest = tmp_path / "site"
+    (dest / key.relpath).mkdir(parents=True)
+    run = lab("mirror", "publish", dest, "--base-url", BASE, "--root", store.root, *args)
+    assert run.returncode == 1
+    assert f"writing {key.relpath} to {dest}" in run.stderr
+    assert [p.name for p in (dest / key.relpath).parent.iterdir()] == ["virtualbox-amd64.box"]
+    assert store.artifact_path(key).stat().st_size == store.get(key).size  # the mirror's box untouched

@@ -361,10 +361,10 @@ class DirectoryDestination:
         # A fixed temporary name: a copy cut short is overwritten by the next publish, never left to pile up.
         temporary = final.with_name(f".{final.name}.publishing")
         temporary.unlink(missing_ok=True)
-        if not self.copy and _hard_link(file, temporary):
-            os.replace(temporary, final)
-            return True
         try:
+            if not self.copy and _hard_link(file, temporary):
+                os.replace(temporary, final)
+                return True
             with file.source.open("rb") as src, temporary.open("wb") as dst:
                 flusher = ChunkWorker(lambda _: os.fdatasync(dst.fileno()), "publish-flush", backlog=1)
                 try:
