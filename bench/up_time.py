@@ -112,7 +112,7 @@ def main() -> int:
             lab("destroy", str(lab_dir), "--force")
             return seconds, phases
 
-        def user_way(lab_dir: Path, nodes: int) -> float:
+        def user_way(lab_dir: Path, nodes: int) -> tuple[float, dict[str, float]]:
             lab("render", str(lab_dir))  # the same rendered lab, untimed: the user has it already
             started = time.monotonic()
             up = run([vagrant, "up"], cwd=lab_dir, timeout=TIMEOUT)
